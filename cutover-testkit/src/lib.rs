@@ -1,1 +1,97 @@
-//! placeholder
+//! Real servers for cutover's tests.
+//!
+//! Each test starts its own clusters on free loopback ports (no fixed port, no shared global
+//! server) and works in a database of its own, so tests run in parallel under `cargo test`
+//! and `cargo nextest` alike. Clusters stop and vanish when the fixture is dropped.
+
+use cutover_core::{ConnString, Secret};
+use cutover_pg::local::{ClusterOptions, LocalCluster, WalLevel};
+use cutover_pg::{connect, Side};
+use tokio_postgres::Client;
+
+pub use cutover_pg::local;
+
+/// One database on a cluster of its own.
+pub struct Pg {
+    pub cluster: LocalCluster,
+    pub db: String,
+    side: Side,
+}
+
+fn random_name(prefix: &str) -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{prefix}_{n:x}")
+}
+
+impl Pg {
+    /// Starts a cluster and creates a fresh database on it.
+    pub async fn start(options: ClusterOptions, side: Side) -> Pg {
+        let cluster = LocalCluster::start(options).await.unwrap_or_else(|e| panic!("start PostgreSQL: {e}"));
+        let db = random_name("t");
+        let admin = connect(&cluster.url("postgres"), side).await.expect("connect as postgres");
+        admin.batch_execute(&format!("CREATE DATABASE {db}")).await.expect("create the test database");
+        Pg { cluster, db, side }
+    }
+
+    /// The superuser's URL for this test's database.
+    pub fn url(&self) -> ConnString {
+        self.cluster.url(&self.db)
+    }
+
+    /// A connection as the superuser to this test's database.
+    pub async fn client(&self) -> Client {
+        connect(&self.url(), self.side).await.expect("connect to the test database")
+    }
+
+    /// Runs SQL as the superuser.
+    pub async fn exec(&self, sql: &str) {
+        self.client().await.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+
+    /// One value of a query, as text.
+    pub async fn value(&self, sql: &str) -> Option<String> {
+        let rows = self.client().await.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+            _ => None,
+        })?
+    }
+
+    /// Creates a login role with `attributes` (e.g. "NOSUPERUSER NOREPLICATION") and returns its URL.
+    pub async fn role(&self, name: &str, attributes: &str) -> ConnString {
+        let password = cutover_pg::local::random_password();
+        self.exec(&format!("CREATE ROLE {name} LOGIN {attributes} PASSWORD '{password}'")).await;
+        self.exec(&format!("GRANT ALL ON DATABASE {} TO {name}", self.db)).await;
+        self.cluster.url_as(name, Some(Secret::new(password)), &self.db)
+    }
+}
+
+/// A source and a target, each on its own cluster.
+pub struct Pair {
+    pub source: Pg,
+    pub target: Pg,
+}
+
+impl Pair {
+    /// A source with `wal_level = logical` and an empty target.
+    pub async fn native() -> Pair {
+        Self::with(ClusterOptions::default(), ClusterOptions::default()).await
+    }
+
+    /// A Heroku-like source: `wal_level = replica`.
+    pub async fn heroku_like() -> Pair {
+        Self::with(ClusterOptions { wal_level: WalLevel::Replica, ..Default::default() }, ClusterOptions::default())
+            .await
+    }
+
+    pub async fn with(source: ClusterOptions, target: ClusterOptions) -> Pair {
+        let (s, t) = tokio::join!(Pg::start(source, Side::Source), Pg::start(target, Side::Target));
+        Pair { source: s, target: t }
+    }
+
+    /// A plan file's text pointing at this pair through the given environment variables.
+    pub fn plan_text(&self, source_var: &str, target_var: &str) -> String {
+        cutover_core::plan::template(&format!("${{{source_var}}}"), &format!("${{{target_var}}}"))
+    }
+}

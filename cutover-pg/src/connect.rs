@@ -1,0 +1,291 @@
+//! Connecting, with TLS through rustls and libpq's `sslmode` honoured.
+//!
+//! | sslmode | encrypted | certificate checked | host name checked |
+//! |---|---|---|---|
+//! | disable | no | - | - |
+//! | prefer (default) | if the server offers it | no | no |
+//! | require | yes | no | no |
+//! | verify-ca | yes | against `sslrootcert` or the system roots | no |
+//! | verify-full | yes | yes | yes |
+//!
+//! Every failure becomes one line that says what to fix; the password is never in it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_core::{ConnString, SslMode};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::Client;
+
+use crate::error::{PgError, Retry, Side};
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts any certificate but still checks the handshake signatures: libpq's `require`.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Checks the chain but not the name: libpq's `verify-ca`.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn roots(cs: &ConnString) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    match &cs.sslrootcert {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                store
+                    .add(cert)
+                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            }
+            if store.is_empty() {
+                return Err(format!("sslrootcert {} holds no PEM certificate", path.display()));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = store.add(cert);
+            }
+            if store.is_empty() {
+                return Err(format!(
+                    "sslmode={} needs trusted roots and the system has none; add sslrootcert=/path/to/ca.pem to the URL",
+                    cs.sslmode.as_str()
+                ));
+            }
+        }
+    }
+    Ok(store)
+}
+
+fn tls_config(cs: &ConnString) -> Result<rustls::ClientConfig, String> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let config = match cs.sslmode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth(),
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(cs)?), provider)
+                .build()
+                .map_err(|e| e.to_string())?;
+            if cs.sslmode == SslMode::VerifyFull {
+                builder.with_webpki_verifier(verifier).with_no_client_auth()
+            } else {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
+                    .with_no_client_auth()
+            }
+        }
+    };
+    Ok(config)
+}
+
+fn driver_config(cs: &ConnString) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&cs.host);
+    c.port(cs.port);
+    c.user(&cs.user);
+    c.dbname(&cs.dbname);
+    if let Some(p) = cs.password() {
+        c.password(p.expose());
+    }
+    c.application_name(cs.application_name.as_deref().unwrap_or("cutover"));
+    c.connect_timeout(cs.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
+    c.ssl_mode(match cs.sslmode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    c
+}
+
+/// Turns a connection failure into one line that says how to fix it.
+fn explain(cs: &ConnString, side: Side, e: &tokio_postgres::Error) -> (String, Retry) {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let msg = match code {
+            "28P01" => format!(
+                "password authentication failed for user \"{}\"; check the password in {side}.url",
+                cs.user
+            ),
+            "28000" => format!(
+                "the server refused user \"{}\" ({}); allow this client in the server's pg_hba.conf or fix the user in {side}.url",
+                cs.user,
+                db.message()
+            ),
+            "3D000" => format!(
+                "database \"{}\" does not exist; create it (createdb {}) or fix the database name in {side}.url",
+                cs.dbname, cs.dbname
+            ),
+            "53300" => "the server has no free connection slot (too many clients); close idle clients or raise max_connections".to_string(),
+            "57P03" => "the server is starting up or shutting down; try again in a moment".to_string(),
+            _ => format!("{} (SQLSTATE {code})", db.message()),
+        };
+        return (msg, crate::error::classify(code));
+    }
+    let mut text = e.to_string();
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut io_kind = None;
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        text = s.to_string();
+        source = s.source();
+    }
+    let msg = match io_kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => format!(
+            "connection refused; check that PostgreSQL is running and listening on {}:{}",
+            cs.host, cs.port
+        ),
+        Some(std::io::ErrorKind::TimedOut) => format!(
+            "timed out; check the host and port in {side}.url and that a firewall lets this machine reach {}:{}",
+            cs.host, cs.port
+        ),
+        _ if text.contains("timed out") || text.contains("timeout") => format!(
+            "timed out; check the host and port in {side}.url and that a firewall lets this machine reach {}:{}",
+            cs.host, cs.port
+        ),
+        _ if text.contains("failed to lookup") || text.contains("Name or service not known") || text.contains("resolve") => {
+            format!("cannot resolve host \"{}\"; check the host name in {side}.url", cs.host)
+        }
+        _ if text.contains("server does not support TLS") => format!(
+            "the server does not accept TLS connections; use sslmode=disable in {side}.url only on a trusted network, or enable ssl on the server"
+        ),
+        _ if text.to_lowercase().contains("certificate") || text.contains("InvalidCertificate") => format!(
+            "TLS certificate rejected ({text}); give the right CA with sslrootcert=... in {side}.url, or use sslmode=require to skip verification"
+        ),
+        _ => text,
+    };
+    (cutover_core::redact(&msg, cs.password()), Retry::Transient)
+}
+
+/// Opens a connection. The connection's driver runs on its own task that ends when the
+/// returned client is dropped.
+pub async fn connect(cs: &ConnString, side: Side) -> Result<Client, PgError> {
+    let config = driver_config(cs);
+    let fail = |e: tokio_postgres::Error| {
+        let (message, retry) = explain(cs, side, &e);
+        PgError::Connect { side, location: cs.location(), message, retry }
+    };
+    if cs.sslmode == SslMode::Disable {
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(fail)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok(client);
+    }
+    let tls = tls_config(cs).map_err(|message| PgError::Connect {
+        side,
+        location: cs.location(),
+        message,
+        retry: Retry::Definite,
+    })?;
+    let (client, conn) = config
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        .await
+        .map_err(fail)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Quotes an identifier for SQL: `"My Table"`.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL.
+pub fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// `"schema"."table"`.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", ident(schema), ident(name))
+}
