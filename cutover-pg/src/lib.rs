@@ -3,7 +3,15 @@
 
 pub mod connect;
 pub mod error;
+pub mod inspect;
 pub mod local;
+pub mod verify;
+pub mod preflight;
+pub mod preflight_gate;
+pub mod schema;
+pub mod status;
+pub mod sync;
+pub mod cleanup;
 
 pub use connect::{connect, ident, literal, qualified};
 pub use error::{PgError, Retry, Side};

@@ -1,0 +1,120 @@
+//! The command line, defined once: help and errors come from here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const EXIT_CODES: &str = "Exit codes:
+  0  success (check: no problem; db verify: equal)
+  1  failure, or blocking problems found (check), or the databases differ (db verify)
+  2  check: warnings only
+  64 the command line is wrong";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cutover",
+    version,
+    about = "Move a PostgreSQL-backed app between platforms with zero downtime and zero lost writes",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The plan file.
+    #[arg(long, global = true, env = "CUTOVER_PLAN", default_value = "cutover.toml")]
+    pub plan: PathBuf,
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a commented plan file (cutover.toml).
+    Init(InitArgs),
+    /// Check both databases and report every problem at once, each with its fix.
+    Check,
+    /// Show the journal: every run and step, as a timeline.
+    Status,
+    /// Database commands: sync, status, verify, cleanup.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Run the whole database move on two local clusters this command starts itself.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// The source database URL. Pass it from an environment variable ("$SOURCE_DATABASE_URL")
+    /// and the plan refers to that variable instead of holding the password.
+    #[arg(long)]
+    pub source_url: String,
+    /// The target database URL, likewise ("$TARGET_DATABASE_URL").
+    #[arg(long)]
+    pub target_url: String,
+    /// Overwrite an existing plan file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Copy the schema and the data from one consistent snapshot, then keep following changes.
+    Sync(SyncArgs),
+    /// Show lag in bytes, retained WAL, per-table state, apply rate and ETA.
+    Status(StatusArgs),
+    /// Compare row counts and chunked checksums table by table.
+    Verify(VerifyArgs),
+    /// Remove the subscription, slots and publication cutover created, on both sides.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Check and show what would be done; create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Refresh until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Only these tables (schema.table); repeatable. Default: every table of the plan.
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CleanupArgs {
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// pgbench scale of the demo data (100,000 account rows per unit).
+    #[arg(long, default_value_t = 2)]
+    pub scale: u32,
+    /// Transactions per second of the write load during the copy.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u32,
+    /// Leave the clusters running at the end and print how to reach them (Ctrl-C stops them).
+    #[arg(long)]
+    pub keep: bool,
+}

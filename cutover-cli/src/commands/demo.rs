@@ -1,0 +1,258 @@
+//! `cutover demo`: the whole database move on two local clusters it starts itself, with
+//! writes going on during the copy, and a summary at the end.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cutover_core::engine::Steps;
+use cutover_core::{ConnString, Journal, Plan};
+use cutover_pg::local::{ClusterOptions, LocalCluster, WalLevel};
+use cutover_pg::{connect, Side};
+use serde::Serialize;
+
+use crate::cli::{DemoArgs, Global, VerifyArgs};
+use crate::output;
+use crate::progress::{step_printer, CopyProgress};
+
+/// Tables with the awkward parts real schemas have: several schemas, quoted mixed-case names,
+/// composite and non-integer keys, jsonb, bytea, arrays, enums, identity columns, a
+/// partitioned table and an empty one.
+const SHOP_SCHEMA: &str = r#"
+CREATE SCHEMA shop;
+CREATE TYPE shop.status AS ENUM ('new', 'paid', 'shipped');
+CREATE TABLE shop."Customers" (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    "FullName" text NOT NULL,
+    tags text[] NOT NULL DEFAULT '{}',
+    profile jsonb
+);
+CREATE TABLE shop.orders (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer uuid NOT NULL REFERENCES shop."Customers"(id),
+    status shop.status NOT NULL DEFAULT 'new',
+    total numeric(12,2) NOT NULL,
+    receipt bytea
+);
+CREATE INDEX orders_customer ON shop.orders (customer);
+CREATE TABLE shop.order_lines (
+    order_id bigint NOT NULL,
+    line int NOT NULL,
+    sku text NOT NULL,
+    qty int NOT NULL CHECK (qty > 0),
+    PRIMARY KEY (order_id, line)
+);
+CREATE TABLE shop.events (
+    at timestamptz NOT NULL,
+    id bigint NOT NULL,
+    kind text,
+    PRIMARY KEY (at, id)
+) PARTITION BY RANGE (at);
+CREATE TABLE shop.events_2025 PARTITION OF shop.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE shop.events_2026 PARTITION OF shop.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE shop.returns (id serial PRIMARY KEY, note text);
+INSERT INTO shop."Customers" ("FullName", tags, profile)
+    SELECT 'Customer ' || g, ARRAY['t' || g % 7, 'x'], jsonb_build_object('n', g, 'vip', g % 10 = 0)
+      FROM generate_series(1, 5000) g;
+INSERT INTO shop.orders (customer, status, total, receipt)
+    SELECT c.id, (ARRAY['new','paid','shipped'])[1 + g % 3]::shop.status, g * 1.25, decode(md5(g::text), 'hex')
+      FROM generate_series(1, 20000) g
+      JOIN LATERAL (SELECT id FROM shop."Customers" OFFSET g % 5000 LIMIT 1) c ON true;
+INSERT INTO shop.order_lines SELECT o, l, 'SKU-' || (o * l) % 997, 1 + l FROM generate_series(1, 20000) o, generate_series(1, 3) l;
+INSERT INTO shop.events SELECT timestamptz '2025-06-01' + g * interval '1 hour', g, 'e' || g % 5 FROM generate_series(1, 12000) g;
+"#;
+
+#[derive(Serialize)]
+struct Summary {
+    tables: usize,
+    rows: i64,
+    bytes: i64,
+    writes_during_copy: i64,
+    time_to_synced_ms: u64,
+    lag_bytes_at_end: i64,
+    verification: &'static str,
+    tables_equal: usize,
+    removed: Vec<String>,
+    journal: String,
+}
+
+fn clean_env(cmd: &mut tokio::process::Command, url: &ConnString) {
+    for var in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE", "PGOPTIONS"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(url.libpq_env());
+}
+
+async fn pgbench_init(url: &ConnString, scale: u32) -> anyhow::Result<()> {
+    let bin = cutover_pg::local::bindir()?.join("pgbench");
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(["-i", "-q", "-s", &scale.to_string()]).stdin(Stdio::null());
+    clean_env(&mut cmd, url);
+    let out = cmd.output().await.context("run pgbench -i")?;
+    if !out.status.success() {
+        anyhow::bail!("pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Starts the write load: pgbench's TPC-B-like transactions at `rate` per second.
+fn start_load(url: &ConnString, rate: u32) -> anyhow::Result<tokio::process::Child> {
+    let bin = cutover_pg::local::bindir()?.join("pgbench");
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(["-n", "-c", "2", "-j", "1", "-R", &rate.to_string(), "-T", "3600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    clean_env(&mut cmd, url);
+    Ok(cmd.spawn().context("start pgbench")?)
+}
+
+async fn stop_load(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT);
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+fn plan_for(dir: &Path, source: &ConnString, target: &ConnString, source_pw: &str, target_pw: &str) -> anyhow::Result<Plan> {
+    let text = cutover_core::plan::template("${CUTOVER_DEMO_SOURCE_URL}", "${CUTOVER_DEMO_TARGET_URL}");
+    let path = dir.join("cutover.toml");
+    std::fs::write(&path, &text)?;
+    let url = |c: &ConnString, pw: &str| format!("postgres://{}:{pw}@{}:{}/{}?sslmode=disable", c.user, c.host, c.port, c.dbname);
+    let mut env = BTreeMap::new();
+    env.insert("CUTOVER_DEMO_SOURCE_URL".to_string(), url(source, source_pw));
+    env.insert("CUTOVER_DEMO_TARGET_URL".to_string(), url(target, target_pw));
+    Ok(cutover_core::plan::parse(&text, &path, &env)?)
+}
+
+pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
+    eprintln!("starting two local PostgreSQL clusters (source: wal_level=logical; target: empty)...");
+    let (source, target) = tokio::join!(
+        LocalCluster::start(ClusterOptions { wal_level: WalLevel::Logical, ..Default::default() }),
+        LocalCluster::start(ClusterOptions::default())
+    );
+    let (source, target) = (source?, target?);
+    for c in [&source, &target] {
+        connect(&c.url("postgres"), Side::Source).await?.batch_execute("CREATE DATABASE shop").await?;
+    }
+    let (src_url, dst_url) = (source.url("shop"), target.url("shop"));
+    eprintln!("source {src_url}\ntarget {dst_url}");
+    eprintln!("loading demo data (pgbench scale {} and a shop schema)...", args.scale);
+    pgbench_init(&src_url, args.scale).await?;
+    connect(&src_url, Side::Source).await?.batch_execute(SHOP_SCHEMA).await?;
+
+    let dir = tempfile::Builder::new().prefix("cutover-demo-").tempdir()?;
+    let plan = plan_for(dir.path(), &src_url, &dst_url, source.password().expose(), target.password().expose())?;
+    let summary = migrate(g, &args, &plan, &src_url).await;
+    let journal_path = plan.journal_path();
+    if args.keep {
+        let kept = dir.keep();
+        eprintln!("kept the plan and journal in {} (`cutover --plan {}/cutover.toml status`); clusters stop on Ctrl-C", kept.display(), kept.display());
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let summary = summary?;
+    let _ = journal_path;
+    if g.json {
+        output::json(&summary)?;
+    } else {
+        print_summary(&summary);
+    }
+    Ok(if summary.verification == "equal" { 0 } else { 1 })
+}
+
+async fn migrate(g: &Global, args: &DemoArgs, plan: &Plan, src_url: &ConnString) -> anyhow::Result<Summary> {
+    let report = cutover_pg::preflight::check(plan).await?;
+    eprintln!("\ncutover check:");
+    for f in report.findings.iter().filter(|f| f.severity != cutover_pg::preflight::Severity::Info) {
+        eprintln!("  {:?} {}: {}", f.severity, f.subject, f.message);
+    }
+    if report.errors().any(|f| f.subject == "public.pgbench_history") {
+        eprintln!("  → fixing it the first way check suggests: a primary key for public.pgbench_history");
+        connect(src_url, Side::Source)
+            .await?
+            .batch_execute("ALTER TABLE public.pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
+            .await?;
+    }
+
+    let mut load = start_load(src_url, args.rate)?;
+    eprintln!("\nwrite load running on the source ({} transactions/s) during the copy\n", args.rate);
+    let journal = Journal::open(&plan.journal_path())?;
+    let run = journal.begin_run("demo: db sync")?;
+    let steps = Steps::new(&journal, run, &step_printer);
+    let bars = CopyProgress::new(g.json);
+    let started = Instant::now();
+    let show = |t: &[cutover_pg::sync::TableProgress]| bars.update(t);
+    let synced = cutover_pg::sync::sync(plan, &steps, &show).await;
+    bars.finish();
+    journal.end_run(run, if synced.is_ok() { "ok" } else { "failed" })?;
+    let synced = match synced {
+        Ok(s) => s,
+        Err(e) => {
+            stop_load(&mut load).await;
+            return Err(e.into());
+        }
+    };
+    let time_to_synced = started.elapsed();
+    eprintln!("\nall tables ready after {}; the subscription keeps following", output::millis(time_to_synced.as_millis() as u64));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = cutover_pg::status::status(plan, Duration::from_secs(1)).await?;
+    eprintln!(
+        "db status under load: lag {}, apply rate {}/s",
+        status.slot.as_ref().and_then(|s| s.lag_bytes).map(output::bytes).unwrap_or_default(),
+        output::bytes(status.apply_rate_bps.unwrap_or(0.0) as i64)
+    );
+    stop_load(&mut load).await;
+    let writes: i64 = connect(src_url, Side::Source)
+        .await?
+        .query_one("SELECT count(*) FROM public.pgbench_history", &[])
+        .await?
+        .get(0);
+    let lag = cutover_pg::status::wait_caught_up(plan, Duration::from_secs(120)).await?;
+
+    let run = journal.begin_run("demo: db verify")?;
+    let steps = Steps::new(&journal, run, &step_printer);
+    let verify_args = VerifyArgs { tables: vec![] };
+    let report = steps
+        .run("verify", "compare every table", || async {
+            super::verify::verify(plan, &verify_args).await.map(super::verify::Verified)
+        })
+        .await
+        .map(|v| v.0);
+    journal.end_run(run, if report.is_ok() { "ok" } else { "failed" })?;
+    let report = report?;
+    if !g.json {
+        eprintln!("\n{}", super::verify::render(&report));
+    }
+    let run = journal.begin_run("demo: db cleanup")?;
+    let removed = cutover_pg::cleanup::cleanup(plan).await?;
+    journal.end_run(run, "ok")?;
+    Ok(Summary {
+        tables: synced.tables,
+        rows: report.tables.iter().map(|t| t.source_rows).sum(),
+        bytes: synced.bytes,
+        writes_during_copy: writes,
+        time_to_synced_ms: time_to_synced.as_millis() as u64,
+        lag_bytes_at_end: lag,
+        verification: if report.equal { "equal" } else { "DIFFERENT" },
+        tables_equal: report.tables.iter().filter(|t| t.equal).count(),
+        removed: removed.iter().map(|r| format!("{} {} ({})", r.kind, r.name, r.side)).collect(),
+        journal: plan.journal_path().display().to_string(),
+    })
+}
+
+fn print_summary(s: &Summary) {
+    println!("cutover demo: summary");
+    println!("  tables            {}", s.tables);
+    println!("  rows              {}", s.rows);
+    println!("  bytes             {}", output::bytes(s.bytes));
+    println!("  writes in copy    {} transactions on the source while it ran", s.writes_during_copy);
+    println!("  time to synced    {}", output::millis(s.time_to_synced_ms));
+    println!("  lag at the end    {}", output::bytes(s.lag_bytes_at_end));
+    println!("  verification      {} ({} of {} tables equal)", s.verification, s.tables_equal, s.tables);
+    println!("  cleanup           removed {}", if s.removed.is_empty() { "nothing".into() } else { s.removed.join(", ") });
+}

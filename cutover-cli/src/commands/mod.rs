@@ -1,0 +1,62 @@
+//! One file per command. Each returns its exit code; errors are printed once, here.
+
+mod check;
+mod cleanup;
+mod demo;
+mod init;
+mod journal;
+mod status;
+mod sync;
+mod verify;
+
+use std::path::Path;
+
+use anyhow::Context;
+use cutover_core::plan::{self, ProcessEnv};
+use cutover_core::{Journal, Plan};
+
+use crate::cli::{Cli, Command, DbCommand};
+
+pub async fn run(cli: Cli) -> i32 {
+    let g = cli.global.clone();
+    let result = match cli.command {
+        Command::Init(args) => init::run(&g, args),
+        Command::Check => check::run(&g).await,
+        Command::Status => journal::run(&g),
+        Command::Db(DbCommand::Sync(args)) => sync::run(&g, args).await,
+        Command::Db(DbCommand::Status(args)) => status::run(&g, args).await,
+        Command::Db(DbCommand::Verify(args)) => verify::run(&g, args).await,
+        Command::Db(DbCommand::Cleanup(args)) => cleanup::run(&g, args).await,
+        Command::Demo(args) => demo::run(&g, args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report(&g, &e);
+            1
+        }
+    }
+}
+
+/// Prints an error: one line per problem, the cause chain only with -v.
+fn report(g: &crate::cli::Global, e: &anyhow::Error) {
+    let secrets = plan::load(&g.plan, &ProcessEnv).map(|p| p.secrets()).unwrap_or_default();
+    let text = if g.verbose > 0 { format!("{e:#}") } else { e.to_string() };
+    let text = cutover_core::redact(&text, secrets.iter());
+    if g.json {
+        let _ = crate::output::json(&serde_json::json!({ "error": text }));
+    }
+    for line in text.lines() {
+        eprintln!("error: {line}");
+    }
+}
+
+/// Reads and checks the plan file.
+fn load_plan(path: &Path) -> anyhow::Result<Plan> {
+    Ok(plan::load(path, &ProcessEnv)?)
+}
+
+/// Opens the journal beside the plan.
+fn open_journal(plan: &Plan) -> anyhow::Result<Journal> {
+    Journal::open(&plan.journal_path()).context("journal")
+}

@@ -1,0 +1,85 @@
+//! `cutover db sync`.
+
+use cutover_core::engine::Steps;
+use cutover_pg::sync::SyncSummary;
+
+use crate::cli::{Global, SyncArgs};
+use crate::output;
+use crate::progress::{step_printer, CopyProgress};
+
+pub async fn run(g: &Global, args: SyncArgs) -> anyhow::Result<i32> {
+    let plan = super::load_plan(&g.plan)?;
+    if args.dry_run {
+        return dry_run(g, &plan).await;
+    }
+    let journal = super::open_journal(&plan)?;
+    let run = journal.begin_run("db sync")?;
+    let steps = Steps::new(&journal, run, &step_printer);
+    let bars = CopyProgress::new(false);
+    let show = |t: &[cutover_pg::sync::TableProgress]| bars.update(t);
+    let result = tokio::select! {
+        r = cutover_pg::sync::sync(&plan, &steps, &show) => r,
+        _ = tokio::signal::ctrl_c() => {
+            bars.finish();
+            journal.end_run(run, "interrupted")?;
+            eprintln!("interrupted: whatever was created stays and a copy under way goes on in the server; run `cutover db sync` again to continue, or `cutover db cleanup` to remove it");
+            return Ok(130);
+        }
+    };
+    bars.finish();
+    journal.end_run(run, if result.is_ok() { "ok" } else { "failed" })?;
+    let summary = result?;
+    print_summary(g, &plan, &summary)?;
+    Ok(0)
+}
+
+fn print_summary(g: &Global, plan: &cutover_core::Plan, s: &SyncSummary) -> anyhow::Result<()> {
+    if g.json {
+        return output::json(s);
+    }
+    println!(
+        "synced: {} tables, ~{} rows, {} in {}{}",
+        s.tables,
+        s.rows_estimate,
+        output::bytes(s.bytes),
+        output::millis(s.duration_ms),
+        if s.resumed { " (resumed an earlier run)" } else { "" }
+    );
+    println!(
+        "subscription {} keeps following the source; watch it with `cutover db status --watch`",
+        plan.sync.subscription()
+    );
+    Ok(())
+}
+
+async fn dry_run(g: &Global, plan: &cutover_core::Plan) -> anyhow::Result<i32> {
+    let report = cutover_pg::preflight::check(plan).await?;
+    let errors: Vec<_> = report.errors().collect();
+    let steps = [
+        ("schema.dump", "pg_dump --schema-only of the source".to_string()),
+        ("schema.pre_data", "restore types, tables and functions on the target".to_string()),
+        ("schema.keys", "create primary keys and replica identity indexes on the target".to_string()),
+        ("publication", format!("CREATE PUBLICATION {} for {} tables", plan.sync.publication(), report.tables.len())),
+        ("subscription", format!("CREATE SUBSCRIPTION {} with slot {} (starts the copy)", plan.sync.subscription(), plan.sync.slot())),
+        ("copy", "wait until every table is copied and ready".to_string()),
+        ("schema.post_data", "create the other indexes, constraints and triggers".to_string()),
+    ];
+    if g.json {
+        output::json(&serde_json::json!({
+            "dry_run": true,
+            "blocking": errors,
+            "steps": steps.iter().map(|(s, d)| serde_json::json!({"step": s, "does": d})).collect::<Vec<_>>(),
+            "tables": report.tables.iter().map(|t| t.display()).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        println!("db sync would, on {} tables:", report.tables.len());
+        for (s, d) in &steps {
+            println!("  {s:<17} {d}");
+        }
+        for e in &errors {
+            println!("blocked: {}: {}{}", e.subject, e.message, e.fix.as_ref().map(|f| format!("; {f}")).unwrap_or_default());
+        }
+        println!("nothing was changed (dry run)");
+    }
+    Ok(if errors.is_empty() { 0 } else { 1 })
+}

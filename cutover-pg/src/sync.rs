@@ -1,0 +1,419 @@
+//! `db sync` in native mode: schema, one consistent copy, then continuous replication.
+//!
+//! The copy and the follow are PostgreSQL's own: a publication on the source and a
+//! subscription on the target with `copy_data = true`. The subscription's table
+//! synchronisation copies each table from a snapshot tied to the slot and then catches up from
+//! exactly that point, so no change is lost or applied twice, and the subscription keeps
+//! following after `db sync` returns.
+//!
+//! Every step is idempotent so a killed or interrupted sync can simply be run again: the schema
+//! parts are restored in single transactions and skipped when already in place, the
+//! publication and subscription are created only when missing, a slot orphaned by a
+//! `CREATE SUBSCRIPTION` that died half-way is dropped first, and a table copy that was under
+//! way is finished by the server itself (it never depended on this process).
+//!
+//! Invariant: a table whose UPDATE/DELETE cannot be published (no primary key, default replica
+//! identity) is never added to the publication: doing so would make the source's own UPDATEs
+//! and DELETEs on it fail.
+
+use std::time::{Duration, Instant};
+
+use cutover_core::engine::Steps;
+use cutover_core::plan::SyncSettings;
+use cutover_core::{Mode, Plan};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::connect::{connect, ident, literal};
+use crate::error::{PgError, Side, SqlContext};
+use crate::inspect::{self, Table};
+use crate::schema;
+
+/// Where one table's initial copy stands.
+#[derive(Clone, Debug, Serialize)]
+pub struct TableProgress {
+    pub table: String,
+    /// init, copying, copied, synced, ready.
+    pub state: &'static str,
+    pub rows_done: i64,
+    pub rows_estimate: i64,
+    pub bytes_done: i64,
+    pub bytes_estimate: i64,
+}
+
+/// What `db sync` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncSummary {
+    pub tables: usize,
+    pub rows_estimate: i64,
+    pub bytes: i64,
+    pub duration_ms: u64,
+    /// True when an earlier run had already started the sync.
+    pub resumed: bool,
+}
+
+pub fn state_name(code: &str) -> &'static str {
+    match code {
+        "i" => "init",
+        "d" => "copying",
+        "f" => "copied",
+        "s" => "synced",
+        "r" => "ready",
+        _ => "unknown",
+    }
+}
+
+/// Refuses, before anything is created, what the sync cannot do safely. Every problem at once.
+pub fn refuse_unsafe(tables: &[Table]) -> Result<(), PgError> {
+    let mut problems = vec![];
+    if tables.is_empty() {
+        problems.push("no table to move; check sync.schemas and sync.exclude_tables in the plan".to_string());
+    }
+    for t in tables {
+        if t.cannot_publish() {
+            problems.push(format!(
+                "table {} has no primary key and no usable replica identity, so publishing it would make its UPDATEs and DELETEs fail on the source; \
+                 add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL (or list it in sync.exclude_tables)",
+                t.display(),
+                t.qualified()
+            ));
+        }
+        if t.unlogged {
+            problems.push(format!(
+                "table {} is UNLOGGED and cannot be replicated; run ALTER TABLE {} SET LOGGED (or list it in sync.exclude_tables)",
+                t.display(),
+                t.qualified()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PgError::Refused(problems.join("\n")))
+    }
+}
+
+async fn subscription_oid(target: &Client, name: &str) -> Result<Option<u32>, PgError> {
+    let row = target
+        .query_opt(
+            "SELECT oid FROM pg_subscription WHERE subname = $1
+                AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&name],
+        )
+        .await
+        .ctx(Side::Target, "look for the subscription")?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+async fn publication_tables(source: &Client, name: &str) -> Result<Option<Vec<String>>, PgError> {
+    let exists = source
+        .query_opt("SELECT oid FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .ctx(Side::Source, "look for the publication")?;
+    let Some(row) = exists else { return Ok(None) };
+    let oid: u32 = row.get(0);
+    let rows = source
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_publication_rel r
+               JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE r.prpubid = $1 ORDER BY 1",
+            &[&oid],
+        )
+        .await
+        .ctx(Side::Source, "list the publication's tables")?;
+    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+}
+
+/// Creates the publication, or checks that the one there covers the same tables.
+async fn ensure_publication(source: &Client, sync: &SyncSettings, tables: &[Table]) -> Result<String, PgError> {
+    let name = sync.publication();
+    let mut wanted: Vec<String> = tables.iter().map(Table::display).collect();
+    wanted.sort();
+    match publication_tables(source, &name).await? {
+        Some(have) if have == wanted => Ok(format!("publication {name} already in place")),
+        Some(_) => Err(PgError::Refused(format!(
+            "publication {name} on the source covers other tables than the plan selects (the selection changed since the sync started); \
+             run `cutover db cleanup` and then `cutover db sync` again"
+        ))),
+        None => {
+            let list: Vec<String> = tables.iter().map(Table::qualified).collect();
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
+                ident(&name),
+                list.join(", ")
+            );
+            source.batch_execute(&sql).await.ctx(Side::Source, "create the publication")?;
+            Ok(format!("publication {name} created for {} tables", tables.len()))
+        }
+    }
+}
+
+/// Creates the subscription (which starts the copy), unless it exists.
+async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> Result<String, PgError> {
+    let sync = &plan.sync;
+    let (sub, slot) = (sync.subscription(), sync.slot());
+    if subscription_oid(target, &sub).await?.is_some() {
+        target
+            .batch_execute(&format!("ALTER SUBSCRIPTION {} ENABLE", ident(&sub)))
+            .await
+            .ctx(Side::Target, "enable the subscription")?;
+        return Ok(format!("subscription {sub} already in place"));
+    }
+    // A CREATE SUBSCRIPTION killed after it made the slot leaves the slot behind.
+    let orphan = source
+        .query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .ctx(Side::Source, "look for an orphaned slot")?;
+    if let Some(row) = orphan {
+        if row.get::<_, bool>(0) {
+            return Err(PgError::Refused(format!(
+                "replication slot {slot} on the source is in use by another client; stop it, or set another sync.name in the plan"
+            )));
+        }
+        source
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .ctx(Side::Source, "drop the orphaned slot")?;
+    }
+    let conninfo = plan.source.replication_url.conninfo_with_password();
+    let sql = format!(
+        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, copy_data = true, create_slot = true)",
+        ident(&sub),
+        literal(conninfo.expose()),
+        ident(&sync.publication()),
+        literal(&slot)
+    );
+    target.batch_execute(&sql).await.map_err(|e| {
+        let err = PgError::sql(Side::Target, "create the subscription", e);
+        PgError::Refused(cutover_core::redact(&err.to_string(), plan.secrets().iter()))
+    })?;
+    Ok(format!("subscription {sub} created; the copy has started"))
+}
+
+/// Per-table copy state of the subscription, from the target.
+pub async fn table_progress(target: &Client, sub: &str, tables: &[Table]) -> Result<Vec<TableProgress>, PgError> {
+    let rows = target
+        .query(
+            "SELECT n.nspname || '.' || c.relname, sr.srsubstate::text,
+                    coalesce(p.tuples_processed, 0), coalesce(p.bytes_processed, 0)
+               FROM pg_subscription s
+               JOIN pg_subscription_rel sr ON sr.srsubid = s.oid
+               JOIN pg_class c ON c.oid = sr.srrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               LEFT JOIN pg_stat_progress_copy p ON p.relid = sr.srrelid AND p.datid = s.subdbid
+              WHERE s.subname = $1
+                AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+              ORDER BY 1",
+            &[&sub],
+        )
+        .await
+        .ctx(Side::Target, "read the copy progress")?;
+    let mut out = vec![];
+    for t in tables {
+        let name = t.display();
+        let row = rows.iter().find(|r| r.get::<_, String>(0) == name);
+        let state = row.map(|r| state_name(&r.get::<_, String>(1))).unwrap_or("init");
+        let (mut rows_done, mut bytes_done) =
+            row.map(|r| (r.get::<_, i64>(2), r.get::<_, i64>(3))).unwrap_or((0, 0));
+        if matches!(state, "copied" | "synced" | "ready") {
+            rows_done = rows_done.max(t.rows_estimate);
+            bytes_done = bytes_done.max(t.bytes);
+        }
+        out.push(TableProgress {
+            table: name,
+            state,
+            rows_done,
+            rows_estimate: t.rows_estimate,
+            bytes_done,
+            bytes_estimate: t.bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Errors the subscription's workers have hit so far (sync + apply).
+async fn worker_errors(target: &Client, sub: &str) -> Result<i64, PgError> {
+    let row = target
+        .query_opt(
+            "SELECT sync_error_count + apply_error_count FROM pg_stat_subscription_stats WHERE subname = $1",
+            &[&sub],
+        )
+        .await
+        .ctx(Side::Target, "read the subscription's error count")?;
+    Ok(row.map(|r| r.get(0)).unwrap_or(0))
+}
+
+/// Waits until every table is ready, reporting progress.
+async fn wait_ready(
+    plan: &Plan,
+    target: &Client,
+    tables: &[Table],
+    progress: &(dyn Fn(&[TableProgress]) + Send + Sync),
+) -> Result<String, PgError> {
+    let sub = plan.sync.subscription();
+    let started = Instant::now();
+    let errors_at_start = worker_errors(target, &sub).await?;
+    let mut last_change = Instant::now();
+    let mut last_done = -1i64;
+    loop {
+        let snapshot = table_progress(target, &sub, tables).await?;
+        progress(&snapshot);
+        if snapshot.iter().all(|t| t.state == "ready") {
+            return Ok(format!("{} tables ready", snapshot.len()));
+        }
+        let done: i64 = snapshot.iter().map(|t| t.rows_done + t.bytes_done).sum::<i64>()
+            + snapshot.iter().filter(|t| t.state == "ready").count() as i64;
+        if done != last_done {
+            last_done = done;
+            last_change = Instant::now();
+        }
+        let errors = worker_errors(target, &sub).await? - errors_at_start;
+        if errors > 0 && last_change.elapsed() > Duration::from_secs(60) {
+            return Err(PgError::Refused(format!(
+                "the subscription's workers failed {errors} times and the copy has not moved for a minute; \
+                 read the target server's log (often the target cannot reach the source: set source.replication_url to an address the target server can connect to)"
+            )));
+        }
+        if started.elapsed() > plan.sync.ready_timeout {
+            return Err(PgError::Refused(format!(
+                "not every table is ready after {}; the copy goes on in the server: run `cutover db sync` again to keep waiting, or raise sync.ready_timeout",
+                humanize(plan.sync.ready_timeout)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    humantime_like(d.as_secs())
+}
+
+fn humantime_like(secs: u64) -> String {
+    if secs >= 3600 {
+        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
+    } else if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Runs `db sync`: check, schema, publication, subscription, copy, the rest of the schema.
+pub async fn sync(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    progress: &(dyn Fn(&[TableProgress]) + Send + Sync),
+) -> Result<SyncSummary, PgError> {
+    let started = Instant::now();
+    if plan.sync.mode == Mode::Trigger {
+        return Err(PgError::Refused(
+            "sync.mode = \"trigger\" is not available in this version of cutover; use a source that allows logical replication (mode = \"native\")".into(),
+        ));
+    }
+    let source = connect(&plan.source.url, Side::Source).await?;
+    let target = connect(&plan.target.url, Side::Target).await?;
+    let tables = inspect::tables(&source, Side::Source, &plan.sync).await?;
+    refuse_unsafe(&tables)?;
+    let resumed = subscription_oid(&target, &plan.sync.subscription()).await?.is_some();
+    crate::preflight_gate::gate(plan, resumed).await?;
+
+    let dump = steps
+        .run("schema.dump", "pg_dump --schema-only of the source", || {
+            schema::dump(&plan.source.url, &source, &plan.sync)
+        })
+        .await?;
+    schema_before_copy(plan, steps, &source, &target, &tables, &dump).await?;
+    steps
+        .run("publication", "create the publication on the source", || {
+            ensure_publication(&source, &plan.sync, &tables)
+        })
+        .await?;
+    steps
+        .run("subscription", "create the subscription on the target (starts the copy)", || {
+            ensure_subscription(plan, &source, &target)
+        })
+        .await?;
+    steps
+        .run("copy", "wait until every table is copied and ready", || wait_ready(plan, &target, &tables, progress))
+        .await?;
+    schema_after_copy(plan, steps, &source, &target, &tables, &dump).await?;
+    Ok(SyncSummary {
+        tables: tables.len(),
+        rows_estimate: tables.iter().map(|t| t.rows_estimate).sum(),
+        bytes: tables.iter().map(|t| t.bytes).sum(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        resumed,
+    })
+}
+
+async fn schema_before_copy(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    source: &Client,
+    target: &Client,
+    tables: &[Table],
+    dump: &schema::SchemaDump,
+) -> Result<(), PgError> {
+    if !plan.sync.copy_schema {
+        steps.skip("schema.pre_data", "sync.copy_schema = false")?;
+        return Ok(());
+    }
+    let present = schema::tables_present(target, tables).await?;
+    if present == tables.len() {
+        steps.skip("schema.pre_data", "every table already exists on the target")?;
+    } else if present > 0 {
+        return Err(PgError::Refused(format!(
+            "{present} of the {} tables already exist on the target, the others do not; drop them on the target, or create them all and set sync.copy_schema = false",
+            tables.len()
+        )));
+    } else {
+        steps
+            .run("schema.pre_data", "restore types, tables and functions on the target", || async {
+                schema::restore(dump, &dump.pre_data, &plan.target.url).await?;
+                Ok::<_, PgError>(format!("{} entries", dump.counts.0))
+            })
+            .await?;
+    }
+    let (src_keys, ..) = schema::object_counts(source, Side::Source, tables).await?;
+    let (dst_keys, ..) = schema::object_counts(target, Side::Target, tables).await?;
+    if dst_keys >= src_keys {
+        steps.skip("schema.keys", "primary keys already in place")?;
+        return Ok(());
+    }
+    steps
+        .run("schema.keys", "create primary keys and replica identity indexes before the copy", || async {
+            schema::restore(dump, &dump.keys, &plan.target.url).await?;
+            Ok::<_, PgError>(format!("{} entries", dump.counts.1))
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn schema_after_copy(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    source: &Client,
+    target: &Client,
+    tables: &[Table],
+    dump: &schema::SchemaDump,
+) -> Result<(), PgError> {
+    if !plan.sync.copy_schema {
+        steps.skip("schema.post_data", "sync.copy_schema = false")?;
+        return Ok(());
+    }
+    let (_, si, sc, st) = schema::object_counts(source, Side::Source, tables).await?;
+    let (_, ti, tc, tt) = schema::object_counts(target, Side::Target, tables).await?;
+    // Restored in one transaction: when an earlier run tried it and every object is there, it landed.
+    let tried = steps.journal().last("schema.post_data")?.is_some();
+    if dump.counts.2 == 0 || (tried && ti >= si && tc >= sc && tt >= st) {
+        steps.skip("schema.post_data", "indexes, constraints and triggers already in place")?;
+        return Ok(());
+    }
+    steps
+        .run("schema.post_data", "create indexes, constraints and triggers on the target", || async {
+            schema::restore(dump, &dump.post_data, &plan.target.url).await?;
+            Ok::<_, PgError>(format!("{} entries", dump.counts.2))
+        })
+        .await
+        .map(|_| ())
+}
