@@ -1,0 +1,80 @@
+//! `db sync` killed with SIGKILL during the copy, then run again: it completes, nothing is
+//! duplicated, verify reports equal, and the journal shows both runs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::Env;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_the_copy_then_run_again() {
+    let env = Env::native().await;
+    env.pair
+        .source
+        .exec(
+            "CREATE TABLE public.big (id bigint PRIMARY KEY, payload text NOT NULL);
+             INSERT INTO public.big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 600000) g;
+             CREATE INDEX big_bucket ON public.big ((id % 100));
+             CREATE TABLE public.small (id int PRIMARY KEY, v text);
+             INSERT INTO public.small SELECT g, 'v' || g FROM generate_series(1, 1000) g;",
+        )
+        .await;
+
+    let mut child = env.command(&["db", "sync"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = vec![];
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            let copying = line.starts_with("→ copy:");
+            seen.push(line);
+            if copying {
+                return (true, seen);
+            }
+        }
+        (false, seen)
+    });
+    let (reached, lines) = reader.join().unwrap();
+    assert!(reached, "db sync never reached the copy:\n{}", lines.join("\n"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    for l in &lines {
+        env.assert_no_secret(l);
+    }
+
+    // The copy was under way when the process died.
+    let state = env.pair.target.value("SELECT string_agg(srsubstate::text, '' ORDER BY srrelid) FROM pg_subscription_rel").await;
+    assert!(state.as_deref().is_some_and(|s| s.chars().any(|c| c != 'r')), "copy already finished: {state:?}");
+
+    let again = env.run(&["db", "sync"]);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    assert!(again.stdout.contains("resumed an earlier run"), "{}", again.stdout);
+    assert!(again.stderr.contains("· schema.pre_data"), "the schema step is skipped:\n{}", again.stderr);
+    assert!(again.stderr.contains("already in place"), "{}", again.stderr);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let verify = env.run(&["db", "verify"]);
+        if verify.code == 0 {
+            assert!(verify.stdout.contains("all 2 tables equal"), "{}", verify.stdout);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never equal:\n{}{}", verify.stdout, verify.stderr);
+    }
+    assert_eq!(env.pair.target.value("SELECT count(*) FROM public.big").await.as_deref(), Some("600000"));
+    assert_eq!(env.pair.target.value("SELECT count(DISTINCT id) FROM public.big").await.as_deref(), Some("600000"));
+    // The post-data index is there too.
+    assert_eq!(env.pair.target.value("SELECT count(*) FROM pg_indexes WHERE indexname = 'big_bucket'").await.as_deref(), Some("1"));
+
+    let status = env.run(&["status"]);
+    assert_eq!(status.code, 0);
+    let runs: Vec<&str> = status.stdout.lines().filter(|l| l.starts_with("run ")).collect();
+    assert_eq!(runs.len(), 3, "{}", status.stdout); // killed sync, sync, verify
+    assert!(runs[0].contains("db sync · interrupted"), "{}", status.stdout);
+    assert!(runs[1].contains("db sync · ok"), "{}", status.stdout);
+    assert!(status.stdout.contains("(stopped before it finished)"), "{}", status.stdout);
+    env.assert_journal_clean();
+}
