@@ -21,7 +21,8 @@ fn main() {
     };
     let filter = match cli.global.verbose {
         0 => "warn",
-        1 => "info",
+        1 => "warn,cutover=info,cutover_pg=info,cutover_core=info",
+        2 => "warn,cutover=debug,cutover_pg=debug,cutover_core=debug",
         _ => "debug",
     };
     tracing_subscriber::fmt()
@@ -29,7 +30,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(output::RedactingStderr)
         .with_ansi(output::color())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -97,3 +97,40 @@ mod tests {
         assert_eq!(table(&["a", "bb"], &[vec!["xxx".into(), "y".into()]]), "a    bb\nxxx  y\n");
     }
 }
+
+/// Passwords the log writer scrubs. The log subscriber is process-wide by nature, so this list
+/// is too; commands add a plan's passwords as soon as they load it.
+static LOG_SECRETS: std::sync::RwLock<Vec<cutover_core::Secret>> = std::sync::RwLock::new(Vec::new());
+
+/// Adds secrets the log writer must never print.
+pub fn hide_in_logs(secrets: impl IntoIterator<Item = cutover_core::Secret>) {
+    if let Ok(mut list) = LOG_SECRETS.write() {
+        list.extend(secrets);
+    }
+}
+
+/// Writes log lines to stderr with every known secret replaced, whatever the library that
+/// logged them (a driver logging a statement at debug level, say).
+pub struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let clean = match LOG_SECRETS.read() {
+            Ok(list) => cutover_core::redact(&text, list.iter()),
+            Err(_) => text.into_owned(),
+        };
+        std::io::stderr().write_all(clean.as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactingStderr {
+    type Writer = RedactingStderr;
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingStderr
+    }
+}

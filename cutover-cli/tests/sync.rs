@@ -93,11 +93,16 @@ async fn sync_under_writes_then_verify_finds_one_changed_row() {
     env.pair.source.exec("ALTER TABLE public.audit_log REPLICA IDENTITY FULL").await;
     let check = env.run(&["check"]);
     assert_eq!(check.code, 2, "warnings only now: {}", check.stdout);
+    let dry = env.run(&["db", "sync", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    assert!(dry.stdout.contains("nothing was changed (dry run)"), "{}", dry.stdout);
+    assert_eq!(common::footprint(&env.pair).await, ("0/0".to_string(), "0/0".to_string()));
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(write_load(env.pair.source.client().await, stop.clone()));
     let sync = tokio::task::spawn_blocking({
-        let cmd = env.command(&["db", "sync"]);
+        // -vvv (every library at debug level): the log lines are checked for passwords too.
+        let cmd = env.command(&["-vvv", "db", "sync"]);
         move || common::to_run({ let mut c = cmd; c.output().unwrap() })
     })
     .await

@@ -137,6 +137,7 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
         LocalCluster::start(ClusterOptions::default())
     );
     let (source, target) = (source?, target?);
+    output::hide_in_logs([source.password().clone(), target.password().clone()]);
     for c in [&source, &target] {
         connect(&c.url("postgres"), Side::Source).await?.batch_execute("CREATE DATABASE shop").await?;
     }

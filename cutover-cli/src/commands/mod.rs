@@ -53,7 +53,9 @@ fn report(g: &crate::cli::Global, e: &anyhow::Error) {
 
 /// Reads and checks the plan file.
 fn load_plan(path: &Path) -> anyhow::Result<Plan> {
-    Ok(plan::load(path, &ProcessEnv)?)
+    let plan = plan::load(path, &ProcessEnv)?;
+    crate::output::hide_in_logs(plan.secrets());
+    Ok(plan)
 }
 
 /// Opens the journal beside the plan.
