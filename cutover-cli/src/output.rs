@@ -84,19 +84,6 @@ pub fn timestamp(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(millis(1234), "1.2s");
-        assert_eq!(millis(184_000), "3m04s");
-        assert_eq!(table(&["a", "bb"], &[vec!["xxx".into(), "y".into()]]), "a    bb\nxxx  y\n");
-    }
-}
 
 /// Passwords the log writer scrubs. The log subscriber is process-wide by nature, so this list
 /// is too; commands add a plan's passwords as soon as they load it.
@@ -132,5 +119,19 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactingStderr {
     type Writer = RedactingStderr;
     fn make_writer(&'a self) -> Self::Writer {
         RedactingStderr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(millis(1234), "1.2s");
+        assert_eq!(millis(184_000), "3m04s");
+        assert_eq!(table(&["a", "bb"], &[vec!["xxx".into(), "y".into()]]), "a    bb\nxxx  y\n");
     }
 }

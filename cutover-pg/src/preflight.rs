@@ -48,7 +48,12 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(severity: Severity, code: &'static str, subject: impl Into<String>, message: impl Into<String>) -> Finding {
+    pub fn new(
+        severity: Severity,
+        code: &'static str,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Finding {
         Finding { severity, code, subject: subject.into(), message: message.into(), fix: None }
     }
 
@@ -228,9 +233,7 @@ async fn target_tables(t: &Client, tables: &[Table]) -> Result<Vec<TargetTable>,
             Ok(None) => TargetState::Missing,
             Ok(Some(false)) => TargetState::Empty,
             Ok(Some(true)) => TargetState::HasRows,
-            Err(PgError::Sql { code: Some(code), message, .. }) if code == "42501" => {
-                TargetState::Unreadable(message)
-            }
+            Err(PgError::Sql { code: Some(code), message, .. }) if code == "42501" => TargetState::Unreadable(message),
             Err(e) => return Err(e),
         };
         out.push(TargetTable { schema: table.schema.clone(), name: table.name.clone(), state });
@@ -268,7 +271,7 @@ pub fn rules(f: &Facts) -> Vec<Finding> {
     sizes(f, &mut out);
     previous(f, &mut out);
     // Stable: rule order is kept within a severity.
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
 
@@ -570,7 +573,9 @@ fn unlogged(mode: Mode, t: &Table, out: &mut Vec<Finding>) {
             Severity::Info,
             "unlogged-table",
             &name,
-            format!("{name} is UNLOGGED: its triggers capture its changes, but a server crash empties it on either side"),
+            format!(
+                "{name} is UNLOGGED: its triggers capture its changes, but a server crash empties it on either side"
+            ),
         ));
         return;
     }
@@ -739,10 +744,7 @@ fn previous(f: &Facts, out: &mut Vec<Finding>) {
             Severity::Info,
             "previous-sync",
             if p.subscription.is_some() { "target" } else { "source" },
-            format!(
-                "a previous `cutover db sync` is in place ({}); `cutover db sync` resumes it",
-                parts.join(", ")
-            ),
+            format!("a previous `cutover db sync` is in place ({}); `cutover db sync` resumes it", parts.join(", ")),
         ));
     }
 }

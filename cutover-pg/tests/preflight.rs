@@ -108,7 +108,9 @@ async fn a_heroku_like_source_points_to_trigger_mode_and_never_to_pgoptions() {
     let pair = Pair::heroku_like().await;
     let app = pair.source.role("app", "NOSUPERUSER NOREPLICATION").await;
     pair.source
-        .exec("CREATE TABLE public.orders (id bigserial PRIMARY KEY, total int); ALTER TABLE public.orders OWNER TO app;")
+        .exec(
+            "CREATE TABLE public.orders (id bigserial PRIMARY KEY, total int); ALTER TABLE public.orders OWNER TO app;",
+        )
         .await;
     let native = plan(&pair, &app, &pair.target.url(), "native");
     let report = preflight::check(&native).await.unwrap();
@@ -170,7 +172,9 @@ async fn a_target_that_holds_the_tables_is_refused_and_large_objects_are_flagged
 #[tokio::test]
 async fn a_previous_sync_is_reported_and_its_rows_are_not_an_error() {
     let pair = Pair::native().await;
-    pair.source.exec("CREATE TABLE public.t (id int PRIMARY KEY); CREATE PUBLICATION cutover_pub FOR TABLE public.t;").await;
+    pair.source
+        .exec("CREATE TABLE public.t (id int PRIMARY KEY); CREATE PUBLICATION cutover_pub FOR TABLE public.t;")
+        .await;
     pair.target.exec("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1);").await;
     pair.target
         .exec(
@@ -270,7 +274,11 @@ fn facts() -> Facts {
         sequences: vec![],
         source_extensions: vec![("plpgsql".into(), "1.0".into())],
         target_available: vec!["plpgsql".into()],
-        target_tables: vec![TargetTable { schema: "public".into(), name: "orders".into(), state: TargetState::Missing }],
+        target_tables: vec![TargetTable {
+            schema: "public".into(),
+            name: "orders".into(),
+            state: TargetState::Missing,
+        }],
         source_roles: vec!["app".into()],
         source_can_create: true,
         wal_senders_used: 0,
@@ -324,11 +332,8 @@ fn exit_codes_follow_the_worst_finding() {
 #[test]
 fn an_extension_missing_on_the_target_is_named() {
     let mut f = facts();
-    f.source_extensions = vec![
-        ("plpgsql".into(), "1.0".into()),
-        ("pg_trgm".into(), "1.6".into()),
-        ("postgis".into(), "3.4.2".into()),
-    ];
+    f.source_extensions =
+        vec![("plpgsql".into(), "1.0".into()), ("pg_trgm".into(), "1.6".into()), ("postgis".into(), "3.4.2".into())];
     f.target_available = vec!["pg_trgm".into(), "hstore".into()];
     let findings = preflight::rules(&f);
     assert_eq!(of(&findings, Severity::Error), [pair_of("missing-extension", "extension postgis")]);

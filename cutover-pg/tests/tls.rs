@@ -45,7 +45,7 @@ fn url(pg: &Pg, params: &str) -> ConnString {
         .with_password(base.password().cloned())
 }
 
-async fn ssl_in_use(pg: &Pg, cs: &ConnString) -> bool {
+async fn ssl_in_use(_pg: &Pg, cs: &ConnString) -> bool {
     let c = connect(cs, Side::Target).await.unwrap_or_else(|e| panic!("{cs}: {e}"));
     c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0)
 }

@@ -73,7 +73,7 @@ pub fn render(r: &Report) -> String {
     }
     out.push('\n');
     let mut findings: Vec<_> = r.findings.iter().collect();
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     for f in findings {
         let label = match f.severity {
             Severity::Error => "ERROR  ",

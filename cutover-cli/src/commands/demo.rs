@@ -107,7 +107,7 @@ fn start_load(url: &ConnString, rate: u32) -> anyhow::Result<tokio::process::Chi
         .stderr(Stdio::null())
         .kill_on_drop(true);
     clean_env(&mut cmd, url);
-    Ok(cmd.spawn().context("start pgbench")?)
+    cmd.spawn().context("start pgbench")
 }
 
 async fn stop_load(child: &mut tokio::process::Child) {

@@ -43,7 +43,7 @@ fn render(s: &Status) -> String {
     let retained = s.slot.as_ref().and_then(|x| x.retained_bytes).map(output::bytes).unwrap_or_else(|| "-".into());
     let eta = match s.eta_seconds {
         Some(e) if e < 1.0 => "caught up".to_string(),
-        Some(e) => format!("{}", output::millis((e * 1000.0) as u64)),
+        Some(e) => output::millis((e * 1000.0) as u64),
         None => "- (not gaining)".to_string(),
     };
     out.push_str(&format!("lag           {lag} (source WAL at {})\n", s.source_lsn));
