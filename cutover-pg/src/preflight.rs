@@ -352,6 +352,22 @@ fn capacity(f: &Facts, out: &mut Vec<Finding>) {
             ),
         );
     }
+    // Each table's initial copy also holds a temporary slot and sender while it runs
+    // (max_sync_workers_per_subscription, 2 by default, at once): with fewer free, copies wait.
+    let free = i64::from(s.max_replication_slots) - s.replication_slots_used;
+    if (1..3).contains(&free) && f.tables.len() > 1 {
+        out.push(
+            Finding::new(
+                Severity::Warning,
+                "replication-slots-few",
+                "source",
+                format!(
+                    "only {free} free replication slot(s) on the source; the initial copy uses one more per table copied at once (2 by default), so tables will copy one after another"
+                ),
+            )
+            .fix("raise max_replication_slots and max_wal_senders on the source by 2 or more"),
+        );
+    }
     if f.wal_senders_used >= i64::from(s.max_wal_senders) {
         out.push(
             Finding::new(
