@@ -25,10 +25,13 @@
 //!   `search_path` is `pg_catalog` so no user function can stand in for `md5` and
 //!   `format_type` names every user type with its schema. The sessions are read-only.
 //! - **Live writes.** While replication runs, the target is a little behind, so a range
-//!   that differs is first re-checked: read the source, take `pg_current_wal_lsn()` after
-//!   that read, wait until the slot's `confirmed_flush_lsn` (bytes, never a time column)
-//!   has passed it, then read the target, which then holds at least what the source read
-//!   saw. Only a difference that survives a few rounds is reported. When one wait times
+//!   that differs is first re-checked: read the source, take the WAL position after that
+//!   read, wait until the slot's `confirmed_flush_lsn` (bytes, never a time column) has
+//!   passed it, then read the target, which then holds at least what the source read saw.
+//!   The position is `pg_current_wal_insert_lsn()`, not `pg_current_wal_lsn()`: with
+//!   `synchronous_commit = off` a commit is visible before its record is written, and the
+//!   write position can lag behind it, so a slot could "pass" it before the commit (seen in
+//!   our tests). Only a difference that survives a few rounds is reported. When one wait times
 //!   out, replication is taken as stalled and later ranges are reported without waiting,
 //!   so a stopped subscription costs one timeout, not one per range.
 //! - **First differing keys.** Only for a reported range: both sides' `(key, md5(row))` of
@@ -382,10 +385,11 @@ SELECT c.relkind = 'p',
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname::text = k.name
                                   AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY k.i),
-       array(SELECT k.name FROM unnest($4::text[]) AS k(name)
+       array(SELECT k.name FROM unnest($4::text[]) WITH ORDINALITY AS k(name, i)
               WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
                                  WHERE a.attrelid = c.oid AND a.attname::text = k.name
-                                   AND a.attnum > 0 AND NOT a.attisdropped))
+                                   AND a.attnum > 0 AND NOT a.attisdropped)
+              ORDER BY k.i)
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname::text = $1 AND c.relname::text = $2 AND c.relkind IN ('r', 'p')";
 
@@ -530,7 +534,7 @@ async fn compare_chunk(run: &Run<'_>, plan: &TablePlan<'_>, index: usize) -> Res
         // Taken after the source was read, so the target holds all the source read saw.
         let lsn: String = conn
             .source
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .ctx(Side::Source, "read the WAL position")?
             .get(0);
