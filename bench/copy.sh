@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# bench/copy.sh: how long does the initial copy take, cutover against the usual tools?
+#
+# Copies the same pgbench database three ways, one after the other, on this machine, and
+# times each from start to "every table is on the target and ready":
+#
+#   cutover    `cutover db sync` (schema via pg_dump, data via logical replication with
+#              copy_data; returns once every table is "ready")
+#   pg_dump    `pg_dump -Fd -j$JOBS` into a directory, then `pg_restore -j$JOBS`
+#   pgcopydb   `pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS`
+#
+# It then prints the seconds, the ratios (their time / cutover's time: above 1 means cutover
+# is faster) and the exact command line.
+#
+# Everything runs on temporary PostgreSQL clusters this script starts on free 127.0.0.1
+# ports: one source (wal_level = logical) and, for each tool, a fresh target cluster with the
+# very same settings, started just before that tool runs and stopped right after. Nothing
+# leaves the loopback interface. Every cluster is stopped and every temporary file removed on
+# exit (trap). This is a benchmark to run by hand (see DESIGN.md, "Where speed is measured");
+# it is not part of the test suite.
+#
+# Usage:   bench/copy.sh
+# Knobs (environment):
+#   SCALE=50          pgbench scale factor (50 = 5 million accounts, ~750 MB)
+#   JOBS=2            parallel jobs for pg_dump/pg_restore and pgcopydb
+#   TOOLS="cutover pg_dump pgcopydb"   which tools, in which order
+#   TOOL_TIMEOUT=3600 seconds one tool may take before it is killed (the run then fails)
+#   LOG_DIR=          if set, every log (servers, tools) is copied there before cleanup
+#   CARGO_TARGET_DIR  honoured when looking for the cutover binary
+#
+# When run as root, the server programs run as the `postgres` user (PostgreSQL refuses root).
+
+set -euo pipefail
+
+SCALE=${SCALE:-50}
+JOBS=${JOBS:-2}
+TOOLS=${TOOLS:-"cutover pg_dump pgcopydb"}
+TOOL_TIMEOUT=${TOOL_TIMEOUT:-3600}
+LOG_DIR=${LOG_DIR:-}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+COMMAND_LINE="SCALE=$SCALE JOBS=$JOBS TOOLS=\"$TOOLS\" bench/copy.sh${*:+ $*}"
+
+# Every cluster setting, identical for the source and every target. fsync and
+# synchronous_commit stay at their (durable) defaults.
+CLUSTER_SETTINGS="
+listen_addresses = '127.0.0.1'
+password_encryption = 'scram-sha-256'
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
+max_worker_processes = 16
+max_logical_replication_workers = 8
+max_sync_workers_per_subscription = 4
+max_connections = 100
+shared_buffers = '256MB'
+maintenance_work_mem = '256MB'
+max_wal_size = '4GB'
+checkpoint_timeout = '30min'
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+log_min_messages = warning
+"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --------------------------------------------------------------------------------------
+# Programs
+
+find_pg_bindir() {
+    local dir
+    dir=$(pg_config --bindir 2>/dev/null || true)
+    if [[ -z $dir || ! -x $dir/initdb ]]; then dir=/usr/lib/postgresql/15/bin; fi
+    [[ -x $dir/initdb && -x $dir/pg_ctl ]] || die "PostgreSQL server programs (initdb, pg_ctl) not found"
+    PGBIN=$dir
+    # Client programs (ours, pgcopydb's pg_dump/pg_restore/psql) all come from the same folder.
+    export PATH="$PGBIN:$PATH"
+    export PG_CONFIG="$PGBIN/pg_config"
+}
+
+build_cutover() {
+    log "building cutover (cargo build --release -p cutover-cli)"
+    (cd "$ROOT" && cargo build --release -p cutover-cli) >&2
+    local target_dir=${CARGO_TARGET_DIR:-target}
+    [[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
+    CUTOVER="$target_dir/release/cutover"
+    [[ -x $CUTOVER ]] || die "no cutover binary at $CUTOVER"
+}
+
+# --------------------------------------------------------------------------------------
+# Temporary clusters
+
+WORK=""
+SAMPLER_PID=""
+declare -a CLUSTERS=()   # data directories of running clusters
+AS_PG=()                 # prefix that runs a server program as the right user
+
+setup_workdir() {
+    WORK=$(mktemp -d /tmp/cutover-bench.XXXXXX)
+    if [[ $(id -u) -eq 0 ]]; then
+        id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user"
+        chown postgres: "$WORK"
+        AS_PG=(runuser -u postgres --)
+    fi
+    mkdir -p "$WORK/logs"
+    PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
+    printf '%s\n' "$PASSWORD" > "$WORK/pwfile"
+    [[ $(id -u) -eq 0 ]] && chown -R postgres: "$WORK"
+    export PGPASSWORD=$PASSWORD   # clients only ever connect over TCP with this password
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    [[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null
+    local dir
+    for dir in "${CLUSTERS[@]}"; do
+        "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -m immediate -w -t 30 stop >/dev/null 2>&1
+    done
+    if [[ -n $LOG_DIR && -n $WORK ]]; then
+        mkdir -p "$LOG_DIR" && cp -r "$WORK/logs/." "$LOG_DIR/" && log "logs kept in $LOG_DIR"
+    fi
+    [[ -n $WORK ]] && rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        if port_is_free "$p"; then echo "$p"; return; fi
+    done
+    die "no free port found"
+}
+
+# start_cluster NAME: initdb + start; sets PORT_<NAME>.
+start_cluster() {
+    local name=$1 dir="$WORK/$1" port
+    port=$(free_port)
+    "${AS_PG[@]}" "$PGBIN/initdb" -D "$dir" -U postgres --pwfile="$WORK/pwfile" \
+        --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync \
+        >"$WORK/logs/initdb-$name.log" 2>&1 || die "initdb $name failed (see $WORK/logs)"
+    {
+        echo "$CLUSTER_SETTINGS"
+        echo "port = $port"
+        echo "unix_socket_directories = '$dir'"
+    } >> "$dir/postgresql.conf"
+    CLUSTERS+=("$dir")
+    "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 120 start >/dev/null \
+        || { cat "$dir/server.log" >&2; die "cannot start cluster $name"; }
+    printf -v "PORT_$name" '%s' "$port"
+    log "cluster $name up on 127.0.0.1:$port"
+}
+
+stop_cluster() {
+    local name=$1 dir="$WORK/$1" i
+    cp "$dir/server.log" "$WORK/logs/server-$name.log" 2>/dev/null || true
+    "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -m fast -w -t 120 stop >/dev/null
+    for i in "${!CLUSTERS[@]}"; do [[ ${CLUSTERS[$i]} == "$dir" ]] && unset 'CLUSTERS[i]'; done
+    rm -rf "$dir"
+}
+
+# url NAME [DB]: the client URL of a cluster (password included; only ever local and temporary).
+url() {
+    local port_var="PORT_$1"
+    echo "postgres://postgres:$PASSWORD@127.0.0.1:${!port_var}/${2:-bench}"
+}
+
+# sql NAME QUERY: runs a query in the bench database of a cluster, unaligned output.
+sql() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$(url "$1")" -c "$2"; }
+
+create_db() { psql -X -q -v ON_ERROR_STOP=1 -d "$(url "$1" postgres)" -c "CREATE DATABASE bench"; }
+
+# --------------------------------------------------------------------------------------
+# Source data
+
+make_source() {
+    start_cluster source
+    create_db source
+    log "pgbench -i -s $SCALE on the source"
+    timeout "$TOOL_TIMEOUT" pgbench -i -q -s "$SCALE" "$(url source)" >"$WORK/logs/pgbench-init.log" 2>&1 \
+        || { cat "$WORK/logs/pgbench-init.log" >&2; die "pgbench -i failed"; }
+    # pgbench_history gets no key from pgbench -i; cutover (rightly) refuses a table whose
+    # UPDATEs and DELETEs could not be replicated. Give it one, and a few rows.
+    sql source "ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY"
+    timeout 300 pgbench -n -c 2 -t 2000 "$(url source)" >"$WORK/logs/pgbench-run.log" 2>&1 \
+        || die "pgbench run failed"
+    sql source "VACUUM ANALYZE"
+    sql source "CHECKPOINT"
+    SOURCE_ROWS=$(row_counts source)
+    SOURCE_SIZE=$(sql source "SELECT pg_size_pretty(pg_database_size('bench'))")
+    log "source ready: $SOURCE_SIZE; rows: $SOURCE_ROWS"
+}
+
+# row_counts NAME: "table=count ..." for the pgbench tables, to check each copy is whole.
+row_counts() {
+    sql "$1" "SELECT string_agg(t || '=' || n, ' ' ORDER BY t) FROM (
+        SELECT 'accounts' t, count(*) n FROM pgbench_accounts UNION ALL
+        SELECT 'branches', count(*) FROM pgbench_branches UNION ALL
+        SELECT 'tellers', count(*) FROM pgbench_tellers UNION ALL
+        SELECT 'history', count(*) FROM pgbench_history) s"
+}
+
+pkey_count() { sql "$1" "SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conrelid::regclass::text LIKE 'pgbench_%'"; }
+
+# --------------------------------------------------------------------------------------
+# The three tools. Each runs against a fresh, empty target database "bench" on cluster $1.
+# They run in an `||` context where `set -e` does not apply, hence the explicit returns.
+
+run_cutover() {
+    local target=$1 dir="$WORK/cutover-plan"
+    mkdir -p "$dir"
+    export SOURCE_DATABASE_URL TARGET_DATABASE_URL
+    SOURCE_DATABASE_URL=$(url source)
+    TARGET_DATABASE_URL=$(url "$target")
+    "$CUTOVER" --plan "$dir/cutover.toml" init \
+        --source-url "$SOURCE_DATABASE_URL" --target-url "$TARGET_DATABASE_URL" >/dev/null || return 1
+    start_sampler "$target"
+    timeout "$TOOL_TIMEOUT" "$CUTOVER" --plan "$dir/cutover.toml" db sync \
+        >"$WORK/logs/cutover.out" 2>"$WORK/logs/cutover.err"
+}
+
+# Removes the subscription, slot and publication cutover left (its sync keeps following the
+# source), so the next tool runs against an idle source. Not timed.
+after_cutover() {
+    stop_sampler
+    "$CUTOVER" --plan "$WORK/cutover-plan/cutover.toml" db cleanup >"$WORK/logs/cutover-cleanup.log" 2>&1 \
+        || log "warning: cutover db cleanup failed (see its log)"
+}
+
+run_pg_dump() {
+    local target=$1 t0 t1
+    rm -rf "$WORK/dump"
+    t0=$(now)
+    timeout "$TOOL_TIMEOUT" pg_dump -Fd -j "$JOBS" -f "$WORK/dump" -d "$(url source)" \
+        >"$WORK/logs/pg_dump.log" 2>&1 || return 1
+    t1=$(now)
+    timeout "$TOOL_TIMEOUT" pg_restore -j "$JOBS" --no-owner --no-privileges --exit-on-error \
+        -d "$(url "$target")" "$WORK/dump" >"$WORK/logs/pg_restore.log" 2>&1 || return 1
+    DETAIL_pg_dump="dump $(elapsed "$t0" "$t1") s, restore $(elapsed "$t1" "$(now)") s, archive $(du -sh "$WORK/dump" | cut -f1)"
+    rm -rf "$WORK/dump"
+}
+
+run_pgcopydb() {
+    local target=$1
+    rm -rf "$WORK/pgcopydb"
+    timeout "$TOOL_TIMEOUT" pgcopydb clone --source "$(url source)" --target "$(url "$target")" \
+        --dir "$WORK/pgcopydb" --table-jobs "$JOBS" --index-jobs "$JOBS" --no-owner --no-acl \
+        >"$WORK/logs/pgcopydb.log" 2>&1 || return 1
+    rm -rf "$WORK/pgcopydb"
+}
+
+# --------------------------------------------------------------------------------------
+# Where cutover's copy spends its time: every change of a table's subscription state
+# (pg_subscription_rel), sampled every 0.2 s on the target, with the time since the start.
+
+start_sampler() {
+    local target=$1 start
+    start=$(now)
+    (
+        local last="" cur
+        while true; do
+            cur=$(sql "$target" "SELECT string_agg(replace(c.relname, 'pgbench_', '') || ':' || sr.srsubstate::text, ' ' ORDER BY c.relname)
+                                   FROM pg_subscription_rel sr JOIN pg_class c ON c.oid = sr.srrelid" 2>>"$WORK/logs/sampler.err" || true)
+            if [[ -n $cur && $cur != "$last" ]]; then
+                printf '%7.1f s  %s\n' "$(elapsed "$start" "$(now)")" "$cur"
+                last=$cur
+            fi
+            sleep 0.2
+        done
+    ) >"$WORK/logs/cutover-states.log" &
+    SAMPLER_PID=$!
+}
+
+stop_sampler() {
+    [[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null && wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=""
+}
+
+# --------------------------------------------------------------------------------------
+# Timing and report
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+declare -A SECONDS_OF=()
+
+# bench_tool TOOL: fresh target cluster, run, check the copy is whole, stop the target.
+bench_tool() {
+    local tool=$1 target="t_$1" t0 t1 rows keys
+    target=${target//-/_}
+    start_cluster "$target"
+    create_db "$target"
+    sql source "CHECKPOINT" # every tool starts from the same, quiet source
+    log "running $tool"
+    t0=$(now)
+    "run_$tool" "$target" || { tail -n 20 "$WORK"/logs/"$tool"* >&2 || true; die "$tool failed"; }
+    t1=$(now)
+    SECONDS_OF[$tool]=$(elapsed "$t0" "$t1")
+    log "$tool: ${SECONDS_OF[$tool]} s"
+    rows=$(row_counts "$target")
+    keys=$(pkey_count "$target")
+    [[ $rows == "$SOURCE_ROWS" ]] || die "$tool copied $rows, the source has $SOURCE_ROWS"
+    [[ $keys == 4 ]] || die "$tool left $keys primary keys on the target, not 4"
+    [[ $tool == cutover ]] && after_cutover
+    stop_cluster "$target"
+}
+
+report() {
+    local base=${SECONDS_OF[cutover]:-} tool
+    echo
+    echo "## cutover copy benchmark"
+    echo
+    echo "- command: \`$COMMAND_LINE\`"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- machine: $(nproc) CPUs, $(free -g | awk '/^Mem:/ { print $2 }') GiB memory, $(uname -sr)"
+    echo "- PostgreSQL: $("$PGBIN/postgres" --version | sed 's/.*(PostgreSQL) //'); $(pgcopydb --version 2>/dev/null | grep -m1 '^pgcopydb'); cutover $("$CUTOVER" --version | awk '{ print $2 }') at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] && echo ' (+ uncommitted changes)')"
+    echo "- data: pgbench scale $SCALE, database $SOURCE_SIZE; rows: $SOURCE_ROWS"
+    echo
+    echo "| tool | seconds | tool ÷ cutover | detail |"
+    echo "|---|---:|---:|---|"
+    for tool in $TOOLS; do
+        local detail="" var="DETAIL_$tool"
+        detail=${!var:-}
+        case $tool in
+            cutover) detail="\`cutover db sync\`" ;;
+            pg_dump) detail="\`pg_dump -Fd -j$JOBS\` + \`pg_restore -j$JOBS\`: $detail" ;;
+            pgcopydb) detail="\`pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS\`" ;;
+        esac
+        echo "| $tool | ${SECONDS_OF[$tool]} | $( [[ -n $base ]] && ratio "${SECONDS_OF[$tool]}" "$base" || echo -) | $detail |"
+    done
+    if [[ -f $WORK/logs/cutover.err ]]; then
+        echo
+        echo "cutover db sync, its steps (stderr, progress lines left out):"
+        echo
+        echo '```'
+        grep -E '^[✓·✗]' "$WORK/logs/cutover.err" || true
+        echo '```'
+        echo
+        echo "cutover: subscription state of each table over time (i init, d copying, f copied, s synced, r ready):"
+        echo
+        echo '```'
+        cat "$WORK/logs/cutover-states.log"
+        echo '```'
+    fi
+    if [[ -f $WORK/logs/pgcopydb.log ]]; then
+        echo
+        echo "pgcopydb's own summary:"
+        echo
+        echo '```'
+        sed -n '/ Step  /,$p' "$WORK/logs/pgcopydb.log" || true
+        echo '```'
+    fi
+}
+
+main() {
+    find_pg_bindir
+    build_cutover
+    setup_workdir
+    make_source
+    local tool
+    for tool in $TOOLS; do
+        case $tool in cutover | pg_dump | pgcopydb) ;; *) die "unknown tool $tool" ;; esac
+        bench_tool "$tool"
+    done
+    report
+}
+
+main "$@"
