@@ -14,6 +14,7 @@ use tokio_postgres::Client;
 
 use crate::connect::{connect, ident};
 use crate::error::{PgError, Side, SqlContext};
+use crate::sync::subscription_oid;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Removed {
@@ -23,15 +24,7 @@ pub struct Removed {
 }
 
 async fn drop_subscription(target: &Client, name: &str) -> Result<Option<u32>, PgError> {
-    let row = target
-        .query_opt(
-            "SELECT oid FROM pg_subscription WHERE subname = $1
-                AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&name],
-        )
-        .await
-        .ctx(Side::Target, "look for the subscription")?;
-    let Some(row) = row else { return Ok(None) };
+    let Some(oid) = subscription_oid(target, name).await? else { return Ok(None) };
     let q = ident(name);
     target
         .batch_execute(&format!("ALTER SUBSCRIPTION {q} DISABLE"))
@@ -42,7 +35,7 @@ async fn drop_subscription(target: &Client, name: &str) -> Result<Option<u32>, P
         .await
         .ctx(Side::Target, "detach the subscription from its slot")?;
     target.batch_execute(&format!("DROP SUBSCRIPTION {q}")).await.ctx(Side::Target, "drop the subscription")?;
-    Ok(Some(row.get(0)))
+    Ok(Some(oid))
 }
 
 /// Drops a slot on the source, ending the walsender that still holds it if need be.
@@ -82,16 +75,9 @@ pub async fn find(plan: &Plan) -> Result<Vec<Removed>, PgError> {
     let target = connect(&plan.target.url, Side::Target).await?;
     let mut found = vec![];
     let sub = plan.sync.subscription();
-    let sub_row = target
-        .query_opt(
-            "SELECT oid FROM pg_subscription WHERE subname = $1
-                AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&sub],
-        )
-        .await
-        .ctx(Side::Target, "look for the subscription")?;
-    let pattern = match &sub_row {
-        Some(r) => format!("pg\\_{}\\_sync\\_%", r.get::<_, u32>(0)),
+    let sub_row = subscription_oid(&target, &sub).await?;
+    let pattern = match sub_row {
+        Some(oid) => format!("pg\\_{oid}\\_sync\\_%"),
         None => String::from("-"),
     };
     if sub_row.is_some() {

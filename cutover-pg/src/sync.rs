@@ -93,7 +93,8 @@ pub fn refuse_unsafe(tables: &[Table]) -> Result<(), PgError> {
     }
 }
 
-async fn subscription_oid(target: &Client, name: &str) -> Result<Option<u32>, PgError> {
+/// The oid of the subscription of this name in the target's current database, if any.
+pub async fn subscription_oid(target: &Client, name: &str) -> Result<Option<u32>, PgError> {
     let row = target
         .query_opt(
             "SELECT oid FROM pg_subscription WHERE subname = $1
