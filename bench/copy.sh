@@ -9,8 +9,13 @@
 #   pg_dump    `pg_dump -Fd -j$JOBS` into a directory, then `pg_restore -j$JOBS`
 #   pgcopydb   `pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS`
 #
-# It then prints the seconds, the ratios (their time / cutover's time: above 1 means cutover
-# is faster) and the exact command line.
+# Each tool runs ROUNDS times (the order rotates from round to round) and the median counts.
+# It then prints the seconds, the ratios (their median / cutover's median: above 1 means
+# cutover is faster), every round's figures, and the exact command line.
+#
+# Before each run the script waits (up to QUIET_WAIT seconds) until the CPUs are at least 90%
+# idle, and reports the idle share it found: on a small machine a compiler running beside the
+# benchmark easily moves a figure by half.
 #
 # Everything runs on temporary PostgreSQL clusters this script starts on free 127.0.0.1
 # ports: one source (wal_level = logical) and, for each tool, a fresh target cluster with the
@@ -23,7 +28,9 @@
 # Knobs (environment):
 #   SCALE=50          pgbench scale factor (50 = 5 million accounts, ~750 MB)
 #   JOBS=2            parallel jobs for pg_dump/pg_restore and pgcopydb
-#   TOOLS="cutover pg_dump pgcopydb"   which tools, in which order
+#   TOOLS="cutover pg_dump pgcopydb"   which tools, in which order (first round)
+#   ROUNDS=3          runs of each tool; the median is reported
+#   QUIET_WAIT=120    seconds to wait at most for an idle machine before each run
 #   TOOL_TIMEOUT=3600 seconds one tool may take before it is killed (the run then fails)
 #   LOG_DIR=          if set, every log (servers, tools) is copied there before cleanup
 #   CARGO_TARGET_DIR  honoured when looking for the cutover binary
@@ -36,10 +43,12 @@ SCALE=${SCALE:-50}
 JOBS=${JOBS:-2}
 TOOLS=${TOOLS:-"cutover pg_dump pgcopydb"}
 TOOL_TIMEOUT=${TOOL_TIMEOUT:-3600}
+ROUNDS=${ROUNDS:-3}
+QUIET_WAIT=${QUIET_WAIT:-120}
 LOG_DIR=${LOG_DIR:-}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-COMMAND_LINE="SCALE=$SCALE JOBS=$JOBS TOOLS=\"$TOOLS\" bench/copy.sh${*:+ $*}"
+COMMAND_LINE="SCALE=$SCALE JOBS=$JOBS ROUNDS=$ROUNDS TOOLS=\"$TOOLS\" bench/copy.sh${*:+ $*}"
 
 # Every cluster setting, identical for the source and every target. fsync and
 # synchronous_commit stay at their (durable) defaults.
@@ -214,7 +223,7 @@ pkey_count() { sql "$1" "SELECT count(*) FROM pg_constraint WHERE contype = 'p' 
 # They run in an `||` context where `set -e` does not apply, hence the explicit returns.
 
 run_cutover() {
-    local target=$1 dir="$WORK/cutover-plan"
+    local target=$1 dir="$WORK/cutover-plan-r$ROUND"
     mkdir -p "$dir"
     export SOURCE_DATABASE_URL TARGET_DATABASE_URL
     SOURCE_DATABASE_URL=$(url source)
@@ -223,14 +232,14 @@ run_cutover() {
         --source-url "$SOURCE_DATABASE_URL" --target-url "$TARGET_DATABASE_URL" >/dev/null || return 1
     start_sampler "$target"
     timeout "$TOOL_TIMEOUT" "$CUTOVER" --plan "$dir/cutover.toml" db sync \
-        >"$WORK/logs/cutover.out" 2>"$WORK/logs/cutover.err"
+        >"$WORK/logs/cutover-r$ROUND.out" 2>"$WORK/logs/cutover-r$ROUND.err"
 }
 
 # Removes the subscription, slot and publication cutover left (its sync keeps following the
 # source), so the next tool runs against an idle source. Not timed.
 after_cutover() {
     stop_sampler
-    "$CUTOVER" --plan "$WORK/cutover-plan/cutover.toml" db cleanup >"$WORK/logs/cutover-cleanup.log" 2>&1 \
+    "$CUTOVER" --plan "$WORK/cutover-plan-r$ROUND/cutover.toml" db cleanup >"$WORK/logs/cutover-cleanup-r$ROUND.log" 2>&1 \
         || log "warning: cutover db cleanup failed (see its log)"
 }
 
@@ -239,11 +248,11 @@ run_pg_dump() {
     rm -rf "$WORK/dump"
     t0=$(now)
     timeout "$TOOL_TIMEOUT" pg_dump -Fd -j "$JOBS" -f "$WORK/dump" -d "$(url source)" \
-        >"$WORK/logs/pg_dump.log" 2>&1 || return 1
+        >"$WORK/logs/pg_dump-r$ROUND.log" 2>&1 || return 1
     t1=$(now)
     timeout "$TOOL_TIMEOUT" pg_restore -j "$JOBS" --no-owner --no-privileges --exit-on-error \
-        -d "$(url "$target")" "$WORK/dump" >"$WORK/logs/pg_restore.log" 2>&1 || return 1
-    DETAIL_pg_dump="dump $(elapsed "$t0" "$t1") s, restore $(elapsed "$t1" "$(now)") s, archive $(du -sh "$WORK/dump" | cut -f1)"
+        -d "$(url "$target")" "$WORK/dump" >"$WORK/logs/pg_restore-r$ROUND.log" 2>&1 || return 1
+    DETAIL="dump $(elapsed "$t0" "$t1") + restore $(elapsed "$t1" "$(now)")"
     rm -rf "$WORK/dump"
 }
 
@@ -252,7 +261,7 @@ run_pgcopydb() {
     rm -rf "$WORK/pgcopydb"
     timeout "$TOOL_TIMEOUT" pgcopydb clone --source "$(url source)" --target "$(url "$target")" \
         --dir "$WORK/pgcopydb" --table-jobs "$JOBS" --index-jobs "$JOBS" --no-owner --no-acl \
-        >"$WORK/logs/pgcopydb.log" 2>&1 || return 1
+        >"$WORK/logs/pgcopydb-r$ROUND.log" 2>&1 || return 1
     rm -rf "$WORK/pgcopydb"
 }
 
@@ -274,7 +283,7 @@ start_sampler() {
             fi
             sleep 0.2
         done
-    ) >"$WORK/logs/cutover-states.log" &
+    ) >"$WORK/logs/cutover-states-r$ROUND.log" &
     SAMPLER_PID=$!
 }
 
@@ -289,73 +298,98 @@ stop_sampler() {
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+median() { tr ' ' '\n' <<<"$*" | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.1f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 
-declare -A SECONDS_OF=()
+# cpu_idle: share of CPU time idle over the next second, in percent (all CPUs).
+cpu_idle() {
+    local stat='/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' before after
+    before=$(awk "$stat" /proc/stat); sleep 1; after=$(awk "$stat" /proc/stat)
+    awk -v a="$before" -v b="$after" 'BEGIN {
+        split(a, x, " "); split(b, y, " ")
+        printf "%d", (y[2] > x[2] ? 100 * (y[1] - x[1]) / (y[2] - x[2]) : 100) }'
+}
+
+# wait_quiet: waits until the CPUs are >= 90% idle, for QUIET_WAIT seconds at most; sets IDLE.
+wait_quiet() {
+    local deadline=$((SECONDS + QUIET_WAIT))
+    IDLE=$(cpu_idle)
+    while ((IDLE < 90 && SECONDS < deadline)); do IDLE=$(cpu_idle); done
+    ((IDLE >= 90)) || log "warning: the machine is busy (${IDLE}% idle) and stays so; timing anyway"
+}
+
+ROUND=0
+DETAIL=""
+declare -A TIMES=()    # tool -> "s1 s2 ..."
+declare -A ROUNDS_OF=() # tool -> "s1 (idle%, detail); ..."
 
 # bench_tool TOOL: fresh target cluster, run, check the copy is whole, stop the target.
 bench_tool() {
-    local tool=$1 target="t_$1" t0 t1 rows keys
-    target=${target//-/_}
+    local tool=$1 target="t_$1_r$ROUND" t0 t1 secs rows keys
     start_cluster "$target"
     create_db "$target"
     sql source "CHECKPOINT" # every tool starts from the same, quiet source
-    log "running $tool"
+    wait_quiet
+    log "round $ROUND: running $tool (CPUs ${IDLE}% idle before)"
+    DETAIL=""
     t0=$(now)
-    "run_$tool" "$target" || { tail -n 20 "$WORK"/logs/"$tool"* >&2 || true; die "$tool failed"; }
+    "run_$tool" "$target" || { tail -n 20 "$WORK"/logs/"$tool"*"-r$ROUND"* >&2 || true; die "$tool failed"; }
     t1=$(now)
-    SECONDS_OF[$tool]=$(elapsed "$t0" "$t1")
-    log "$tool: ${SECONDS_OF[$tool]} s"
+    secs=$(elapsed "$t0" "$t1")
+    log "round $ROUND: $tool took $secs s"
     rows=$(row_counts "$target")
     keys=$(pkey_count "$target")
     [[ $rows == "$SOURCE_ROWS" ]] || die "$tool copied $rows, the source has $SOURCE_ROWS"
     [[ $keys == 4 ]] || die "$tool left $keys primary keys on the target, not 4"
     [[ $tool == cutover ]] && after_cutover
     stop_cluster "$target"
+    TIMES[$tool]+=" $secs"
+    ROUNDS_OF[$tool]+="${ROUNDS_OF[$tool]:+; }$secs (${IDLE}% idle${DETAIL:+, $DETAIL})"
 }
 
 report() {
-    local base=${SECONDS_OF[cutover]:-} tool
+    local base="" tool r med
+    [[ -n ${TIMES[cutover]:-} ]] && base=$(median ${TIMES[cutover]})
     echo
     echo "## cutover copy benchmark"
     echo
     echo "- command: \`$COMMAND_LINE\`"
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) CPUs, $(free -g | awk '/^Mem:/ { print $2 }') GiB memory, $(uname -sr)"
-    echo "- PostgreSQL: $("$PGBIN/postgres" --version | sed 's/.*(PostgreSQL) //'); $(pgcopydb --version 2>/dev/null | grep -m1 '^pgcopydb'); cutover $("$CUTOVER" --version | awk '{ print $2 }') at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] && echo ' (+ uncommitted changes)')"
-    echo "- data: pgbench scale $SCALE, database $SOURCE_SIZE; rows: $SOURCE_ROWS"
+    echo "- versions: PostgreSQL $("$PGBIN/postgres" --version | sed 's/.*(PostgreSQL) //'); $(pgcopydb --version 2>/dev/null | grep -m1 '^pgcopydb'); cutover $("$CUTOVER" --version | awk '{ print $2 }') built from $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] && echo ' + uncommitted changes')"
+    echo "- data: pgbench scale $SCALE, source database $SOURCE_SIZE; rows: $SOURCE_ROWS"
     echo
-    echo "| tool | seconds | tool ÷ cutover | detail |"
-    echo "|---|---:|---:|---|"
+    echo "| tool | median s | ÷ cutover | command | every round: s (CPU idle before) |"
+    echo "|---|---:|---:|---|---|"
     for tool in $TOOLS; do
-        local detail="" var="DETAIL_$tool"
-        detail=${!var:-}
+        med=$(median ${TIMES[$tool]})
+        local cmd
         case $tool in
-            cutover) detail="\`cutover db sync\`" ;;
-            pg_dump) detail="\`pg_dump -Fd -j$JOBS\` + \`pg_restore -j$JOBS\`: $detail" ;;
-            pgcopydb) detail="\`pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS\`" ;;
+            cutover) cmd="\`cutover db sync\`" ;;
+            pg_dump) cmd="\`pg_dump -Fd -j$JOBS\` then \`pg_restore -j$JOBS\`" ;;
+            pgcopydb) cmd="\`pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS\`" ;;
         esac
-        echo "| $tool | ${SECONDS_OF[$tool]} | $( [[ -n $base ]] && ratio "${SECONDS_OF[$tool]}" "$base" || echo -) | $detail |"
+        echo "| $tool | $med | $( [[ -n $base ]] && ratio "$med" "$base" || echo -) | $cmd | ${ROUNDS_OF[$tool]} |"
     done
-    if [[ -f $WORK/logs/cutover.err ]]; then
+    if [[ -n ${TIMES[cutover]:-} ]]; then
         echo
-        echo "cutover db sync, its steps (stderr, progress lines left out):"
-        echo
-        echo '```'
-        grep -E '^[✓·✗]' "$WORK/logs/cutover.err" || true
-        echo '```'
-        echo
-        echo "cutover: subscription state of each table over time (i init, d copying, f copied, s synced, r ready):"
-        echo
-        echo '```'
-        cat "$WORK/logs/cutover-states.log"
-        echo '```'
+        echo "cutover db sync, its steps in each round (stderr, progress lines left out), and the"
+        echo "subscription state of each table over time, sampled on the target every 0.2 s"
+        echo "(i init, d copying, f copied, s synced, r ready; seconds since the command started):"
+        for ((r = 1; r <= ROUNDS; r++)); do
+            echo
+            echo '```'
+            echo "round $r"
+            grep -E '^[✓·✗]' "$WORK/logs/cutover-r$r.err" || true
+            cat "$WORK/logs/cutover-states-r$r.log"
+            echo '```'
+        done
     fi
-    if [[ -f $WORK/logs/pgcopydb.log ]]; then
+    if [[ -n ${TIMES[pgcopydb]:-} ]]; then
         echo
-        echo "pgcopydb's own summary:"
+        echo "pgcopydb's own summary, round $ROUNDS:"
         echo
         echo '```'
-        sed -n '/ Step  /,$p' "$WORK/logs/pgcopydb.log" || true
+        sed -n '/ Step  /,$p' "$WORK/logs/pgcopydb-r$ROUNDS.log" | grep -v '^ *$' || true
         echo '```'
     fi
 }
@@ -364,11 +398,16 @@ main() {
     find_pg_bindir
     build_cutover
     setup_workdir
-    make_source
-    local tool
+    cd "$WORK" # whatever a tool writes to its working folder is removed with it
+    local tool order
     for tool in $TOOLS; do
         case $tool in cutover | pg_dump | pgcopydb) ;; *) die "unknown tool $tool" ;; esac
-        bench_tool "$tool"
+    done
+    make_source
+    read -r -a order <<<"$TOOLS"
+    for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+        for tool in "${order[@]}"; do bench_tool "$tool"; done
+        order=("${order[@]:1}" "${order[0]}") # rotate, so no tool always goes first
     done
     report
 }

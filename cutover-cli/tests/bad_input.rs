@@ -152,3 +152,22 @@ async fn init_writes_references_never_passwords() {
     assert!(one_error_line(&r.stderr).contains("export it first"), "{}", r.stderr);
     assert!(!env.plan().exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_the_target_cannot_reach_is_refused_before_anything_is_made() {
+    let mut env = Env::native().await;
+    env.pair.source.exec(TABLE).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let plan = std::fs::read_to_string(env.plan()).unwrap();
+    let plan = plan.replace("# replication_url = \"${SOURCE_REPLICATION_URL}\"", "replication_url = \"${REPL_URL}\"");
+    std::fs::write(env.plan(), plan).unwrap();
+    env.vars.push(("REPL_URL".into(), format!("postgres://postgres:repl-secret-9@127.0.0.1:{closed}/x?sslmode=disable")));
+    env.secrets.push("repl-secret-9".into());
+    let r = env.run(&["db", "sync"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = one_error_line(&r.stderr);
+    assert!(line.starts_with("error: the target server cannot connect to the source for replication ("), "{line}");
+    assert!(line.contains(&closed.to_string()), "{line}");
+    assert!(line.ends_with("set source.replication_url to an address, user and password the target server can use (the role needs REPLICATION)"), "{line}");
+    assert_eq!(footprint(&env.pair).await, ("0/0".to_string(), "0/0".to_string()));
+}

@@ -115,6 +115,15 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
     if sub_oid.is_some() {
         removed.push(Removed { side: Side::Target, kind: "subscription", name: sub.clone() });
     }
+    // A probe left by a sync killed between creating and dropping it (it has no slot).
+    let probe = crate::preflight_gate::probe_name(plan);
+    if subscription_oid(&target, &probe).await?.is_some() {
+        target
+            .batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {}", ident(&probe)))
+            .await
+            .ctx(Side::Target, "drop the probe subscription")?;
+        removed.push(Removed { side: Side::Target, kind: "subscription", name: probe });
+    }
     let mut slots = vec![plan.sync.slot()];
     // Table-sync slots are named pg_<subscription oid>_sync_<table oid>_<system id>.
     if let Some(oid) = sub_oid {

@@ -317,6 +317,9 @@ pub async fn sync(
     refuse_unsafe(&tables)?;
     let resumed = subscription_oid(&target, &plan.sync.subscription()).await?.is_some();
     crate::preflight_gate::gate(plan, resumed).await?;
+    if !resumed {
+        crate::preflight_gate::probe_replication_link(plan, &target).await?;
+    }
 
     let dump = steps
         .run("schema.dump", "pg_dump --schema-only of the source", || {
