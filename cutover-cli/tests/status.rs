@@ -1,0 +1,64 @@
+//! `db status --watch` refreshes until interrupted; `cutover status --json` is the journal.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use common::Env;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_refreshes_and_the_journal_reads_as_json() {
+    let env = Env::native().await;
+    env.pair
+        .source
+        .exec("CREATE TABLE public.t (id int PRIMARY KEY, v text); INSERT INTO public.t SELECT g, 'x' FROM generate_series(1, 100) g;")
+        .await;
+    // Before any sync, status says so instead of failing.
+    let before = env.run(&["db", "status"]);
+    assert_eq!(before.code, 0, "{}", before.stderr);
+    assert!(before.stdout.contains("warning: no sync in place; run `cutover db sync`"), "{}", before.stdout);
+
+    assert_eq!(env.run(&["db", "sync"]).code, 0);
+    std::fs::write(
+        env.plan(),
+        std::fs::read_to_string(env.plan()).unwrap().replace("refresh = \"2s\"", "refresh = \"200ms\""),
+    )
+    .unwrap();
+    let mut child = env.command(&["db", "status", "--watch", "--json"]).stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines: Vec<serde_json::Value> = BufReader::new(stdout)
+        .lines()
+        .take(3)
+        .map(|l| {
+            let l = l.unwrap();
+            env.assert_no_secret(&l);
+            serde_json::from_str(&l).unwrap()
+        })
+        .collect();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let code = child.wait().unwrap();
+    assert_eq!(code.code(), Some(0));
+    assert_eq!(lines.len(), 3);
+    for s in &lines {
+        assert_eq!(s["slot"]["name"], "cutover_slot");
+        assert_eq!(s["subscription"]["enabled"], true);
+        assert_eq!(s["tables"][0]["table"], "public.t");
+        assert_eq!(s["tables"][0]["state"], "ready");
+        assert!(s["slot"]["lag_bytes"].as_i64().unwrap() >= 0);
+        assert!(s["slot"]["retained_bytes"].as_i64().unwrap() >= 0);
+    }
+
+    let journal = env.run(&["status", "--json"]);
+    assert_eq!(journal.code, 0);
+    let runs: serde_json::Value = serde_json::from_str(&journal.stdout).unwrap();
+    let run = &runs.as_array().unwrap()[0];
+    assert_eq!(run["command"], "db sync");
+    assert_eq!(run["outcome"], "ok");
+    let steps: Vec<&str> = run["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        steps,
+        ["schema.dump", "schema.pre_data", "schema.keys", "publication", "subscription", "copy", "schema.post_data"]
+    );
+    assert!(run["steps"].as_array().unwrap().iter().all(|s| s["status"] == "ok" || s["status"] == "skipped"));
+}
