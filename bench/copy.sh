@@ -137,34 +137,46 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
+# A port nobody uses, below the kernel's range of ephemeral (client) ports, so that no
+# outgoing connection can be holding it either.
 free_port() {
-    local p
+    local low p
+    low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
-        if port_is_free "$p"; then echo "$p"; return; fi
+        p=$((10000 + RANDOM % (low - 10000)))
+        if command -v ss >/dev/null; then
+            [[ -z $(ss -Htan "( sport = :$p )") ]] && { echo "$p"; return; }
+        elif ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"; return
+        fi
     done
     die "no free port found"
 }
 
-# start_cluster NAME: initdb + start; sets PORT_<NAME>.
+# start_cluster NAME: initdb + start on a free port (another is tried when the port was taken
+# in the meantime); sets PORT_<NAME>.
 start_cluster() {
-    local name=$1 dir="$WORK/$1" port
-    port=$(free_port)
+    local name=$1 dir="$WORK/$1" port attempt
     "${AS_PG[@]}" "$PGBIN/initdb" -D "$dir" -U postgres --pwfile="$WORK/pwfile" \
         --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync \
         >"$WORK/logs/initdb-$name.log" 2>&1 || die "initdb $name failed (see $WORK/logs)"
     {
         echo "$CLUSTER_SETTINGS"
-        echo "port = $port"
         echo "unix_socket_directories = '$dir'"
     } >> "$dir/postgresql.conf"
     CLUSTERS+=("$dir")
-    "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 120 start >/dev/null \
-        || { cat "$dir/server.log" >&2; die "cannot start cluster $name"; }
-    printf -v "PORT_$name" '%s' "$port"
-    log "cluster $name up on 127.0.0.1:$port"
+    for attempt in 1 2 3 4 5; do
+        port=$(free_port)
+        if "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -o "-p $port" -w -t 120 start >/dev/null; then
+            printf -v "PORT_$name" '%s' "$port"
+            log "cluster $name up on 127.0.0.1:$port"
+            return
+        fi
+        grep -q "could not bind" "$dir/server.log" || break
+        log "port $port was taken, trying another"
+    done
+    cat "$dir/server.log" >&2
+    die "cannot start cluster $name"
 }
 
 stop_cluster() {
