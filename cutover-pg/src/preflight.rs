@@ -516,7 +516,7 @@ fn table_shape(mode: Mode, t: &Table, out: &mut Vec<Finding>) {
                 ),
             )
             .fix(format!(
-                "add a primary key (ALTER TABLE {q} ADD PRIMARY KEY (id);), or use a unique index on NOT NULL \
+                "add a primary key (ALTER TABLE {q} ADD PRIMARY KEY (<key columns>);), or use a unique index on NOT NULL \
                  columns (ALTER TABLE {q} REPLICA IDENTITY USING INDEX some_index;), or run \
                  ALTER TABLE {q} REPLICA IDENTITY FULL; (each UPDATE and DELETE on the target then scans the \
                  table), {}",
@@ -554,7 +554,7 @@ fn table_shape(mode: Mode, t: &Table, out: &mut Vec<Finding>) {
                     human_bytes(t.bytes)
                 ),
             )
-            .fix(format!("if the table is large, add a primary key (ALTER TABLE {q} ADD PRIMARY KEY (id);)")),
+            .fix(format!("if the table is large, add a primary key (ALTER TABLE {q} ADD PRIMARY KEY (<key columns>);)")),
         );
     }
     unlogged(mode, t, out);

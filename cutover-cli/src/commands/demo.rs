@@ -127,7 +127,19 @@ fn plan_for(dir: &Path, source: &ConnString, target: &ConnString, source_pw: &st
     let mut env = BTreeMap::new();
     env.insert("CUTOVER_DEMO_SOURCE_URL".to_string(), url(source, source_pw));
     env.insert("CUTOVER_DEMO_TARGET_URL".to_string(), url(target, target_pw));
+    // For `--keep`: the variables the plan refers to, in a file only its owner can read, so
+    // the user can run cutover against the kept clusters without a password being printed.
+    let exports: String = env.iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect();
+    write_private(&dir.join("demo.env"), &exports)?;
     Ok(cutover_core::plan::parse(&text, &path, &env)?)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
@@ -149,19 +161,29 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
 
     let dir = tempfile::Builder::new().prefix("cutover-demo-").tempdir()?;
     let plan = plan_for(dir.path(), &src_url, &dst_url, source.password().expose(), target.password().expose())?;
-    let summary = migrate(g, &args, &plan, &src_url).await;
-    let journal_path = plan.journal_path();
-    if args.keep {
-        let kept = dir.keep();
-        eprintln!("kept the plan and journal in {} (`cutover --plan {}/cutover.toml status`); clusters stop on Ctrl-C", kept.display(), kept.display());
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    let summary = summary?;
-    let _ = journal_path;
+    // On Ctrl-C or SIGTERM the clusters are still stopped and removed (their Drop runs).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let summary = tokio::select! {
+        s = migrate(g, &args, &plan, &src_url) => s?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the demo clusters are stopped and removed"),
+        _ = term.recv() => anyhow::bail!("terminated; the demo clusters are stopped and removed"),
+    };
     if g.json {
         output::json(&summary)?;
     } else {
         print_summary(&summary);
+    }
+    if args.keep {
+        let kept = dir.keep();
+        let k = kept.display();
+        eprintln!("\nkept the plan and journal in {k}; the clusters run until Ctrl-C. To use them:");
+        eprintln!("  . {k}/demo.env    # the URLs the plan refers to (readable by you only)");
+        eprintln!("  cutover --plan {k}/cutover.toml status");
+        eprintln!("  cutover --plan {k}/cutover.toml check");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     }
     Ok(if summary.verification == "equal" { 0 } else { 1 })
 }
