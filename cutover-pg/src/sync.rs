@@ -281,7 +281,7 @@ async fn wait_ready(
                 humanize(plan.sync.ready_timeout)
             )));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
