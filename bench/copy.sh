@@ -91,7 +91,7 @@ find_pg_bindir() {
 
 build_cutover() {
     log "building cutover (cargo build --release -p cutover-cli)"
-    (cd "$ROOT" && cargo build --release -p cutover-cli) >&2
+    (cd "$ROOT" && timeout 3600 cargo build --release -p cutover-cli) >&2
     local target_dir=${CARGO_TARGET_DIR:-target}
     [[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
     CUTOVER="$target_dir/release/cutover"
