@@ -10,8 +10,19 @@ use std::time::{Duration, Instant};
 use common::Env;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_during_the_copy_then_run_again() {
+async fn parallel_copy_killed_then_run_again() {
+    killed_during_the_copy_then_run_again("parallel").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_copy_killed_then_run_again() {
+    killed_during_the_copy_then_run_again("subscription").await;
+}
+
+async fn killed_during_the_copy_then_run_again(method: &str) {
     let env = Env::native().await;
+    let plan = std::fs::read_to_string(env.plan()).unwrap();
+    std::fs::write(env.plan(), plan.replace("copy = \"parallel\"", &format!("copy = \"{method}\""))).unwrap();
     env.pair
         .source
         .exec(
@@ -29,7 +40,8 @@ async fn killed_during_the_copy_then_run_again() {
         let mut seen = vec![];
         for line in BufReader::new(stderr).lines() {
             let line = line.unwrap();
-            let copying = line.starts_with("→ copy:");
+            // The first progress line: the copy (and with it the slot) is under way.
+            let copying = line.starts_with("  copy:");
             seen.push(line);
             if copying {
                 return (true, seen);
@@ -46,14 +58,23 @@ async fn killed_during_the_copy_then_run_again() {
     }
 
     // The copy was under way when the process died.
-    let state = env.pair.target.value("SELECT string_agg(srsubstate::text, '' ORDER BY srrelid) FROM pg_subscription_rel").await;
-    assert!(state.as_deref().is_some_and(|s| s.chars().any(|c| c != 'r')), "copy already finished: {state:?}");
+    if method == "subscription" {
+        let state = env.pair.target.value("SELECT string_agg(srsubstate::text, '' ORDER BY srrelid) FROM pg_subscription_rel").await;
+        assert!(state.as_deref().is_some_and(|s| s.chars().any(|c| c != 'r')), "copy already finished: {state:?}");
+    } else {
+        // The slot is made, the subscription is not: the next run must start the copy again.
+        assert_eq!(env.pair.source.value("SELECT count(*) FROM pg_replication_slots").await.as_deref(), Some("1"));
+        assert_eq!(env.pair.target.value("SELECT count(*) FROM pg_subscription").await.as_deref(), Some("0"));
+    }
 
     let again = env.run(&["db", "sync"]);
     assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
     assert!(again.stdout.contains("resumed an earlier run"), "{}", again.stdout);
     assert!(again.stderr.contains("· schema.pre_data"), "the schema step is skipped:\n{}", again.stderr);
     assert!(again.stderr.contains("already in place"), "{}", again.stderr);
+    if method == "parallel" {
+        assert!(again.stderr.contains("✓ copy"), "the copy is made again:\n{}", again.stderr);
+    }
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -58,7 +58,7 @@ async fn watch_refreshes_and_the_journal_reads_as_json() {
     let steps: Vec<&str> = run["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     assert_eq!(
         steps,
-        ["schema.dump", "schema.pre_data", "schema.keys", "publication", "subscription", "copy", "schema.post_data"]
+        ["schema.dump", "schema.pre_data", "publication", "copy", "schema.keys", "subscription", "stream", "schema.post_data"]
     );
     assert!(run["steps"].as_array().unwrap().iter().all(|s| s["status"] == "ok" || s["status"] == "skipped"));
 }

@@ -83,6 +83,14 @@ pub struct RawSync {
     /// How long `db sync` waits for every table to be ready. Default: "6h".
     #[serde(default = "default_ready_timeout", with = "humantime_serde")]
     pub ready_timeout: Duration,
+    /// How the initial copy is made: "parallel" (cutover copies from the replication slot's
+    /// snapshot, large tables split in parts, keys built after) or "subscription" (the
+    /// subscription's own copy, one worker per table). Default: "parallel".
+    #[serde(default = "default_copy")]
+    pub copy: Spanned<String>,
+    /// Parts copied at once in "parallel" copy. Default: 4.
+    #[serde(default = "default_copy_jobs")]
+    pub copy_jobs: Spanned<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +128,12 @@ fn default_mode() -> Spanned<String> {
 fn default_name() -> Spanned<String> {
     spanned("cutover".into())
 }
+fn default_copy() -> Spanned<String> {
+    spanned("parallel".into())
+}
+fn default_copy_jobs() -> Spanned<i64> {
+    spanned(4)
+}
 fn yes() -> bool {
     true
 }
@@ -151,6 +165,8 @@ impl Default for RawSync {
             copy_schema: true,
             name: default_name(),
             ready_timeout: default_ready_timeout(),
+            copy: default_copy(),
+            copy_jobs: default_copy_jobs(),
         }
     }
 }
@@ -190,6 +206,18 @@ pub struct SyncSettings {
     pub name: String,
     #[serde(with = "humantime_serde")]
     pub ready_timeout: Duration,
+    pub copy: CopyMethod,
+    pub copy_jobs: usize,
+}
+
+/// How the initial copy is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyMethod {
+    /// cutover copies from the slot's exported snapshot, in parallel parts, keys built after.
+    Parallel,
+    /// The subscription's own initial copy (`copy_data = true`).
+    Subscription,
 }
 
 impl SyncSettings {
@@ -533,6 +561,22 @@ impl RawPlan {
                 schemas.push(s.get_ref().clone());
             }
         }
+        let copy = match self.sync.copy.get_ref().as_str() {
+            "parallel" => CopyMethod::Parallel,
+            "subscription" => CopyMethod::Subscription,
+            other => {
+                c.push(
+                    self.sync.copy.span(),
+                    "sync.copy",
+                    format!("\"{other}\" is not a copy method; use \"parallel\" or \"subscription\""),
+                );
+                CopyMethod::Parallel
+            }
+        };
+        let copy_jobs = *self.sync.copy_jobs.get_ref();
+        if !(1..=64).contains(&copy_jobs) {
+            c.push(self.sync.copy_jobs.span(), "sync.copy_jobs", "must be between 1 and 64");
+        }
         let chunk_rows = *self.verify.chunk_rows.get_ref();
         if chunk_rows < 1 {
             c.push(self.verify.chunk_rows.span(), "verify.chunk_rows", "must be at least 1");
@@ -573,6 +617,8 @@ impl RawPlan {
                 copy_schema: self.sync.copy_schema,
                 name,
                 ready_timeout: self.sync.ready_timeout,
+                copy,
+                copy_jobs: copy_jobs.max(1) as usize,
             },
             verify: VerifySettings {
                 chunk_rows: chunk_rows as u64,
@@ -621,6 +667,12 @@ copy_schema = true
 name = "cutover"
 # How long `cutover db sync` waits for every table to be ready.
 ready_timeout = "6h"
+# How the initial copy is made. "parallel": cutover copies from the replication slot's
+# snapshot, large tables split in parts, primary keys built after the copy. "subscription":
+# the subscription's own copy, one worker per table, keys built before it.
+copy = "parallel"
+# Parts copied at once with copy = "parallel".
+copy_jobs = 4
 
 [verify]
 # Rows per checksum chunk.

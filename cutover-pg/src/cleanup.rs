@@ -39,7 +39,7 @@ async fn drop_subscription(target: &Client, name: &str) -> Result<Option<u32>, P
 }
 
 /// Drops a slot on the source, ending the walsender that still holds it if need be.
-async fn drop_slot(source: &Client, slot: &str) -> Result<bool, PgError> {
+pub async fn drop_slot(source: &Client, slot: &str) -> Result<bool, PgError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let row = source

@@ -2,6 +2,7 @@
 //! schema copy, native logical replication, lag, verification and cleanup.
 
 pub mod connect;
+pub mod copy;
 pub mod error;
 pub mod inspect;
 pub mod local;

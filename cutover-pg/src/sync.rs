@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use cutover_core::engine::Steps;
 use cutover_core::plan::SyncSettings;
+use cutover_core::plan::CopyMethod;
 use cutover_core::{Mode, Plan};
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -28,6 +29,7 @@ use crate::connect::{connect, ident, literal};
 use crate::error::{PgError, Side, SqlContext};
 use crate::inspect::{self, Table};
 use crate::schema;
+use crate::copy;
 
 /// Where one table's initial copy stands.
 #[derive(Clone, Debug, Serialize)]
@@ -152,6 +154,8 @@ async fn ensure_publication(source: &Client, sync: &SyncSettings, tables: &[Tabl
 /// Creates the subscription (which starts the copy), unless it exists.
 async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> Result<String, PgError> {
     let sync = &plan.sync;
+    // With the parallel copy the slot exists already and the data is in place.
+    let own_copy = sync.copy == CopyMethod::Subscription;
     let (sub, slot) = (sync.subscription(), sync.slot());
     if subscription_oid(target, &sub).await?.is_some() {
         target
@@ -161,10 +165,10 @@ async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> R
         return Ok(format!("subscription {sub} already in place"));
     }
     // A CREATE SUBSCRIPTION killed after it made the slot leaves the slot behind.
-    let orphan = source
+    let orphan = if !own_copy { None } else { source
         .query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
         .await
-        .ctx(Side::Source, "look for an orphaned slot")?;
+        .ctx(Side::Source, "look for an orphaned slot")? };
     if let Some(row) = orphan {
         if row.get::<_, bool>(0) {
             return Err(PgError::Refused(format!(
@@ -178,7 +182,7 @@ async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> R
     }
     let conninfo = plan.source.replication_url.conninfo_with_password();
     let sql = format!(
-        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, copy_data = true, create_slot = true)",
+        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, copy_data = {own_copy}, create_slot = {own_copy})",
         ident(&sub),
         literal(conninfo.expose()),
         ident(&sync.publication()),
@@ -188,7 +192,11 @@ async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> R
         let err = PgError::sql(Side::Target, "create the subscription", e);
         PgError::Refused(cutover_core::redact(&err.to_string(), plan.secrets().iter()))
     })?;
-    Ok(format!("subscription {sub} created; the copy has started"))
+    Ok(if own_copy {
+        format!("subscription {sub} created; the copy has started")
+    } else {
+        format!("subscription {sub} created; it streams from slot {slot}")
+    })
 }
 
 /// Per-table copy state of the subscription, from the target.
@@ -315,7 +323,9 @@ pub async fn sync(
     let target = connect(&plan.target.url, Side::Target).await?;
     let tables = inspect::tables(&source, Side::Source, &plan.sync).await?;
     refuse_unsafe(&tables)?;
-    let resumed = subscription_oid(&target, &plan.sync.subscription()).await?.is_some();
+    let parallel = plan.sync.copy == CopyMethod::Parallel;
+    let resumed = subscription_oid(&target, &plan.sync.subscription()).await?.is_some()
+        || (parallel && slot_exists(&source, &plan.sync.slot()).await?);
     crate::preflight_gate::gate(plan, resumed).await?;
     if !resumed {
         crate::preflight_gate::probe_replication_link(plan, &target).await?;
@@ -326,20 +336,38 @@ pub async fn sync(
             schema::dump(&plan.source.url, &source, &plan.sync)
         })
         .await?;
-    schema_before_copy(plan, steps, &source, &target, &tables, &dump).await?;
+    schema_pre_data(plan, steps, &target, &tables, &dump).await?;
+    // Before the slot: changes are decoded with the catalog as it was when they were made,
+    // and the publication must exist in it.
     steps
         .run("publication", "create the publication on the source", || {
             ensure_publication(&source, &plan.sync, &tables)
         })
         .await?;
-    steps
-        .run("subscription", "create the subscription on the target (starts the copy)", || {
-            ensure_subscription(plan, &source, &target)
-        })
-        .await?;
-    steps
-        .run("copy", "wait until every table is copied and ready", || wait_ready(plan, &target, &tables, progress))
-        .await?;
+    if parallel {
+        parallel_copy(plan, steps, &source, &target, &tables, progress).await?;
+        schema_keys(plan, steps, &source, &target, &tables, &dump).await?;
+        steps
+            .run("subscription", "create the subscription on the target, on the copy's slot", || {
+                ensure_subscription(plan, &source, &target)
+            })
+            .await?;
+        steps
+            .run("stream", "wait until the subscription follows every table", || {
+                wait_ready(plan, &target, &tables, progress)
+            })
+            .await?;
+    } else {
+        schema_keys(plan, steps, &source, &target, &tables, &dump).await?;
+        steps
+            .run("subscription", "create the subscription on the target (starts the copy)", || {
+                ensure_subscription(plan, &source, &target)
+            })
+            .await?;
+        steps
+            .run("copy", "wait until every table is copied and ready", || wait_ready(plan, &target, &tables, progress))
+            .await?;
+    }
     schema_after_copy(plan, steps, &source, &target, &tables, &dump).await?;
     Ok(SyncSummary {
         tables: tables.len(),
@@ -350,10 +378,9 @@ pub async fn sync(
     })
 }
 
-async fn schema_before_copy(
+async fn schema_pre_data(
     plan: &Plan,
     steps: &Steps<'_>,
-    source: &Client,
     target: &Client,
     tables: &[Table],
     dump: &schema::SchemaDump,
@@ -378,6 +405,22 @@ async fn schema_before_copy(
             })
             .await?;
     }
+    Ok(())
+}
+
+/// Primary keys and replica identity indexes: before the subscription applies anything.
+async fn schema_keys(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    source: &Client,
+    target: &Client,
+    tables: &[Table],
+    dump: &schema::SchemaDump,
+) -> Result<(), PgError> {
+    if !plan.sync.copy_schema {
+        steps.skip("schema.keys", "sync.copy_schema = false")?;
+        return Ok(());
+    }
     let (src_keys, ..) = schema::object_counts(source, Side::Source, tables).await?;
     let (dst_keys, ..) = schema::object_counts(target, Side::Target, tables).await?;
     if dst_keys >= src_keys {
@@ -385,7 +428,7 @@ async fn schema_before_copy(
         return Ok(());
     }
     steps
-        .run("schema.keys", "create primary keys and replica identity indexes before the copy", || async {
+        .run("schema.keys", "create primary keys and replica identity indexes", || async {
             schema::restore(dump, &dump.keys, &plan.target.url).await?;
             Ok::<_, PgError>(format!("{} entries", dump.counts.1))
         })
@@ -417,6 +460,88 @@ async fn schema_after_copy(
         .run("schema.post_data", "create indexes, constraints and triggers on the target", || async {
             schema::restore(dump, &dump.post_data, &plan.target.url).await?;
             Ok::<_, PgError>(format!("{} entries", dump.counts.2))
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn slot_exists(source: &Client, slot: &str) -> Result<bool, PgError> {
+    Ok(source
+        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .ctx(Side::Source, "look for the replication slot")?
+        .is_some())
+}
+
+fn copy_progress(tables: &[Table], counters: &[copy::TableCounters]) -> Vec<TableProgress> {
+    use std::sync::atomic::Ordering::Relaxed;
+    tables
+        .iter()
+        .zip(counters)
+        .map(|(t, c)| {
+            let (rows, bytes, left) = (c.rows.load(Relaxed), c.bytes.load(Relaxed), c.parts_left.load(Relaxed));
+            TableProgress {
+                table: t.display(),
+                state: if left == 0 { "copied" } else if bytes > 0 { "copying" } else { "queued" },
+                rows_done: rows,
+                rows_estimate: t.rows_estimate,
+                bytes_done: bytes,
+                bytes_estimate: t.bytes,
+            }
+        })
+        .collect()
+}
+
+/// The parallel copy, restartable: a copy an earlier run finished is kept (its slot holds every
+/// change since); one that died half-way is emptied and made again from a new slot.
+async fn parallel_copy(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    source: &Client,
+    target: &Client,
+    tables: &[Table],
+    progress: &(dyn Fn(&[TableProgress]) + Send + Sync),
+) -> Result<(), PgError> {
+    let slot = plan.sync.slot();
+    if subscription_oid(target, &plan.sync.subscription()).await?.is_some() {
+        return Ok(steps.skip("copy", "the subscription runs already")?);
+    }
+    let done = steps.journal().last("copy")?.is_some_and(|r| r.status == Some(cutover_core::journal::Status::Ok));
+    if slot_exists(source, &slot).await? {
+        if done {
+            return Ok(steps.skip("copy", &format!("copied by an earlier run; slot {slot} holds every change since"))?);
+        }
+        crate::cleanup::drop_slot(source, &slot).await?;
+    }
+    let counters: Vec<copy::TableCounters> = tables
+        .iter()
+        .map(|_| copy::TableCounters { rows: 0.into(), bytes: 0.into(), parts_left: (-1).into() })
+        .collect();
+    let intent = format!("copy {} tables from slot {slot}'s snapshot, {} parts at once", tables.len(), plan.sync.copy_jobs);
+    steps
+        .run("copy", &intent, || async {
+            // Rows a copy that died half-way left behind.
+            copy::truncate(target, tables).await?;
+            let snapshot = copy::SnapshotSlot::create(&plan.source.url, &slot).await?;
+            let stats = {
+                let work = copy::copy_tables(&plan.source.url, &plan.target.url, &snapshot, tables, plan.sync.copy_jobs, &counters);
+                tokio::pin!(work);
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        _ = tick.tick() => progress(&copy_progress(tables, &counters)),
+                    }
+                }
+            };
+            progress(&copy_progress(tables, &counters));
+            let lsn = snapshot.consistent_lsn.clone();
+            snapshot.release().await;
+            let stats = stats?;
+            Ok::<_, PgError>(format!(
+                "{} rows, {} bytes in {} parts, consistent at {lsn}",
+                stats.rows, stats.bytes, stats.parts
+            ))
         })
         .await
         .map(|_| ())
