@@ -4,8 +4,9 @@
 # Copies the same pgbench database three ways, one after the other, on this machine, and
 # times each from start to "every table is on the target and ready":
 #
-#   cutover    `cutover db sync` (schema via pg_dump, data via logical replication with
-#              copy_data; returns once every table is "ready")
+#   cutover    `cutover db sync` with copy_jobs = $JOBS (schema via pg_dump, data copied in
+#              parallel from the replication slot's snapshot, keys built, then a subscription
+#              on that slot with copy_data = false; returns once every table is "ready")
 #   pg_dump    `pg_dump -Fd -j$JOBS` into a directory, then `pg_restore -j$JOBS`
 #   pgcopydb   `pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS`
 #
@@ -242,6 +243,8 @@ run_cutover() {
     TARGET_DATABASE_URL=$(url "$target")
     "$CUTOVER" --plan "$dir/cutover.toml" init \
         --source-url "$SOURCE_DATABASE_URL" --target-url "$TARGET_DATABASE_URL" >/dev/null || return 1
+    # Same parallelism as the other tools get.
+    sed -i "s/^copy_jobs = .*/copy_jobs = $JOBS/" "$dir/cutover.toml"
     start_sampler "$target"
     timeout "$TOOL_TIMEOUT" "$CUTOVER" --plan "$dir/cutover.toml" db sync \
         >"$WORK/logs/cutover-r$ROUND.out" 2>"$WORK/logs/cutover-r$ROUND.err"

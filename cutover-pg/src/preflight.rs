@@ -12,6 +12,7 @@
 //! per session (only in the server configuration, with a restart), so its fix never suggests
 //! a client-side setting.
 
+use cutover_core::plan::CopyMethod;
 use cutover_core::plan::SyncSettings;
 use cutover_core::{Mode, Plan};
 use serde::Serialize;
@@ -138,6 +139,8 @@ pub struct Previous {
 #[derive(Clone, Debug)]
 pub struct Facts {
     pub mode: Mode,
+    /// How the initial copy is made (the subscription's copy needs more slots).
+    pub copy: CopyMethod,
     pub copy_schema: bool,
     pub source: Server,
     pub target: Server,
@@ -209,6 +212,7 @@ async fn gather(sync: &SyncSettings, s: &Client, t: &Client) -> Result<Facts, Pg
 
     Ok(Facts {
         mode: sync.mode,
+        copy: sync.copy,
         copy_schema: sync.copy_schema,
         source,
         target,
@@ -355,7 +359,7 @@ fn capacity(f: &Facts, out: &mut Vec<Finding>) {
     // Each table's initial copy also holds a temporary slot and sender while it runs
     // (max_sync_workers_per_subscription, 2 by default, at once): with fewer free, copies wait.
     let free = i64::from(s.max_replication_slots) - s.replication_slots_used;
-    if (1..3).contains(&free) && f.tables.len() > 1 {
+    if f.copy == CopyMethod::Subscription && (1..3).contains(&free) && f.tables.len() > 1 {
         out.push(
             Finding::new(
                 Severity::Warning,

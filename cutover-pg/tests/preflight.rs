@@ -267,6 +267,7 @@ fn table(name: &str) -> Table {
 fn facts() -> Facts {
     Facts {
         mode: Mode::Native,
+        copy: cutover_core::plan::CopyMethod::Parallel,
         copy_schema: true,
         source: server(150004),
         target: Server { superuser: true, ..server(160002) },
