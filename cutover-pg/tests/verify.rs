@@ -66,6 +66,8 @@ fn settings() -> SyncSettings {
         copy_schema: true,
         name: "cutover".into(),
         ready_timeout: Duration::from_secs(3600),
+        copy: cutover_core::plan::CopyMethod::Parallel,
+        copy_jobs: 2,
     }
 }
 
