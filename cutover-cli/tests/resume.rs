@@ -99,3 +99,31 @@ async fn killed_during_the_copy_then_run_again(method: &str) {
     assert!(status.stdout.contains("(stopped before it finished)"), "{}", status.stdout);
     env.assert_journal_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_copy_is_kept_and_a_foreign_slot_is_refused() {
+    let env = Env::native().await;
+    env.pair.source.exec("CREATE TABLE public.t (id int PRIMARY KEY, v text); INSERT INTO public.t SELECT g, 'v' FROM generate_series(1, 100) g;").await;
+    assert_eq!(env.run(&["db", "sync"]).code, 0);
+    // The subscription goes (the slot stays), a write lands on the source meanwhile.
+    env.pair
+        .target
+        .exec("ALTER SUBSCRIPTION cutover_sub DISABLE; ALTER SUBSCRIPTION cutover_sub SET (slot_name = NONE); DROP SUBSCRIPTION cutover_sub;")
+        .await;
+    env.pair.source.exec("INSERT INTO public.t VALUES (101, 'late')").await;
+    let again = env.run(&["db", "sync"]);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    assert!(again.stderr.contains("kept the copy of an earlier run: 100 rows into"), "{}", again.stderr);
+    let verify = env.run(&["db", "verify"]);
+    assert_eq!(verify.code, 0, "the write made while no subscription ran arrives: {}", verify.stdout);
+    assert_eq!(env.pair.target.value("SELECT v FROM public.t WHERE id = 101").await.as_deref(), Some("late"));
+
+    // A slot of that name that this plan's journal knows nothing of is not taken over.
+    let other = Env::native().await;
+    other.pair.source.exec("CREATE TABLE public.t (id int PRIMARY KEY)").await;
+    other.pair.source.exec("SELECT pg_create_logical_replication_slot('cutover_slot', 'pgoutput')").await;
+    let r = other.run(&["db", "sync"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("replication slot cutover_slot exists on the source, but this plan's journal shows no copy into"), "{}", r.stderr);
+    assert_eq!(common::footprint(&other.pair).await, ("0/1".to_string(), "0/0".to_string()));
+}

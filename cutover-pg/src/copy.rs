@@ -57,7 +57,9 @@ impl SnapshotSlot {
         for var in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE", "PGOPTIONS"] {
             cmd.env_remove(var);
         }
+        // No timeout of the role's or database's may end the connection holding the snapshot.
         cmd.envs(source.libpq_env())
+            .env("PGOPTIONS", "-c idle_in_transaction_session_timeout=0 -c statement_timeout=0 -c idle_session_timeout=0")
             .args(["-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "replication=database"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -68,17 +70,28 @@ impl SnapshotSlot {
             message: format!("cannot run it ({e}); install the PostgreSQL client programs (Debian: apt-get install postgresql-client)"),
         })?;
         let mut stdin = child.stdin.take();
-        let command = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export');\n", ident(slot));
+        // The older spelling of the option: every server from 10 on understands it.
+        let command = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT;\n", ident(slot));
         if let Some(s) = stdin.as_mut() {
             s.write_all(command.as_bytes()).await.map_err(|e| PgError::Io(e.to_string()))?;
             s.flush().await.map_err(|e| PgError::Io(e.to_string()))?;
         }
         let mut line = String::new();
+        let mut timed_out = false;
         if let Some(out) = child.stdout.take() {
             let mut reader = BufReader::new(out);
-            let _ = tokio::time::timeout(Duration::from_secs(120), reader.read_line(&mut line)).await;
+            // Creating a slot waits for every transaction that holds an xid to end.
+            timed_out = tokio::time::timeout(Duration::from_secs(300), reader.read_line(&mut line)).await.is_err();
         }
         let parts: Vec<&str> = line.trim().split('|').collect();
+        if timed_out {
+            let _ = child.kill().await;
+            return Err(PgError::Refused(format!(
+                "creating replication slot {slot} waited 5 minutes for transactions on the source to end; \
+                 find them (SELECT pid, state, xact_start FROM pg_stat_activity WHERE backend_xid IS NOT NULL), end them, \
+                 then run `cutover db sync` again"
+            )));
+        }
         if parts.len() < 3 || parts[2].is_empty() {
             drop(stdin);
             let mut err = String::new();
@@ -228,6 +241,12 @@ async fn copy_part(source: &Client, target: &Client, snapshot: &str, part: &Part
     Ok(())
 }
 
+/// Settings that change how a value prints in text COPY, pinned alike on both sides, and no
+/// timeout that could end a long part.
+const COPY_SESSION: &str = "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; \
+     SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET statement_timeout = 0; SET lock_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0";
+
 /// A copy worker: its own pair of connections, parts taken from the shared queue.
 async fn worker(
     source_url: &ConnString,
@@ -238,6 +257,8 @@ async fn worker(
 ) -> Result<(), PgError> {
     let source = connect(source_url, Side::Source).await?;
     let target = connect(target_url, Side::Target).await?;
+    source.batch_execute(COPY_SESSION).await.ctx(Side::Source, "set up a copy session")?;
+    target.batch_execute(COPY_SESSION).await.ctx(Side::Target, "set up a copy session")?;
     loop {
         let part = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         let Some(part) = part else { return Ok(()) };
@@ -256,6 +277,24 @@ pub async fn copy_tables(
     counters: &[TableCounters],
 ) -> Result<CopyStats, PgError> {
     let source = connect(source_url, Side::Source).await?;
+    // Holds ACCESS SHARE on every table for the whole copy, as pg_dump does: a rewrite
+    // (VACUUM FULL, CLUSTER, a rewriting ALTER) between two parts would move rows across the
+    // page ranges.
+    source.batch_execute(COPY_SESSION).await.ctx(Side::Source, "set up the copy")?;
+    source
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            literal(&snapshot.snapshot)
+        ))
+        .await
+        .ctx(Side::Source, "import the copy snapshot")?;
+    if !tables.is_empty() {
+        let list: Vec<String> = tables.iter().map(Table::qualified).collect();
+        source
+            .batch_execute(&format!("LOCK TABLE {} IN ACCESS SHARE MODE", list.join(", ")))
+            .await
+            .ctx(Side::Source, "lock the tables for the copy")?;
+    }
     let version: i32 = source
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
@@ -271,6 +310,7 @@ pub async fn copy_tables(
     let workers = (0..jobs.max(1).min(count.max(1)))
         .map(|_| worker(source_url, target_url, &snapshot.snapshot, &queue, counters));
     futures_util::future::try_join_all(workers).await?;
+    source.batch_execute("COMMIT").await.ctx(Side::Source, "end the copy")?;
     Ok(CopyStats {
         rows: counters.iter().map(|c| c.rows.load(Ordering::Relaxed)).sum(),
         bytes: counters.iter().map(|c| c.bytes.load(Ordering::Relaxed)).sum(),

@@ -162,7 +162,8 @@ fn assemble(
             plan.sync.slot()
         )),
         (Some(_), None) => warnings.push(format!(
-            "the source keeps slot {} but the target has no subscription; the slot retains WAL: run `cutover db cleanup`",
+            "the source keeps slot {} but the target has no subscription yet: either `cutover db sync` is still copying, \
+             or a sync stopped half-way and the slot retains WAL (run `cutover db sync` to continue, or `cutover db cleanup`)",
             plan.sync.slot()
         )),
         (Some(s), Some(sub)) => {
@@ -202,7 +203,7 @@ fn assemble(
 pub async fn wait_caught_up(plan: &Plan, timeout: Duration) -> Result<i64, PgError> {
     let source = connect(&plan.source.url, Side::Source).await?;
     let row = source
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .ctx(Side::Source, "read the WAL position")?;
     let goal: String = row.get(0);
@@ -220,6 +221,12 @@ pub async fn wait_caught_up(plan: &Plan, timeout: Duration) -> Result<i64, PgErr
         let (reached, lag): (bool, i64) = (row.get(0), row.get(1));
         if reached {
             return Ok(lag.max(0));
+        }
+        if lag < 0 {
+            return Err(PgError::Refused(format!(
+                "the source has no replication slot {}; nothing follows it: run `cutover db sync`",
+                plan.sync.slot()
+            )));
         }
         if Instant::now() > deadline {
             return Err(PgError::Refused(format!(

@@ -139,7 +139,12 @@ async fn ensure_publication(source: &Client, sync: &SyncSettings, tables: &[Tabl
              run `cutover db cleanup` and then `cutover db sync` again"
         ))),
         None => {
-            let list: Vec<String> = tables.iter().map(Table::qualified).collect();
+            // ONLY: an inheritance child is a table of its own, in the publication only when
+            // selected itself (a partitioned table always brings its partitions).
+            let list: Vec<String> = tables
+                .iter()
+                .map(|t| if t.partitioned { t.qualified() } else { format!("ONLY {}", t.qualified()) })
+                .collect();
             let sql = format!(
                 "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
                 ident(&name),
@@ -163,6 +168,23 @@ async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> R
             .await
             .ctx(Side::Target, "enable the subscription")?;
         return Ok(format!("subscription {sub} already in place"));
+    }
+    if !own_copy {
+        // The copy's slot must still hold every change since the copy's snapshot.
+        let state = source
+            .query_opt("SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .ctx(Side::Source, "look for the copy's slot")?;
+        match state.map(|r| r.get::<_, String>(0)) {
+            Some(w) if w != "lost" => {}
+            found => {
+                return Err(PgError::Refused(format!(
+                    "replication slot {slot} on the source {} since the copy, so the changes made meanwhile cannot be followed; \
+                     run `cutover db sync` again: it copies again from a new slot",
+                    if found.is_some() { "has lost WAL it needed" } else { "was dropped" }
+                )))
+            }
+        }
     }
     // A CREATE SUBSCRIPTION killed after it made the slot leaves the slot behind.
     let orphan = if !own_copy { None } else { source
@@ -325,7 +347,17 @@ pub async fn sync(
     refuse_unsafe(&tables)?;
     let parallel = plan.sync.copy == CopyMethod::Parallel;
     let resumed = subscription_oid(&target, &plan.sync.subscription()).await?.is_some()
-        || (parallel && slot_exists(&source, &plan.sync.slot()).await?);
+        || (parallel && slot_exists(&source, &plan.sync.slot()).await?)
+        || (parallel && copied_into(steps, &plan.target.url.location())?.is_some());
+    let has_sub = subscription_oid(&target, &plan.sync.subscription()).await?.is_some();
+    if parallel && !has_sub && slot_exists(&source, &plan.sync.slot()).await? && copied_into(steps, &plan.target.url.location())?.is_none() {
+        return Err(PgError::Refused(format!(
+            "replication slot {} exists on the source, but this plan's journal shows no copy into {}; \
+             run `cutover db cleanup` (it drops the slot) and then `cutover db sync`",
+            plan.sync.slot(),
+            plan.target.url.location()
+        )));
+    }
     crate::preflight_gate::gate(plan, resumed).await?;
     if !resumed {
         crate::preflight_gate::probe_replication_link(plan, &target).await?;
@@ -353,8 +385,8 @@ pub async fn sync(
             })
             .await?;
         steps
-            .run("stream", "wait until the subscription follows every table", || {
-                wait_ready(plan, &target, &tables, progress)
+            .run("stream", "wait until the subscription streams from the slot", || {
+                wait_streaming(plan, &source, &target)
             })
             .await?;
     } else {
@@ -398,12 +430,7 @@ async fn schema_pre_data(
             tables.len()
         )));
     } else {
-        steps
-            .run("schema.pre_data", "restore types, tables and functions on the target", || async {
-                schema::restore(dump, &dump.pre_data, &plan.target.url).await?;
-                Ok::<_, PgError>(format!("{} entries", dump.counts.0))
-            })
-            .await?;
+        restore_step(plan, steps, "schema.pre_data", "restore types, tables and functions on the target", dump, &dump.pre_data, dump.counts.0).await?;
     }
     Ok(())
 }
@@ -427,13 +454,7 @@ async fn schema_keys(
         steps.skip("schema.keys", "primary keys already in place")?;
         return Ok(());
     }
-    steps
-        .run("schema.keys", "create primary keys and replica identity indexes", || async {
-            schema::restore(dump, &dump.keys, &plan.target.url).await?;
-            Ok::<_, PgError>(format!("{} entries", dump.counts.1))
-        })
-        .await
-        .map(|_| ())
+    restore_step(plan, steps, "schema.keys", "create primary keys and replica identity indexes", dump, &dump.keys, dump.counts.1).await
 }
 
 async fn schema_after_copy(
@@ -456,13 +477,7 @@ async fn schema_after_copy(
         steps.skip("schema.post_data", "indexes, constraints and triggers already in place")?;
         return Ok(());
     }
-    steps
-        .run("schema.post_data", "create indexes, constraints and triggers on the target", || async {
-            schema::restore(dump, &dump.post_data, &plan.target.url).await?;
-            Ok::<_, PgError>(format!("{} entries", dump.counts.2))
-        })
-        .await
-        .map(|_| ())
+    restore_step(plan, steps, "schema.post_data", "create indexes, constraints and triggers on the target", dump, &dump.post_data, dump.counts.2).await
 }
 
 async fn slot_exists(source: &Client, slot: &str) -> Result<bool, PgError> {
@@ -506,10 +521,23 @@ async fn parallel_copy(
     if subscription_oid(target, &plan.sync.subscription()).await?.is_some() {
         return Ok(steps.skip("copy", "the subscription runs already")?);
     }
-    let done = steps.journal().last("copy")?.is_some_and(|r| r.status == Some(cutover_core::journal::Status::Ok));
+    let location = plan.target.url.location();
+    // Whether a copy was ever started into this very target, per the journal.
+    let ours = copied_into(steps, &location)?.is_some();
     if slot_exists(source, &slot).await? {
-        if done {
-            return Ok(steps.skip("copy", &format!("copied by an earlier run; slot {slot} holds every change since"))?);
+        if let Some(rows) = finished_copy(steps, &location)? {
+            if target_rows(target, tables).await? == rows {
+                return Ok(steps.skip(
+                    "copy",
+                    &format!("kept the copy of an earlier run: {rows} rows into {location}; slot {slot} holds every change since"),
+                )?);
+            }
+        }
+        if !ours {
+            return Err(PgError::Refused(format!(
+                "replication slot {slot} exists on the source, but this plan's journal shows no copy into {location}; \
+                 run `cutover db cleanup` (it drops the slot) and then `cutover db sync`"
+            )));
         }
         crate::cleanup::drop_slot(source, &slot).await?;
     }
@@ -517,11 +545,17 @@ async fn parallel_copy(
         .iter()
         .map(|_| copy::TableCounters { rows: 0.into(), bytes: 0.into(), parts_left: (-1).into() })
         .collect();
-    let intent = format!("copy {} tables from slot {slot}'s snapshot, {} parts at once", tables.len(), plan.sync.copy_jobs);
+    let intent = format!(
+        "copy {} tables from slot {slot}'s snapshot into {location}, {} parts at once",
+        tables.len(),
+        plan.sync.copy_jobs
+    );
     steps
         .run("copy", &intent, || async {
-            // Rows a copy that died half-way left behind.
-            copy::truncate(target, tables).await?;
+            // Rows a copy that died half-way left behind (only ever in this target of ours).
+            if ours {
+                copy::truncate(target, tables).await?;
+            }
             let snapshot = copy::SnapshotSlot::create(&plan.source.url, &slot).await?;
             let stats = {
                 let work = copy::copy_tables(&plan.source.url, &plan.target.url, &snapshot, tables, plan.sync.copy_jobs, &counters);
@@ -545,4 +579,91 @@ async fn parallel_copy(
         })
         .await
         .map(|_| ())
+}
+
+/// Restores one part of the schema as a journaled step.
+async fn restore_step(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    step: &str,
+    intent: &str,
+    dump: &schema::SchemaDump,
+    part: &std::path::Path,
+    entries: usize,
+) -> Result<(), PgError> {
+    steps
+        .run(step, intent, || async {
+            schema::restore(dump, part, &plan.target.url).await?;
+            Ok::<_, PgError>(format!("{entries} entries"))
+        })
+        .await
+        .map(|_| ())
+}
+
+/// The target location of the last copy the journal shows started (any outcome).
+fn copied_into(steps: &Steps<'_>, location: &str) -> Result<Option<()>, PgError> {
+    let last = steps.journal().last("copy")?;
+    Ok(last.filter(|r| r.intent.contains(&format!(" into {location}"))).map(|_| ()))
+}
+
+/// Rows of the last copy into `location` that finished (or was kept), per the journal.
+fn finished_copy(steps: &Steps<'_>, location: &str) -> Result<Option<i64>, PgError> {
+    use cutover_core::journal::Status;
+    let Some(r) = steps.journal().last("copy")? else { return Ok(None) };
+    let text = r.outcome.unwrap_or_default();
+    let finished = matches!(r.status, Some(Status::Ok) | Some(Status::Skipped));
+    if !finished || !(r.intent.contains(&format!(" into {location}")) || text.contains(&format!(" into {location}"))) {
+        return Ok(None);
+    }
+    // "<rows> rows, ..." or "kept the copy of an earlier run: <rows> rows into ..."
+    let rows = text.split(" rows").next().and_then(|head| head.rsplit(' ').next()).and_then(|n| n.parse().ok());
+    Ok(rows)
+}
+
+/// Rows now in the target's copies of `tables` (before the subscription applies anything,
+/// exactly what the copy wrote).
+async fn target_rows(target: &Client, tables: &[Table]) -> Result<i64, PgError> {
+    if tables.is_empty() {
+        return Ok(0);
+    }
+    let counts: Vec<String> = tables.iter().map(|t| format!("SELECT count(*) AS n FROM {}", t.qualified())).collect();
+    let row = target
+        .query_one(&format!("SELECT coalesce(sum(n), 0)::bigint FROM ({}) c", counts.join(" UNION ALL ")), &[])
+        .await
+        .ctx(Side::Target, "count the copied rows")?;
+    Ok(row.get(0))
+}
+
+/// Waits until the subscription's apply worker runs and streams from the slot.
+async fn wait_streaming(plan: &Plan, source: &Client, target: &Client) -> Result<String, PgError> {
+    let (sub, slot) = (plan.sync.subscription(), plan.sync.slot());
+    let started = Instant::now();
+    let errors_at_start = worker_errors(target, &sub).await?;
+    loop {
+        let worker = target
+            .query_opt(
+                "SELECT 1 FROM pg_stat_subscription w JOIN pg_subscription s ON s.oid = w.subid
+                  WHERE s.subname = $1 AND w.relid IS NULL AND w.pid IS NOT NULL",
+                &[&sub],
+            )
+            .await
+            .ctx(Side::Target, "look for the apply worker")?
+            .is_some();
+        let active = source
+            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&slot])
+            .await
+            .ctx(Side::Source, "look at the slot")?
+            .is_some();
+        if worker && active {
+            return Ok(format!("subscription {sub} streams from slot {slot}"));
+        }
+        let errors = worker_errors(target, &sub).await? - errors_at_start;
+        if errors > 0 && started.elapsed() > Duration::from_secs(60) || started.elapsed() > plan.sync.ready_timeout {
+            return Err(PgError::Refused(format!(
+                "the subscription does not stream from slot {slot} ({errors} worker errors); read the target server's log, \
+                 then run `cutover db sync` again"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

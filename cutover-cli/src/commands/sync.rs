@@ -22,7 +22,7 @@ pub async fn run(g: &Global, args: SyncArgs) -> anyhow::Result<i32> {
         _ = tokio::signal::ctrl_c() => {
             bars.finish();
             journal.end_run(run, "interrupted")?;
-            eprintln!("interrupted: whatever was created stays and a copy under way goes on in the server; run `cutover db sync` again to continue, or `cutover db cleanup` to remove it");
+            eprintln!("interrupted: what was made stays; run `cutover db sync` again to continue (a copy cut short is made again), or `cutover db cleanup` to remove it");
             return Ok(130);
         }
     };
