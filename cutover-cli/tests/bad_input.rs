@@ -171,3 +171,27 @@ async fn a_source_the_target_cannot_reach_is_refused_before_anything_is_made() {
     assert!(line.ends_with("set source.replication_url to an address, user and password the target server can use (the role needs REPLICATION)"), "{line}");
     assert_eq!(footprint(&env.pair).await, ("0/0".to_string(), "0/0".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_without_replica_identity_is_refused() {
+    let env = Env::native().await;
+    env.pair
+        .source
+        .exec(
+            "CREATE TABLE public.m (at date NOT NULL, v int) PARTITION BY RANGE (at);
+             CREATE TABLE public.m_1 PARTITION OF public.m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+             ALTER TABLE public.m REPLICA IDENTITY FULL;",
+        )
+        .await;
+    let r = env.run(&["db", "sync"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(
+        one_error_line(&r.stderr),
+        "error: partition public.m_1 has no primary key and no usable replica identity, so publishing it would make its UPDATEs and DELETEs fail on the source; \
+         add a primary key to the partitioned table, or run ALTER TABLE public.m_1 REPLICA IDENTITY FULL (each partition needs its own)"
+    );
+    assert_eq!(footprint(&env.pair).await, ("0/0".to_string(), "0/0".to_string()));
+    env.pair.source.exec("ALTER TABLE public.m_1 REPLICA IDENTITY FULL").await;
+    let r = env.run(&["db", "sync", "--dry-run"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}

@@ -280,12 +280,30 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Quotes a string literal for SQL.
+/// Quotes a string literal for SQL. A value with a backslash is written as an `E''` string,
+/// which reads the same whatever `standard_conforming_strings` says.
 pub fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    if value.contains('\\') {
+        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", value.replace('\'', "''"))
+    }
 }
 
 /// `"schema"."table"`.
 pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", ident(schema), ident(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_identifiers_are_quoted() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(r"a\b'c"), r"E'a\\b''c'");
+        assert_eq!(ident("My \"T\""), "\"My \"\"T\"\"\"");
+        assert_eq!(qualified("s", "t"), "\"s\".\"t\"");
+    }
 }
