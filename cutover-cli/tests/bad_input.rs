@@ -191,6 +191,17 @@ async fn a_partition_without_replica_identity_is_refused() {
          add a primary key to the partitioned table, or run ALTER TABLE public.m_1 REPLICA IDENTITY FULL (each partition needs its own)"
     );
     assert_eq!(footprint(&env.pair).await, ("0/0".to_string(), "0/0".to_string()));
+    let check = env.run(&["check", "--json"]);
+    assert_eq!(check.code, 1);
+    let report: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
+    let errors: Vec<(&str, &str)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .map(|f| (f["code"].as_str().unwrap(), f["subject"].as_str().unwrap()))
+        .collect();
+    assert_eq!(errors, [("partition-no-replica-identity", "public.m_1")]);
     env.pair.source.exec("ALTER TABLE public.m_1 REPLICA IDENTITY FULL").await;
     let r = env.run(&["db", "sync", "--dry-run"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);

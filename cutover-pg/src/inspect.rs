@@ -285,3 +285,71 @@ pub async fn has_rows(client: &Client, side: Side, schema: &str, name: &str) -> 
         .ctx(side, &format!("look into {schema}.{name}"))?;
     Ok(Some(row.get(0)))
 }
+
+/// A partition that cannot be replicated as it is, under a partitioned table being moved.
+/// Identity and persistence are per partition: ALTER TABLE on the root does not reach them,
+/// and UPDATEs run on the partitions.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionIssue {
+    /// `schema.name`, for people.
+    pub partition: String,
+    /// Quoted for SQL.
+    pub quoted: String,
+    pub unlogged: bool,
+    /// No primary key and default identity, or identity NOTHING.
+    pub no_identity: bool,
+}
+
+impl PartitionIssue {
+    /// (code, message and fix) of each problem, for `check` and `db sync` alike.
+    pub fn problems(&self) -> Vec<(&'static str, String, String)> {
+        let mut out = vec![];
+        if self.unlogged {
+            out.push((
+                "unlogged-partition",
+                format!("partition {} is UNLOGGED and cannot be replicated", self.partition),
+                format!("run ALTER TABLE {} SET LOGGED", self.quoted),
+            ));
+        }
+        if self.no_identity {
+            out.push((
+                "partition-no-replica-identity",
+                format!(
+                    "partition {} has no primary key and no usable replica identity, so publishing it would make its UPDATEs and DELETEs fail on the source",
+                    self.partition
+                ),
+                format!(
+                    "add a primary key to the partitioned table, or run ALTER TABLE {} REPLICA IDENTITY FULL (each partition needs its own)",
+                    self.quoted
+                ),
+            ));
+        }
+        out
+    }
+}
+
+/// Partitions of the selected partitioned tables that cannot be replicated as they are.
+pub async fn partition_issues(client: &Client, side: Side, tables: &[Table]) -> Result<Vec<PartitionIssue>, PgError> {
+    let roots: Vec<u32> = tables.iter().filter(|t| t.partitioned).map(|t| t.oid).collect();
+    if roots.is_empty() {
+        return Ok(vec![]);
+    }
+    let rows = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+                    c.relpersistence = 'u',
+                    c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS
+                        (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+               FROM unnest($1::oid[]) r(oid), pg_partition_tree(r.oid) p
+               JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE p.isleaf ORDER BY 1",
+            &[&roots],
+        )
+        .await
+        .ctx(side, "list partitions")?;
+    Ok(rows
+        .iter()
+        .map(|r| PartitionIssue { partition: r.get(0), quoted: r.get(1), unlogged: r.get(2), no_identity: r.get(3) })
+        .filter(|p| p.unlogged || p.no_identity)
+        .collect())
+}

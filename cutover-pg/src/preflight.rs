@@ -163,6 +163,8 @@ pub struct Facts {
     /// The target role is a member of `pg_create_subscription` (PostgreSQL 16+; false before).
     pub target_create_subscription: bool,
     pub previous: Previous,
+    /// Partitions that cannot be replicated as they are.
+    pub partition_issues: Vec<inspect::PartitionIssue>,
 }
 
 /// Connects to both databases, reads everything and runs every rule.
@@ -178,6 +180,7 @@ async fn gather(sync: &SyncSettings, s: &Client, t: &Client) -> Result<Facts, Pg
     let source = inspect::server(s, Side::Source).await?;
     let target = inspect::server(t, Side::Target).await?;
     let tables = inspect::tables(s, Side::Source, sync).await?;
+    let partition_issues = inspect::partition_issues(s, Side::Source, &tables).await?;
     let sequences = inspect::sequences(s, Side::Source, sync).await?;
     let source_extensions = inspect::extensions(s, Side::Source).await?;
     let target_available = inspect::available_extensions(t, Side::Target).await?;
@@ -226,6 +229,7 @@ async fn gather(sync: &SyncSettings, s: &Client, t: &Client) -> Result<Facts, Pg
         wal_senders_used: row.get(2),
         target_create_subscription,
         previous: Previous { publication: row.get(3), slot: row.get(4), subscription },
+        partition_issues,
     })
 }
 
@@ -267,6 +271,11 @@ pub fn rules(f: &Facts) -> Vec<Finding> {
     }
     for table in &f.tables {
         table_shape(f.mode, table, &mut out);
+    }
+    for issue in &f.partition_issues {
+        for (code, message, fix) in issue.problems() {
+            out.push(Finding::new(Severity::Error, code, issue.partition.clone(), message).fix(fix));
+        }
     }
     large_objects(f, &mut out);
     extensions(f, &mut out);

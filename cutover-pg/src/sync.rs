@@ -669,41 +669,14 @@ async fn wait_streaming(plan: &Plan, source: &Client, target: &Client) -> Result
     }
 }
 
-/// The same rules for every partition of a partitioned table: identity and persistence are
-/// per partition (ALTER TABLE on the root does not reach them), and UPDATEs run on partitions.
+/// The same rules for every partition of a partitioned table (see [`inspect::PartitionIssue`]).
 async fn refuse_unsafe_partitions(source: &Client, tables: &[Table]) -> Result<(), PgError> {
-    let roots: Vec<u32> = tables.iter().filter(|t| t.partitioned).map(|t| t.oid).collect();
-    if roots.is_empty() {
-        return Ok(());
-    }
-    let rows = source
-        .query(
-            "SELECT n.nspname || '.' || c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
-                    c.relpersistence = 'u', c.relreplident::text,
-                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident))
-               FROM unnest($1::oid[]) r(oid), pg_partition_tree(r.oid) p
-               JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE p.isleaf ORDER BY 1",
-            &[&roots],
-        )
-        .await
-        .ctx(Side::Source, "list partitions")?;
-    let mut problems = vec![];
-    for r in rows {
-        let (name, quoted, unlogged, ident, keyed): (String, String, bool, String, bool) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        if unlogged {
-            problems.push(format!(
-                "partition {name} is UNLOGGED and cannot be replicated; run ALTER TABLE {quoted} SET LOGGED"
-            ));
-        }
-        if ident == "n" || (ident == "d" && !keyed) {
-            problems.push(format!(
-                "partition {name} has no primary key and no usable replica identity, so publishing it would make its UPDATEs and DELETEs fail on the source; \
-                 add a primary key to the partitioned table, or run ALTER TABLE {quoted} REPLICA IDENTITY FULL (each partition needs its own)"
-            ));
-        }
-    }
+    let problems: Vec<String> = inspect::partition_issues(source, Side::Source, tables)
+        .await?
+        .iter()
+        .flat_map(|p| p.problems())
+        .map(|(_, message, fix)| format!("{message}; {fix}"))
+        .collect();
     if problems.is_empty() {
         Ok(())
     } else {

@@ -285,6 +285,7 @@ fn facts() -> Facts {
         wal_senders_used: 0,
         target_create_subscription: false,
         previous: Previous::default(),
+        partition_issues: vec![],
     }
 }
 
