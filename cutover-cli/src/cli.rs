@@ -27,7 +27,12 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// The plan file.
-    #[arg(long, global = true, env = "CUTOVER_PLAN", default_value = "cutover.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUTOVER_PLAN",
+        default_value = "cutover.toml"
+    )]
     pub plan: PathBuf,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]

@@ -84,10 +84,10 @@ pub fn timestamp(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-
 /// Passwords the log writer scrubs. The log subscriber is process-wide by nature, so this list
 /// is too; commands add a plan's passwords as soon as they load it.
-static LOG_SECRETS: std::sync::RwLock<Vec<cutover_core::Secret>> = std::sync::RwLock::new(Vec::new());
+static LOG_SECRETS: std::sync::RwLock<Vec<cutover_core::Secret>> =
+    std::sync::RwLock::new(Vec::new());
 
 /// Adds secrets the log writer must never print.
 pub fn hide_in_logs(secrets: impl IntoIterator<Item = cutover_core::Secret>) {
@@ -132,6 +132,9 @@ mod tests {
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(millis(1234), "1.2s");
         assert_eq!(millis(184_000), "3m04s");
-        assert_eq!(table(&["a", "bb"], &[vec!["xxx".into(), "y".into()]]), "a    bb\nxxx  y\n");
+        assert_eq!(
+            table(&["a", "bb"], &[vec!["xxx".into(), "y".into()]]),
+            "a    bb\nxxx  y\n"
+        );
     }
 }

@@ -15,13 +15,21 @@ use crate::output;
 pub fn step_printer(event: &StepEvent<'_>) {
     match event {
         StepEvent::Started { step, intent } => eprintln!("→ {step}: {intent}"),
-        StepEvent::Finished { step, status, duration, outcome } => {
+        StepEvent::Finished {
+            step,
+            status,
+            duration,
+            outcome,
+        } => {
             let mark = match status {
                 Status::Ok => "✓",
                 Status::Skipped => "·",
                 Status::Failed => "✗",
             };
-            eprintln!("{mark} {step} ({}): {outcome}", output::millis(duration.as_millis() as u64));
+            eprintln!(
+                "{mark} {step} ({}): {outcome}",
+                output::millis(duration.as_millis() as u64)
+            );
         }
     }
 }
@@ -35,9 +43,15 @@ pub struct CopyProgress {
 impl CopyProgress {
     pub fn new(quiet: bool) -> CopyProgress {
         let bars = (!quiet && output::interactive()).then(|| {
-            (MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), Mutex::new(HashMap::new()))
+            (
+                MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                Mutex::new(HashMap::new()),
+            )
         });
-        CopyProgress { bars, last_line: Mutex::new(None) }
+        CopyProgress {
+            bars,
+            last_line: Mutex::new(None),
+        }
     }
 
     pub fn update(&self, tables: &[TableProgress]) {
@@ -48,9 +62,11 @@ impl CopyProgress {
                     let bar = bars.entry(t.table.clone()).or_insert_with(|| {
                         let b = multi.add(ProgressBar::new(t.rows_estimate.max(1) as u64));
                         b.set_style(
-                            ProgressStyle::with_template("{prefix:<32} [{bar:30}] {pos:>10}/{len:<10} rows {msg}")
-                                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                                .progress_chars("=> "),
+                            ProgressStyle::with_template(
+                                "{prefix:<32} [{bar:30}] {pos:>10}/{len:<10} rows {msg}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
                         );
                         b.set_prefix(t.table.clone());
                         b
@@ -72,12 +88,19 @@ impl CopyProgress {
                 *last = Some(Instant::now());
                 let ready = tables.iter().filter(|t| t.state == "ready").count();
                 let rows: i64 = tables.iter().map(|t| t.rows_done).sum();
-                let copying: Vec<&str> =
-                    tables.iter().filter(|t| t.state == "copying").map(|t| t.table.as_str()).collect();
+                let copying: Vec<&str> = tables
+                    .iter()
+                    .filter(|t| t.state == "copying")
+                    .map(|t| t.table.as_str())
+                    .collect();
                 eprintln!(
                     "  copy: {ready}/{} tables ready, {rows} rows copied{}",
                     tables.len(),
-                    if copying.is_empty() { String::new() } else { format!(", copying {}", copying.join(", ")) }
+                    if copying.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", copying {}", copying.join(", "))
+                    }
                 );
             }
         }

@@ -17,15 +17,27 @@ async fn watch_refreshes_and_the_journal_reads_as_json() {
     // Before any sync, status says so instead of failing.
     let before = env.run(&["db", "status"]);
     assert_eq!(before.code, 0, "{}", before.stderr);
-    assert!(before.stdout.contains("warning: no sync in place; run `cutover db sync`"), "{}", before.stdout);
+    assert!(
+        before
+            .stdout
+            .contains("warning: no sync in place; run `cutover db sync`"),
+        "{}",
+        before.stdout
+    );
 
     assert_eq!(env.run(&["db", "sync"]).code, 0);
     std::fs::write(
         env.plan(),
-        std::fs::read_to_string(env.plan()).unwrap().replace("refresh = \"2s\"", "refresh = \"200ms\""),
+        std::fs::read_to_string(env.plan())
+            .unwrap()
+            .replace("refresh = \"2s\"", "refresh = \"200ms\""),
     )
     .unwrap();
-    let mut child = env.command(&["db", "status", "--watch", "--json"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = env
+        .command(&["db", "status", "--watch", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stdout = child.stdout.take().unwrap();
     let lines: Vec<serde_json::Value> = BufReader::new(stdout)
         .lines()
@@ -36,7 +48,11 @@ async fn watch_refreshes_and_the_journal_reads_as_json() {
             serde_json::from_str(&l).unwrap()
         })
         .collect();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let code = child.wait().unwrap();
     assert_eq!(code.code(), Some(0));
     assert_eq!(lines.len(), 3);
@@ -55,10 +71,28 @@ async fn watch_refreshes_and_the_journal_reads_as_json() {
     let run = &runs.as_array().unwrap()[0];
     assert_eq!(run["command"], "db sync");
     assert_eq!(run["outcome"], "ok");
-    let steps: Vec<&str> = run["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    let steps: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
     assert_eq!(
         steps,
-        ["schema.dump", "schema.pre_data", "publication", "copy", "schema.keys", "subscription", "stream", "schema.post_data"]
+        [
+            "schema.dump",
+            "schema.pre_data",
+            "publication",
+            "copy",
+            "schema.keys",
+            "subscription",
+            "stream",
+            "schema.post_data"
+        ]
     );
-    assert!(run["steps"].as_array().unwrap().iter().all(|s| s["status"] == "ok" || s["status"] == "skipped"));
+    assert!(run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["status"] == "ok" || s["status"] == "skipped"));
 }

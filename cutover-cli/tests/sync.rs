@@ -82,28 +82,58 @@ async fn sync_under_writes_then_verify_finds_one_changed_row() {
     // A table with no primary key is refused, with both fixes, and nothing is created.
     let check = env.run(&["check"]);
     assert_eq!(check.code, 1, "{}{}", check.stdout, check.stderr);
-    assert!(check.stdout.contains("public.audit_log"), "{}", check.stdout);
-    assert!(check.stdout.contains("REPLICA IDENTITY FULL"), "{}", check.stdout);
+    assert!(
+        check.stdout.contains("public.audit_log"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("REPLICA IDENTITY FULL"),
+        "{}",
+        check.stdout
+    );
     let refused = env.run(&["db", "sync"]);
     assert_eq!(refused.code, 1);
     assert!(refused.stderr.contains("audit_log"), "{}", refused.stderr);
-    assert!(refused.stderr.contains("REPLICA IDENTITY FULL"), "{}", refused.stderr);
-    assert_eq!(common::footprint(&env.pair).await, ("0/0".to_string(), "0/0".to_string()));
+    assert!(
+        refused.stderr.contains("REPLICA IDENTITY FULL"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        common::footprint(&env.pair).await,
+        ("0/0".to_string(), "0/0".to_string())
+    );
 
-    env.pair.source.exec("ALTER TABLE public.audit_log REPLICA IDENTITY FULL").await;
+    env.pair
+        .source
+        .exec("ALTER TABLE public.audit_log REPLICA IDENTITY FULL")
+        .await;
     let check = env.run(&["check"]);
     assert_eq!(check.code, 2, "warnings only now: {}", check.stdout);
     let dry = env.run(&["db", "sync", "--dry-run"]);
     assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
-    assert!(dry.stdout.contains("nothing was changed (dry run)"), "{}", dry.stdout);
-    assert_eq!(common::footprint(&env.pair).await, ("0/0".to_string(), "0/0".to_string()));
+    assert!(
+        dry.stdout.contains("nothing was changed (dry run)"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        common::footprint(&env.pair).await,
+        ("0/0".to_string(), "0/0".to_string())
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(write_load(env.pair.source.client().await, stop.clone()));
     let sync = tokio::task::spawn_blocking({
         // -vvv (every library at debug level): the log lines are checked for passwords too.
         let cmd = env.command(&["-vvv", "db", "sync"]);
-        move || common::to_run({ let mut c = cmd; c.output().unwrap() })
+        move || {
+            common::to_run({
+                let mut c = cmd;
+                c.output().unwrap()
+            })
+        }
     })
     .await
     .unwrap();
@@ -118,7 +148,11 @@ async fn sync_under_writes_then_verify_finds_one_changed_row() {
     assert_eq!(s["subscription"]["enabled"], true);
     assert!(s["slot"]["lag_bytes"].as_i64().is_some());
     assert_eq!(s["tables"].as_array().unwrap().len(), 7);
-    assert!(s["tables"].as_array().unwrap().iter().all(|t| t["state"] == "ready"));
+    assert!(s["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["state"] == "ready"));
 
     stop.store(true, Ordering::Relaxed);
     let writes = load.await.unwrap();
@@ -126,19 +160,37 @@ async fn sync_under_writes_then_verify_finds_one_changed_row() {
 
     let verify = env.run(&["db", "verify"]);
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
-    assert!(verify.stdout.contains("all 7 tables equal"), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("all 7 tables equal"),
+        "{}",
+        verify.stdout
+    );
     assert_eq!(
-        env.pair.source.value("SELECT count(*) FROM billing.invoices").await,
-        env.pair.target.value("SELECT count(*) FROM billing.invoices").await
+        env.pair
+            .source
+            .value("SELECT count(*) FROM billing.invoices")
+            .await,
+        env.pair
+            .target
+            .value("SELECT count(*) FROM billing.invoices")
+            .await
     );
 
     // One row changed on the target only: verify names its table, range and key.
-    env.pair.target.exec("UPDATE public.codes SET label = 'tampered' WHERE code = 'c250'").await;
+    env.pair
+        .target
+        .exec("UPDATE public.codes SET label = 'tampered' WHERE code = 'c250'")
+        .await;
     let verify = env.run(&["db", "verify", "--json"]);
     assert_eq!(verify.code, 1, "{}", verify.stderr);
     let r: serde_json::Value = serde_json::from_str(&verify.stdout).unwrap();
     assert_eq!(r["equal"], false);
-    let differ: Vec<&serde_json::Value> = r["tables"].as_array().unwrap().iter().filter(|t| t["equal"] == false).collect();
+    let differ: Vec<&serde_json::Value> = r["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["equal"] == false)
+        .collect();
     assert_eq!(differ.len(), 1);
     assert_eq!(differ[0]["table"], "public.codes");
     let ranges = differ[0]["mismatches"].as_array().unwrap();
@@ -148,18 +200,44 @@ async fn sync_under_writes_then_verify_finds_one_changed_row() {
 
     let cleanup = env.run(&["db", "cleanup"]);
     assert_eq!(cleanup.code, 0, "{}", cleanup.stderr);
-    assert!(cleanup.stdout.contains("removed subscription cutover_sub on the target"), "{}", cleanup.stdout);
-    assert!(cleanup.stdout.contains("removed replication slot cutover_slot on the source"), "{}", cleanup.stdout);
-    assert!(cleanup.stdout.contains("removed publication cutover_pub on the source"), "{}", cleanup.stdout);
+    assert!(
+        cleanup
+            .stdout
+            .contains("removed subscription cutover_sub on the target"),
+        "{}",
+        cleanup.stdout
+    );
+    assert!(
+        cleanup
+            .stdout
+            .contains("removed replication slot cutover_slot on the source"),
+        "{}",
+        cleanup.stdout
+    );
+    assert!(
+        cleanup
+            .stdout
+            .contains("removed publication cutover_pub on the source"),
+        "{}",
+        cleanup.stdout
+    );
     let again = env.run(&["db", "cleanup"]);
     assert_eq!(again.code, 0);
-    assert!(again.stdout.contains("nothing to remove"), "{}", again.stdout);
+    assert!(
+        again.stdout.contains("nothing to remove"),
+        "{}",
+        again.stdout
+    );
     let (source, target) = common::footprint(&env.pair).await;
     assert_eq!(source, "0/0");
     assert!(target.starts_with("0/"), "{target}");
 
     let journal = env.run(&["status"]);
     assert_eq!(journal.code, 0);
-    assert!(journal.stdout.contains("db sync · ok"), "{}", journal.stdout);
+    assert!(
+        journal.stdout.contains("db sync · ok"),
+        "{}",
+        journal.stdout
+    );
     env.assert_journal_clean();
 }

@@ -60,7 +60,9 @@ pub enum ConnStringError {
     NoHost,
     #[error("URL has no user name; write it as postgres://user:password@host:5432/dbname")]
     NoUser,
-    #[error("URL has no database name; add it after the host, as in postgres://user@host:5432/dbname")]
+    #[error(
+        "URL has no database name; add it after the host, as in postgres://user@host:5432/dbname"
+    )]
     NoDatabase,
     #[error("sslmode={0} is not known; use disable, prefer, require, verify-ca or verify-full")]
     SslMode(String),
@@ -216,7 +218,11 @@ impl ConnString {
 
     /// Where this points, without credentials: `host:port/dbname`.
     pub fn location(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         format!("{host}:{}/{}", self.port, self.dbname)
     }
 }
@@ -263,24 +269,42 @@ mod tests {
         assert_eq!(c.port, 6432);
         assert_eq!(c.dbname, "my_db");
         assert_eq!(c.sslmode, SslMode::VerifyFull);
-        assert_eq!(c.sslrootcert.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(
+            c.sslrootcert.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
     }
 
     #[test]
     fn display_and_debug_redact_the_password() {
         let c = ConnString::parse("postgresql://u:topsecret@h/d?sslmode=require").unwrap();
-        assert_eq!(c.to_string(), "postgres://u:********@h:5432/d?sslmode=require");
+        assert_eq!(
+            c.to_string(),
+            "postgres://u:********@h:5432/d?sslmode=require"
+        );
         assert!(!format!("{c:?}").contains("topsecret"));
         assert!(!serde_json::to_string(&c).unwrap().contains("topsecret"));
         assert!(!c.conninfo_with_password().to_string().contains("topsecret"));
-        assert!(c.conninfo_with_password().expose().contains("password='topsecret'"));
+        assert!(c
+            .conninfo_with_password()
+            .expose()
+            .contains("password='topsecret'"));
     }
 
     #[test]
     fn refuses_what_it_cannot_use() {
-        assert_eq!(ConnString::parse("mysql://u@h/d"), Err(ConnStringError::Scheme("mysql".into())));
-        assert_eq!(ConnString::parse("postgres://h/d"), Err(ConnStringError::NoUser));
-        assert_eq!(ConnString::parse("postgres://u@h"), Err(ConnStringError::NoDatabase));
+        assert_eq!(
+            ConnString::parse("mysql://u@h/d"),
+            Err(ConnStringError::Scheme("mysql".into()))
+        );
+        assert_eq!(
+            ConnString::parse("postgres://h/d"),
+            Err(ConnStringError::NoUser)
+        );
+        assert_eq!(
+            ConnString::parse("postgres://u@h"),
+            Err(ConnStringError::NoDatabase)
+        );
         assert_eq!(
             ConnString::parse("postgres://u@h/d?sslmode=always"),
             Err(ConnStringError::SslMode("always".into()))
@@ -289,12 +313,18 @@ mod tests {
             ConnString::parse("postgres://u@h/d?foo=1"),
             Err(ConnStringError::UnknownParam("foo".into()))
         );
-        assert!(matches!(ConnString::parse("host=x"), Err(ConnStringError::NotAUrl(_))));
+        assert!(matches!(
+            ConnString::parse("host=x"),
+            Err(ConnStringError::NotAUrl(_))
+        ));
     }
 
     #[test]
     fn conninfo_quotes_values() {
         let c = ConnString::parse("postgres://u:it's@h/d").unwrap();
-        assert!(c.conninfo_with_password().expose().contains(r"password='it\'s'"));
+        assert!(c
+            .conninfo_with_password()
+            .expose()
+            .contains(r"password='it\'s'"));
     }
 }

@@ -14,8 +14,16 @@ use crate::journal::{Journal, JournalError, RunId, Status};
 /// What the engine tells its observer.
 #[derive(Debug, Clone)]
 pub enum StepEvent<'a> {
-    Started { step: &'a str, intent: &'a str },
-    Finished { step: &'a str, status: Status, duration: Duration, outcome: &'a str },
+    Started {
+        step: &'a str,
+        intent: &'a str,
+    },
+    Finished {
+        step: &'a str,
+        status: Status,
+        duration: Duration,
+        outcome: &'a str,
+    },
 }
 
 /// Something a step can report on success: a short line for the journal.
@@ -48,7 +56,11 @@ impl<'a> Steps<'a> {
         run: RunId,
         observer: &'a (dyn Fn(&StepEvent<'_>) + Send + Sync),
     ) -> Self {
-        Steps { journal, run, observer }
+        Steps {
+            journal,
+            run,
+            observer,
+        }
     }
 
     pub fn run_id(&self) -> RunId {
@@ -78,14 +90,20 @@ impl<'a> Steps<'a> {
             Err(e) => (Status::Failed, e.to_string()),
         };
         self.journal.outcome(record, status, duration, &text)?;
-        (self.observer)(&StepEvent::Finished { step, status, duration, outcome: &text });
+        (self.observer)(&StepEvent::Finished {
+            step,
+            status,
+            duration,
+            outcome: &text,
+        });
         result
     }
 
     /// Records a step that had nothing to do (already done by an earlier run).
     pub fn skip(&self, step: &str, why: &str) -> Result<(), JournalError> {
         let record = self.journal.intent(self.run, step, why)?;
-        self.journal.outcome(record, Status::Skipped, Duration::ZERO, why)?;
+        self.journal
+            .outcome(record, Status::Skipped, Duration::ZERO, why)?;
         (self.observer)(&StepEvent::Finished {
             step,
             status: Status::Skipped,

@@ -81,7 +81,10 @@ pub struct Journal {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 const SCHEMA: &str = "
@@ -119,7 +122,9 @@ impl Journal {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        Ok(Journal { conn: Mutex::new(conn) })
+        Ok(Journal {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -128,7 +133,10 @@ impl Journal {
 
     pub fn begin_run(&self, command: &str) -> Result<RunId, JournalError> {
         let conn = self.conn();
-        conn.execute("INSERT INTO runs (command, started_ms) VALUES (?1, ?2)", params![command, now_ms()])?;
+        conn.execute(
+            "INSERT INTO runs (command, started_ms) VALUES (?1, ?2)",
+            params![command, now_ms()],
+        )?;
         Ok(conn.last_insert_rowid())
     }
 
@@ -160,7 +168,12 @@ impl Journal {
     ) -> Result<(), JournalError> {
         self.conn().execute(
             "UPDATE steps SET status = ?1, duration_ms = ?2, outcome = ?3 WHERE id = ?4",
-            params![status.as_str(), duration.as_millis() as i64, outcome, record],
+            params![
+                status.as_str(),
+                duration.as_millis() as i64,
+                outcome,
+                record
+            ],
         )?;
         Ok(())
     }
@@ -182,8 +195,8 @@ impl Journal {
     /// Every run, oldest first, with its steps.
     pub fn timeline(&self) -> Result<Vec<RunRecord>, JournalError> {
         let conn = self.conn();
-        let mut runs_stmt =
-            conn.prepare("SELECT id, command, started_ms, ended_ms, outcome FROM runs ORDER BY id")?;
+        let mut runs_stmt = conn
+            .prepare("SELECT id, command, started_ms, ended_ms, outcome FROM runs ORDER BY id")?;
         let mut runs: Vec<RunRecord> = runs_stmt
             .query_map([], |r| {
                 Ok(RunRecord {
@@ -201,7 +214,9 @@ impl Journal {
              WHERE run_id = ?1 ORDER BY id",
         )?;
         for run in &mut runs {
-            run.steps = steps_stmt.query_map(params![run.id], step_record)?.collect::<Result<_, _>>()?;
+            run.steps = steps_stmt
+                .query_map(params![run.id], step_record)?
+                .collect::<Result<_, _>>()?;
         }
         Ok(runs)
     }
@@ -231,7 +246,8 @@ mod tests {
             let j = Journal::open(&path).unwrap();
             let run = j.begin_run("db sync").unwrap();
             let rec = j.intent(run, "schema.pre_data", "copy tables").unwrap();
-            j.outcome(rec, Status::Ok, Duration::from_millis(12), "3 tables").unwrap();
+            j.outcome(rec, Status::Ok, Duration::from_millis(12), "3 tables")
+                .unwrap();
             j.intent(run, "copy", "wait for tables").unwrap();
             // killed here: no outcome, no end
         }
@@ -240,7 +256,8 @@ mod tests {
         let last = j.last("copy").unwrap().unwrap();
         assert_eq!(last.status, None);
         let rec = j.intent(run, "copy", "wait for tables").unwrap();
-        j.outcome(rec, Status::Ok, Duration::from_secs(1), "ready").unwrap();
+        j.outcome(rec, Status::Ok, Duration::from_secs(1), "ready")
+            .unwrap();
         j.end_run(run, "ok").unwrap();
         let t = j.timeline().unwrap();
         assert_eq!(t.len(), 2);

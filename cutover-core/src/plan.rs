@@ -181,7 +181,10 @@ impl Default for RawVerify {
 }
 impl Default for RawStatus {
     fn default() -> Self {
-        RawStatus { retained_wal_warn_mib: default_retained_warn(), refresh: default_refresh() }
+        RawStatus {
+            retained_wal_warn_mib: default_retained_warn(),
+            refresh: default_refresh(),
+        }
     }
 }
 
@@ -267,16 +270,24 @@ impl Plan {
 
     /// Every password this plan knows, for scrubbing text we did not write.
     pub fn secrets(&self) -> Vec<crate::secret::Secret> {
-        [&self.source.url, &self.source.replication_url, &self.target.url, &self.target.replication_url]
-            .iter()
-            .filter_map(|c| c.password().cloned())
-            .collect()
+        [
+            &self.source.url,
+            &self.source.replication_url,
+            &self.target.url,
+            &self.target.replication_url,
+        ]
+        .iter()
+        .filter_map(|c| c.password().cloned())
+        .collect()
     }
 }
 
 /// `cutover.toml` → `cutover.journal.db`, in the same folder.
 pub fn journal_path_for(plan: &Path) -> PathBuf {
-    let stem = plan.file_stem().and_then(|s| s.to_str()).unwrap_or("cutover");
+    let stem = plan
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("cutover");
     plan.with_file_name(format!("{stem}.journal.db"))
 }
 
@@ -298,7 +309,10 @@ pub enum PlanError {
     #[error("cannot read plan file {path}: {reason}; run `cutover init` to write one")]
     Read { path: String, reason: String },
     #[error("{}", render(.path, .problems))]
-    Invalid { path: String, problems: Vec<Problem> },
+    Invalid {
+        path: String,
+        problems: Vec<Problem>,
+    },
 }
 
 fn render(path: &str, problems: &[Problem]) -> String {
@@ -345,9 +359,17 @@ struct Collector<'a> {
 
 impl Collector<'_> {
     fn push(&mut self, span: std::ops::Range<usize>, field: &str, message: impl Into<String>) {
-        let (line, column) =
-            if span.start == 0 && span.end == 0 { (0, 0) } else { position(self.text, span.start) };
-        self.problems.push(Problem { line, column, field: field.into(), message: message.into() });
+        let (line, column) = if span.start == 0 && span.end == 0 {
+            (0, 0)
+        } else {
+            position(self.text, span.start)
+        };
+        self.problems.push(Problem {
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -393,7 +415,12 @@ pub fn parse(text: &str, path: &Path, env: &dyn Env) -> Result<Plan, PlanError> 
             let message = e.message().trim().replace('\n', " ");
             return Err(PlanError::Invalid {
                 path: shown,
-                problems: vec![Problem { line, column, field: String::new(), message }],
+                problems: vec![Problem {
+                    line,
+                    column,
+                    field: String::new(),
+                    message,
+                }],
             });
         }
     };
@@ -498,7 +525,10 @@ impl RawPlan {
 
     /// Checks every value and reports every problem at once.
     pub fn validate(self, text: &str, path: &Path, env: &dyn Env) -> Result<Plan, PlanError> {
-        let mut c = Collector { text, problems: vec![] };
+        let mut c = Collector {
+            text,
+            problems: vec![],
+        };
 
         let source_url = Self::url(&mut c, "source.url", &self.source.url, env);
         let source_repl = match &self.source.replication_url {
@@ -568,48 +598,70 @@ impl RawPlan {
                 c.push(
                     self.sync.copy.span(),
                     "sync.copy",
-                    format!("\"{other}\" is not a copy method; use \"parallel\" or \"subscription\""),
+                    format!(
+                        "\"{other}\" is not a copy method; use \"parallel\" or \"subscription\""
+                    ),
                 );
                 CopyMethod::Parallel
             }
         };
         let copy_jobs = *self.sync.copy_jobs.get_ref();
         if !(1..=64).contains(&copy_jobs) {
-            c.push(self.sync.copy_jobs.span(), "sync.copy_jobs", "must be between 1 and 64");
+            c.push(
+                self.sync.copy_jobs.span(),
+                "sync.copy_jobs",
+                "must be between 1 and 64",
+            );
         }
         let chunk_rows = *self.verify.chunk_rows.get_ref();
         if chunk_rows < 1 {
-            c.push(self.verify.chunk_rows.span(), "verify.chunk_rows", "must be at least 1");
+            c.push(
+                self.verify.chunk_rows.span(),
+                "verify.chunk_rows",
+                "must be at least 1",
+            );
         }
         let parallel = *self.verify.parallel.get_ref();
         if !(1..=64).contains(&parallel) {
-            c.push(self.verify.parallel.span(), "verify.parallel", "must be between 1 and 64");
+            c.push(
+                self.verify.parallel.span(),
+                "verify.parallel",
+                "must be between 1 and 64",
+            );
         }
         let warn = *self.status.retained_wal_warn_mib.get_ref();
         if warn < 1 {
-            c.push(self.status.retained_wal_warn_mib.span(), "status.retained_wal_warn_mib", "must be at least 1");
+            c.push(
+                self.status.retained_wal_warn_mib.span(),
+                "status.retained_wal_warn_mib",
+                "must be at least 1",
+            );
         }
         if self.status.refresh < Duration::from_millis(100) {
             c.push(0..0, "status.refresh", "must be at least 100ms");
         }
 
         if !c.problems.is_empty() {
-            return Err(PlanError::Invalid { path: path.display().to_string(), problems: c.problems });
+            return Err(PlanError::Invalid {
+                path: path.display().to_string(),
+                problems: c.problems,
+            });
         }
-        let (source_url, source_repl, target_url, target_repl, mode) = match (
-            source_url,
-            source_repl,
-            target_url,
-            target_repl,
-            mode,
-        ) {
-            (Some(a), Some(b), Some(c), Some(d), Some(m)) => (a, b, c, d, m),
-            _ => unreachable!("every None above pushed a problem"),
-        };
+        let (source_url, source_repl, target_url, target_repl, mode) =
+            match (source_url, source_repl, target_url, target_repl, mode) {
+                (Some(a), Some(b), Some(c), Some(d), Some(m)) => (a, b, c, d, m),
+                _ => unreachable!("every None above pushed a problem"),
+            };
         Ok(Plan {
             path: path.to_path_buf(),
-            source: Endpoint { url: source_url, replication_url: source_repl },
-            target: Endpoint { url: target_url, replication_url: target_repl },
+            source: Endpoint {
+                url: source_url,
+                replication_url: source_repl,
+            },
+            target: Endpoint {
+                url: target_url,
+                replication_url: target_repl,
+            },
             sync: SyncSettings {
                 mode,
                 schemas,
@@ -706,8 +758,14 @@ mod tests {
 
     fn env() -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
-        m.insert("SRC".into(), "postgres://app:pw1@src.example:5432/app".into());
-        m.insert("DST".into(), "postgres://app:pw2@dst.example:5432/app".into());
+        m.insert(
+            "SRC".into(),
+            "postgres://app:pw1@src.example:5432/app".into(),
+        );
+        m.insert(
+            "DST".into(),
+            "postgres://app:pw2@dst.example:5432/app".into(),
+        );
         m
     }
 
@@ -744,22 +802,39 @@ mod tests {
         let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["source.url", "target.url", "sync.mode", "sync.name", "sync.exclude_tables", "verify.parallel"]
+            [
+                "source.url",
+                "target.url",
+                "sync.mode",
+                "sync.name",
+                "sync.exclude_tables",
+                "verify.parallel"
+            ]
         );
         assert_eq!((p[0].line, p[0].column), (2, 7));
         assert_eq!((p[2].line, p[2].column), (6, 8));
         let shown = err.to_string();
-        assert!(shown.starts_with("cutover.toml:2:7: source.url: environment variable NOPE is not set"), "{shown}");
-        assert!(!shown.contains("inline@"), "the inline password must not be echoed: {shown}");
+        assert!(
+            shown.starts_with("cutover.toml:2:7: source.url: environment variable NOPE is not set"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("inline@"),
+            "the inline password must not be echoed: {shown}"
+        );
         assert_eq!(shown.lines().count(), 6);
     }
 
     #[test]
     fn unknown_keys_are_refused_with_their_position() {
-        let text = "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${DST}\"\n[sync]\nmodee = \"native\"\n";
+        let text =
+            "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${DST}\"\n[sync]\nmodee = \"native\"\n";
         let err = parse(text, Path::new("cutover.toml"), &env()).unwrap_err();
         let shown = err.to_string();
-        assert!(shown.starts_with("cutover.toml:6:1: unknown field `modee`"), "{shown}");
+        assert!(
+            shown.starts_with("cutover.toml:6:1: unknown field `modee`"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -773,6 +848,9 @@ mod tests {
     fn same_database_on_both_sides_is_refused() {
         let text = "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${SRC}\"\n";
         let err = parse(text, Path::new("c.toml"), &env()).unwrap_err();
-        assert!(err.to_string().contains("points at the same database"), "{err}");
+        assert!(
+            err.to_string().contains("points at the same database"),
+            "{err}"
+        );
     }
 }

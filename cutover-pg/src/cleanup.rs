@@ -24,7 +24,9 @@ pub struct Removed {
 }
 
 async fn drop_subscription(target: &Client, name: &str) -> Result<Option<u32>, PgError> {
-    let Some(oid) = subscription_oid(target, name).await? else { return Ok(None) };
+    let Some(oid) = subscription_oid(target, name).await? else {
+        return Ok(None);
+    };
     let q = ident(name);
     target
         .batch_execute(&format!("ALTER SUBSCRIPTION {q} DISABLE"))
@@ -34,7 +36,10 @@ async fn drop_subscription(target: &Client, name: &str) -> Result<Option<u32>, P
         .batch_execute(&format!("ALTER SUBSCRIPTION {q} SET (slot_name = NONE)"))
         .await
         .ctx(Side::Target, "detach the subscription from its slot")?;
-    target.batch_execute(&format!("DROP SUBSCRIPTION {q}")).await.ctx(Side::Target, "drop the subscription")?;
+    target
+        .batch_execute(&format!("DROP SUBSCRIPTION {q}"))
+        .await
+        .ctx(Side::Target, "drop the subscription")?;
     Ok(Some(oid))
 }
 
@@ -43,13 +48,19 @@ pub async fn drop_slot(source: &Client, slot: &str) -> Result<bool, PgError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let row = source
-            .query_opt("SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .query_opt(
+                "SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
             .await
             .ctx(Side::Source, "look for the replication slot")?;
         let Some(row) = row else { return Ok(false) };
         let (active, pid): (bool, Option<i32>) = (row.get(0), row.get(1));
         if !active {
-            return match source.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
+            return match source
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+            {
                 Ok(_) => Ok(true),
                 // Became active again, or vanished in between: look again.
                 Err(e) if Instant::now() < deadline && e.code().is_some() => continue,
@@ -63,7 +74,9 @@ pub async fn drop_slot(source: &Client, slot: &str) -> Result<bool, PgError> {
             )));
         }
         if let Some(pid) = pid {
-            let _ = source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await;
+            let _ = source
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -81,7 +94,11 @@ pub async fn find(plan: &Plan) -> Result<Vec<Removed>, PgError> {
         None => String::from("-"),
     };
     if sub_row.is_some() {
-        found.push(Removed { side: Side::Target, kind: "subscription", name: sub });
+        found.push(Removed {
+            side: Side::Target,
+            kind: "subscription",
+            name: sub,
+        });
     }
     let rows = source
         .query(
@@ -91,16 +108,27 @@ pub async fn find(plan: &Plan) -> Result<Vec<Removed>, PgError> {
         .await
         .ctx(Side::Source, "list replication slots")?;
     for r in rows {
-        found.push(Removed { side: Side::Source, kind: "replication slot", name: r.get(0) });
+        found.push(Removed {
+            side: Side::Source,
+            kind: "replication slot",
+            name: r.get(0),
+        });
     }
     let publication = plan.sync.publication();
     if source
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await
         .ctx(Side::Source, "look for the publication")?
         .is_some()
     {
-        found.push(Removed { side: Side::Source, kind: "publication", name: publication });
+        found.push(Removed {
+            side: Side::Source,
+            kind: "publication",
+            name: publication,
+        });
     }
     Ok(found)
 }
@@ -113,7 +141,11 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
     let sub = plan.sync.subscription();
     let sub_oid = drop_subscription(&target, &sub).await?;
     if sub_oid.is_some() {
-        removed.push(Removed { side: Side::Target, kind: "subscription", name: sub.clone() });
+        removed.push(Removed {
+            side: Side::Target,
+            kind: "subscription",
+            name: sub.clone(),
+        });
     }
     // A probe left by a sync killed between creating and dropping it (it has no slot).
     let probe = crate::preflight_gate::probe_name(plan);
@@ -122,7 +154,11 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
             .batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {}", ident(&probe)))
             .await
             .ctx(Side::Target, "drop the probe subscription")?;
-        removed.push(Removed { side: Side::Target, kind: "subscription", name: probe });
+        removed.push(Removed {
+            side: Side::Target,
+            kind: "subscription",
+            name: probe,
+        });
     }
     let mut slots = vec![plan.sync.slot()];
     // Table-sync slots are named pg_<subscription oid>_sync_<table oid>_<system id>.
@@ -138,20 +174,34 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
     }
     for slot in slots {
         if drop_slot(&source, &slot).await? {
-            removed.push(Removed { side: Side::Source, kind: "replication slot", name: slot });
+            removed.push(Removed {
+                side: Side::Source,
+                kind: "replication slot",
+                name: slot,
+            });
         }
     }
     let publication = plan.sync.publication();
     let exists = source
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await
         .ctx(Side::Source, "look for the publication")?;
     if exists.is_some() {
         source
-            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&publication)))
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                ident(&publication)
+            ))
             .await
             .ctx(Side::Source, "drop the publication")?;
-        removed.push(Removed { side: Side::Source, kind: "publication", name: publication });
+        removed.push(Removed {
+            side: Side::Source,
+            kind: "publication",
+            name: publication,
+        });
     }
     Ok(removed)
 }

@@ -49,7 +49,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -57,7 +62,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -77,11 +87,14 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
-                Ok(ServerCertVerified::assertion())
-            }
+            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                ..
+            })) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -119,7 +132,10 @@ fn roots(cs: &ConnString) -> Result<RootCertStore, String> {
                     .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
             }
             if store.is_empty() {
-                return Err(format!("sslrootcert {} holds no PEM certificate", path.display()));
+                return Err(format!(
+                    "sslrootcert {} holds no PEM certificate",
+                    path.display()
+                ));
             }
         }
         None => {
@@ -148,9 +164,10 @@ fn tls_config(cs: &ConnString) -> Result<rustls::ClientConfig, String> {
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth(),
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(cs)?), provider)
-                .build()
-                .map_err(|e| e.to_string())?;
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(cs)?), provider)
+                    .build()
+                    .map_err(|e| e.to_string())?;
             if cs.sslmode == SslMode::VerifyFull {
                 builder.with_webpki_verifier(verifier).with_no_client_auth()
             } else {
@@ -250,7 +267,12 @@ pub async fn connect(cs: &ConnString, side: Side) -> Result<Client, PgError> {
     let config = driver_config(cs);
     let fail = |e: tokio_postgres::Error| {
         let (message, retry) = explain(cs, side, &e);
-        PgError::Connect { side, location: cs.location(), message, retry }
+        PgError::Connect {
+            side,
+            location: cs.location(),
+            message,
+            retry,
+        }
     };
     if cs.sslmode == SslMode::Disable {
         let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(fail)?;

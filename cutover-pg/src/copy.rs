@@ -52,9 +52,19 @@ pub struct SnapshotSlot {
 impl SnapshotSlot {
     /// Creates `slot` with pgoutput and keeps its exported snapshot alive until [`release`].
     pub async fn create(source: &ConnString, slot: &str) -> Result<SnapshotSlot, PgError> {
-        let psql = crate::local::bindir().map(|d| d.join("psql")).unwrap_or_else(|_| "psql".into());
+        let psql = crate::local::bindir()
+            .map(|d| d.join("psql"))
+            .unwrap_or_else(|_| "psql".into());
         let mut cmd = Command::new(psql);
-        for var in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE", "PGOPTIONS"] {
+        for var in [
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGPASSWORD",
+            "PGDATABASE",
+            "PGSERVICE",
+            "PGOPTIONS",
+        ] {
             cmd.env_remove(var);
         }
         // No timeout of the role's or database's may end the connection holding the snapshot.
@@ -71,9 +81,14 @@ impl SnapshotSlot {
         })?;
         let mut stdin = child.stdin.take();
         // The older spelling of the option: every server from 10 on understands it.
-        let command = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT;\n", ident(slot));
+        let command = format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT;\n",
+            ident(slot)
+        );
         if let Some(s) = stdin.as_mut() {
-            s.write_all(command.as_bytes()).await.map_err(|e| PgError::Io(e.to_string()))?;
+            s.write_all(command.as_bytes())
+                .await
+                .map_err(|e| PgError::Io(e.to_string()))?;
             s.flush().await.map_err(|e| PgError::Io(e.to_string()))?;
         }
         let mut line = String::new();
@@ -81,7 +96,9 @@ impl SnapshotSlot {
         if let Some(out) = child.stdout.take() {
             let mut reader = BufReader::new(out);
             // Creating a slot waits for every transaction that holds an xid to end.
-            timed_out = tokio::time::timeout(Duration::from_secs(300), reader.read_line(&mut line)).await.is_err();
+            timed_out = tokio::time::timeout(Duration::from_secs(300), reader.read_line(&mut line))
+                .await
+                .is_err();
         }
         let parts: Vec<&str> = line.trim().split('|').collect();
         if timed_out {
@@ -96,11 +113,17 @@ impl SnapshotSlot {
             drop(stdin);
             let mut err = String::new();
             if let Some(mut e) = child.stderr.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(10), e.read_to_string(&mut err)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), e.read_to_string(&mut err)).await;
             }
             let _ = child.wait().await;
             let secrets: Vec<&cutover_core::Secret> = source.password().into_iter().collect();
-            let first = err.lines().next().unwrap_or("no answer").trim().trim_start_matches("psql: ");
+            let first = err
+                .lines()
+                .next()
+                .unwrap_or("no answer")
+                .trim()
+                .trim_start_matches("psql: ");
             return Err(PgError::Refused(format!(
                 "cannot create replication slot {slot} on the source: {}",
                 cutover_core::redact(first, secrets)
@@ -169,7 +192,12 @@ fn page_ranges(pages: i64, jobs: usize) -> Vec<(i64, Option<i64>)> {
 }
 
 /// Splits every table into parts, largest tables first so the long parts start early.
-async fn plan_parts(source: &Client, tables: &[Table], split: bool, jobs: usize) -> Result<Vec<Part>, PgError> {
+async fn plan_parts(
+    source: &Client,
+    tables: &[Table],
+    split: bool,
+    jobs: usize,
+) -> Result<Vec<Part>, PgError> {
     let mut parts = vec![];
     for (i, t) in tables.iter().enumerate() {
         let rows = source
@@ -185,18 +213,36 @@ async fn plan_parts(source: &Client, tables: &[Table], split: bool, jobs: usize)
             .await
             .ctx(Side::Source, "measure the tables")?;
         let generated: Vec<&String> = t.generated_columns.iter().collect();
-        let columns: Vec<String> = t.columns.iter().filter(|c| !generated.contains(c)).map(|c| ident(c)).collect();
+        let columns: Vec<String> = t
+            .columns
+            .iter()
+            .filter(|c| !generated.contains(c))
+            .map(|c| ident(c))
+            .collect();
         let columns = columns.join(", ");
         for r in rows {
             let relation = qualified(r.get::<_, &str>(0), r.get::<_, &str>(1));
             let pages: i64 = r.get(2);
             let binary: bool = r.get::<_, Option<bool>>(3).unwrap_or(false);
-            let ranges = if split { page_ranges(pages, jobs) } else { vec![(0, None)] };
+            let ranges = if split {
+                page_ranges(pages, jobs)
+            } else {
+                vec![(0, None)]
+            };
             let whole = ranges.len() == 1;
             for (from, to) in ranges {
                 let size = to.unwrap_or(pages) - from;
                 let range = (!whole).then_some((from, to));
-                parts.push((size, Part { table: i, relation: relation.clone(), columns: columns.clone(), binary, pages: range }));
+                parts.push((
+                    size,
+                    Part {
+                        table: i,
+                        relation: relation.clone(),
+                        columns: columns.clone(),
+                        binary,
+                        pages: range,
+                    },
+                ));
             }
         }
     }
@@ -205,11 +251,19 @@ async fn plan_parts(source: &Client, tables: &[Table], split: bool, jobs: usize)
 }
 
 /// Copies one part: the source's rows as the snapshot sees them, into the target.
-async fn copy_part(source: &Client, target: &Client, snapshot: &str, part: &Part, counters: &TableCounters) -> Result<(), PgError> {
+async fn copy_part(
+    source: &Client,
+    target: &Client,
+    snapshot: &str,
+    part: &Part,
+    counters: &TableCounters,
+) -> Result<(), PgError> {
     let filter = match part.pages {
         None => String::new(),
         Some((from, None)) => format!(" WHERE ctid >= '({from},0)'::tid"),
-        Some((from, Some(to))) => format!(" WHERE ctid >= '({from},0)'::tid AND ctid < '({to},0)'::tid"),
+        Some((from, Some(to))) => {
+            format!(" WHERE ctid >= '({from},0)'::tid AND ctid < '({to},0)'::tid")
+        }
     };
     let format = if part.binary { " (FORMAT binary)" } else { "" };
     source
@@ -220,22 +274,39 @@ async fn copy_part(source: &Client, target: &Client, snapshot: &str, part: &Part
         .await
         .ctx(Side::Source, "import the copy snapshot")?;
     let out = source
-        .copy_out(&format!("COPY (SELECT {} FROM ONLY {}{filter}) TO STDOUT{format}", part.columns, part.relation))
+        .copy_out(&format!(
+            "COPY (SELECT {} FROM ONLY {}{filter}) TO STDOUT{format}",
+            part.columns, part.relation
+        ))
         .await
         .ctx(Side::Source, &format!("read {}", part.relation))?;
     let sink = target
-        .copy_in::<_, bytes::Bytes>(&format!("COPY {} ({}) FROM STDIN{format}", part.relation, part.columns))
+        .copy_in::<_, bytes::Bytes>(&format!(
+            "COPY {} ({}) FROM STDIN{format}",
+            part.relation, part.columns
+        ))
         .await
         .ctx(Side::Target, &format!("write {}", part.relation))?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     while let Some(chunk) = out.next().await {
         let chunk = chunk.ctx(Side::Source, &format!("read {}", part.relation))?;
-        counters.bytes.fetch_add(chunk.len() as i64, Ordering::Relaxed);
-        sink.feed(chunk).await.ctx(Side::Target, &format!("write {}", part.relation))?;
+        counters
+            .bytes
+            .fetch_add(chunk.len() as i64, Ordering::Relaxed);
+        sink.feed(chunk)
+            .await
+            .ctx(Side::Target, &format!("write {}", part.relation))?;
     }
-    let rows = sink.as_mut().finish().await.ctx(Side::Target, &format!("write {}", part.relation))?;
-    source.batch_execute("COMMIT").await.ctx(Side::Source, "end the copy transaction")?;
+    let rows = sink
+        .as_mut()
+        .finish()
+        .await
+        .ctx(Side::Target, &format!("write {}", part.relation))?;
+    source
+        .batch_execute("COMMIT")
+        .await
+        .ctx(Side::Source, "end the copy transaction")?;
     counters.rows.fetch_add(rows as i64, Ordering::Relaxed);
     counters.parts_left.fetch_sub(1, Ordering::Relaxed);
     Ok(())
@@ -257,8 +328,14 @@ async fn worker(
 ) -> Result<(), PgError> {
     let source = connect(source_url, Side::Source).await?;
     let target = connect(target_url, Side::Target).await?;
-    source.batch_execute(COPY_SESSION).await.ctx(Side::Source, "set up a copy session")?;
-    target.batch_execute(COPY_SESSION).await.ctx(Side::Target, "set up a copy session")?;
+    source
+        .batch_execute(COPY_SESSION)
+        .await
+        .ctx(Side::Source, "set up a copy session")?;
+    target
+        .batch_execute(COPY_SESSION)
+        .await
+        .ctx(Side::Target, "set up a copy session")?;
     loop {
         let part = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         let Some(part) = part else { return Ok(()) };
@@ -280,7 +357,10 @@ pub async fn copy_tables(
     // Holds ACCESS SHARE on every table for the whole copy, as pg_dump does: a rewrite
     // (VACUUM FULL, CLUSTER, a rewriting ALTER) between two parts would move rows across the
     // page ranges.
-    source.batch_execute(COPY_SESSION).await.ctx(Side::Source, "set up the copy")?;
+    source
+        .batch_execute(COPY_SESSION)
+        .await
+        .ctx(Side::Source, "set up the copy")?;
     source
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
@@ -291,7 +371,10 @@ pub async fn copy_tables(
     if !tables.is_empty() {
         let list: Vec<String> = tables.iter().map(Table::qualified).collect();
         source
-            .batch_execute(&format!("LOCK TABLE {} IN ACCESS SHARE MODE", list.join(", ")))
+            .batch_execute(&format!(
+                "LOCK TABLE {} IN ACCESS SHARE MODE",
+                list.join(", ")
+            ))
             .await
             .ctx(Side::Source, "lock the tables for the copy")?;
     }
@@ -304,16 +387,28 @@ pub async fn copy_tables(
     let parts = plan_parts(&source, tables, version >= 140000, jobs).await?;
     let count = parts.len();
     for (i, c) in counters.iter().enumerate() {
-        c.parts_left.store(parts.iter().filter(|p| p.table == i).count() as i64, Ordering::Relaxed);
+        c.parts_left.store(
+            parts.iter().filter(|p| p.table == i).count() as i64,
+            Ordering::Relaxed,
+        );
     }
     let queue = Mutex::new(VecDeque::from(parts));
     let workers = (0..jobs.max(1).min(count.max(1)))
         .map(|_| worker(source_url, target_url, &snapshot.snapshot, &queue, counters));
     futures_util::future::try_join_all(workers).await?;
-    source.batch_execute("COMMIT").await.ctx(Side::Source, "end the copy")?;
+    source
+        .batch_execute("COMMIT")
+        .await
+        .ctx(Side::Source, "end the copy")?;
     Ok(CopyStats {
-        rows: counters.iter().map(|c| c.rows.load(Ordering::Relaxed)).sum(),
-        bytes: counters.iter().map(|c| c.bytes.load(Ordering::Relaxed)).sum(),
+        rows: counters
+            .iter()
+            .map(|c| c.rows.load(Ordering::Relaxed))
+            .sum(),
+        bytes: counters
+            .iter()
+            .map(|c| c.bytes.load(Ordering::Relaxed))
+            .sum(),
         parts: count,
     })
 }

@@ -32,10 +32,21 @@ pub enum Retry {
 pub enum PgError {
     /// A connection could not be made. `message` already says how to fix it.
     #[error("cannot connect to the {side} database ({location}): {message}")]
-    Connect { side: Side, location: String, message: String, retry: Retry },
+    Connect {
+        side: Side,
+        location: String,
+        message: String,
+        retry: Retry,
+    },
     /// A statement failed.
     #[error("{side}: {context}: {message}")]
-    Sql { side: Side, context: String, message: String, code: Option<String>, retry: Retry },
+    Sql {
+        side: Side,
+        context: String,
+        message: String,
+        code: Option<String>,
+        retry: Retry,
+    },
     /// Something in the databases stops the job; the message says what and how to fix it.
     #[error("{0}")]
     Refused(String),
@@ -77,7 +88,13 @@ impl PgError {
             None if e.is_closed() => Retry::Transient,
             None => Retry::Transient,
         };
-        PgError::Sql { side, context: context.into(), message, code, retry }
+        PgError::Sql {
+            side,
+            context: context.into(),
+            message,
+            code,
+            retry,
+        }
     }
 }
 

@@ -184,13 +184,24 @@ SELECT c.oid, n.nspname::text, c.relname::text, pg_get_userbyid(c.relowner)::tex
  ORDER BY 2, 3";
 
 /// The tables to move, as the plan selects them.
-pub async fn tables(client: &Client, side: Side, sync: &SyncSettings) -> Result<Vec<Table>, PgError> {
-    let rows = client.query(TABLES, &[&sync.schemas]).await.ctx(side, "list tables")?;
+pub async fn tables(
+    client: &Client,
+    side: Side,
+    sync: &SyncSettings,
+) -> Result<Vec<Table>, PgError> {
+    let rows = client
+        .query(TABLES, &[&sync.schemas])
+        .await
+        .ctx(side, "list tables")?;
     let mut out = vec![];
     for r in rows {
         let schema: String = r.get(1);
         let name: String = r.get(2);
-        if sync.exclude_tables.iter().any(|(s, n)| *s == schema && *n == name) {
+        if sync
+            .exclude_tables
+            .iter()
+            .any(|(s, n)| *s == schema && *n == name)
+        {
             continue;
         }
         let ident: String = r.get(8);
@@ -219,7 +230,11 @@ pub async fn tables(client: &Client, side: Side, sync: &SyncSettings) -> Result<
 }
 
 /// Every sequence in the selected schemas, owned or not.
-pub async fn sequences(client: &Client, side: Side, sync: &SyncSettings) -> Result<Vec<Sequence>, PgError> {
+pub async fn sequences(
+    client: &Client,
+    side: Side,
+    sync: &SyncSettings,
+) -> Result<Vec<Sequence>, PgError> {
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text,
@@ -243,14 +258,21 @@ pub async fn sequences(client: &Client, side: Side, sync: &SyncSettings) -> Resu
         .ctx(side, "list sequences")?;
     Ok(rows
         .iter()
-        .map(|r| Sequence { schema: r.get(0), name: r.get(1), owned_by: r.get(2) })
+        .map(|r| Sequence {
+            schema: r.get(0),
+            name: r.get(1),
+            owned_by: r.get(2),
+        })
         .collect())
 }
 
 /// Installed extensions: (name, version).
 pub async fn extensions(client: &Client, side: Side) -> Result<Vec<(String, String)>, PgError> {
     let rows = client
-        .query("SELECT extname::text, extversion FROM pg_extension ORDER BY 1", &[])
+        .query(
+            "SELECT extname::text, extversion FROM pg_extension ORDER BY 1",
+            &[],
+        )
         .await
         .ctx(side, "list extensions")?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -259,7 +281,10 @@ pub async fn extensions(client: &Client, side: Side) -> Result<Vec<(String, Stri
 /// Extensions the server could install.
 pub async fn available_extensions(client: &Client, side: Side) -> Result<Vec<String>, PgError> {
     let rows = client
-        .query("SELECT name::text FROM pg_available_extensions ORDER BY 1", &[])
+        .query(
+            "SELECT name::text FROM pg_available_extensions ORDER BY 1",
+            &[],
+        )
         .await
         .ctx(side, "list available extensions")?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -267,7 +292,12 @@ pub async fn available_extensions(client: &Client, side: Side) -> Result<Vec<Str
 
 /// Whether a table with this schema and name exists, and whether it holds any row.
 /// `None` when it does not exist.
-pub async fn has_rows(client: &Client, side: Side, schema: &str, name: &str) -> Result<Option<bool>, PgError> {
+pub async fn has_rows(
+    client: &Client,
+    side: Side,
+    schema: &str,
+    name: &str,
+) -> Result<Option<bool>, PgError> {
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -280,7 +310,10 @@ pub async fn has_rows(client: &Client, side: Side, schema: &str, name: &str) -> 
         return Ok(None);
     }
     let row = client
-        .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {})", qualified(schema, name)), &[])
+        .query_one(
+            &format!("SELECT EXISTS (SELECT 1 FROM {})", qualified(schema, name)),
+            &[],
+        )
         .await
         .ctx(side, &format!("look into {schema}.{name}"))?;
     Ok(Some(row.get(0)))
@@ -307,7 +340,10 @@ impl PartitionIssue {
         if self.unlogged {
             out.push((
                 "unlogged-partition",
-                format!("partition {} is UNLOGGED and cannot be replicated", self.partition),
+                format!(
+                    "partition {} is UNLOGGED and cannot be replicated",
+                    self.partition
+                ),
                 format!("run ALTER TABLE {} SET LOGGED", self.quoted),
             ));
         }
@@ -329,8 +365,16 @@ impl PartitionIssue {
 }
 
 /// Partitions of the selected partitioned tables that cannot be replicated as they are.
-pub async fn partition_issues(client: &Client, side: Side, tables: &[Table]) -> Result<Vec<PartitionIssue>, PgError> {
-    let roots: Vec<u32> = tables.iter().filter(|t| t.partitioned).map(|t| t.oid).collect();
+pub async fn partition_issues(
+    client: &Client,
+    side: Side,
+    tables: &[Table],
+) -> Result<Vec<PartitionIssue>, PgError> {
+    let roots: Vec<u32> = tables
+        .iter()
+        .filter(|t| t.partitioned)
+        .map(|t| t.oid)
+        .collect();
     if roots.is_empty() {
         return Ok(vec![]);
     }
@@ -349,7 +393,12 @@ pub async fn partition_issues(client: &Client, side: Side, tables: &[Table]) -> 
         .ctx(side, "list partitions")?;
     Ok(rows
         .iter()
-        .map(|r| PartitionIssue { partition: r.get(0), quoted: r.get(1), unlogged: r.get(2), no_identity: r.get(3) })
+        .map(|r| PartitionIssue {
+            partition: r.get(0),
+            quoted: r.get(1),
+            unlogged: r.get(2),
+            no_identity: r.get(3),
+        })
         .filter(|p| p.unlogged || p.no_identity)
         .collect())
 }

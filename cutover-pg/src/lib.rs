@@ -1,18 +1,18 @@
 //! Everything of cutover that talks SQL: inspecting the databases, the preflight rules, the
 //! schema copy, native logical replication, lag, verification and cleanup.
 
+pub mod cleanup;
 pub mod connect;
 pub mod copy;
 pub mod error;
 pub mod inspect;
 pub mod local;
-pub mod verify;
 pub mod preflight;
 pub mod preflight_gate;
 pub mod schema;
 pub mod status;
 pub mod sync;
-pub mod cleanup;
+pub mod verify;
 
 pub use connect::{connect, ident, literal, qualified};
 pub use error::{PgError, Retry, Side};

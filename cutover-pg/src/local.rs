@@ -48,7 +48,12 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { wal_level: WalLevel::Logical, settings: vec![], tls: None, durable: false }
+        ClusterOptions {
+            wal_level: WalLevel::Logical,
+            settings: vec![],
+            tls: None,
+            durable: false,
+        }
     }
 }
 
@@ -110,22 +115,37 @@ fn run(program: &Path, args: &[&str], as_user: bool, step: &str) -> Result<Strin
         .env_remove("PGPASSWORD")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| LocalError::Failed { step: step.into(), detail: e.to_string() })?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        .map_err(|e| LocalError::Failed {
+            step: step.into(),
+            detail: e.to_string(),
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !out.status.success() {
-        return Err(LocalError::Failed { step: step.into(), detail: text.trim().to_string() });
+        return Err(LocalError::Failed {
+            step: step.into(),
+            detail: text.trim().to_string(),
+        });
     }
     Ok(text)
 }
 
 fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> Result<(), LocalError> {
-    let Some((uid, gid)) = owner else { return Ok(()) };
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
     let out = Command::new("chown")
         .arg("-R")
         .arg(format!("{uid}:{gid}"))
         .arg(path)
         .output()
-        .map_err(|e| LocalError::Failed { step: "chown".into(), detail: e.to_string() })?;
+        .map_err(|e| LocalError::Failed {
+            step: "chown".into(),
+            detail: e.to_string(),
+        })?;
     if !out.status.success() {
         return Err(LocalError::Failed {
             step: "chown".into(),
@@ -137,8 +157,16 @@ fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> Result<(), LocalError> 
 
 /// A template data directory made by `initdb` once per machine and server version.
 fn template(bindir: &Path, owner: Option<(u32, u32)>) -> Result<PathBuf, LocalError> {
-    let version = run(&bindir.join("pg_ctl"), &["--version"], false, "pg_ctl --version")?;
-    let tag: String = version.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let version = run(
+        &bindir.join("pg_ctl"),
+        &["--version"],
+        false,
+        "pg_ctl --version",
+    )?;
+    let tag: String = version
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
     let uid = nix::unistd::Uid::effective().as_raw();
     let path = std::env::temp_dir().join(format!("cutover-initdb-{tag}-{uid}"));
     if path.join("PG_VERSION").exists() {
@@ -147,7 +175,10 @@ fn template(bindir: &Path, owner: Option<(u32, u32)>) -> Result<PathBuf, LocalEr
     let staging = tempfile::Builder::new()
         .prefix("cutover-initdb-staging-")
         .tempdir()
-        .map_err(|e| LocalError::Failed { step: "tempdir".into(), detail: e.to_string() })?
+        .map_err(|e| LocalError::Failed {
+            step: "tempdir".into(),
+            detail: e.to_string(),
+        })?
         .keep();
     let data = staging.join("data");
     chown_tree(&staging, owner)?;
@@ -179,8 +210,10 @@ fn template(bindir: &Path, owner: Option<(u32, u32)>) -> Result<PathBuf, LocalEr
 }
 
 fn free_port() -> Result<u16, LocalError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| LocalError::Failed { step: "find a free port".into(), detail: e.to_string() })?;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| LocalError::Failed {
+        step: "find a free port".into(),
+        detail: e.to_string(),
+    })?;
     Ok(l.local_addr().map(|a| a.port()).unwrap_or(0))
 }
 
@@ -200,7 +233,10 @@ impl LocalCluster {
     pub async fn start(options: ClusterOptions) -> Result<LocalCluster, LocalError> {
         tokio::task::spawn_blocking(move || Self::start_blocking(&options))
             .await
-            .map_err(|e| LocalError::Failed { step: "start".into(), detail: e.to_string() })?
+            .map_err(|e| LocalError::Failed {
+                step: "start".into(),
+                detail: e.to_string(),
+            })?
     }
 
     fn start_blocking(options: &ClusterOptions) -> Result<LocalCluster, LocalError> {
@@ -210,7 +246,10 @@ impl LocalCluster {
         let root = tempfile::Builder::new()
             .prefix("cutover-pg-")
             .tempdir()
-            .map_err(|e| LocalError::Failed { step: "tempdir".into(), detail: e.to_string() })?
+            .map_err(|e| LocalError::Failed {
+                step: "tempdir".into(),
+                detail: e.to_string(),
+            })?
             .keep();
         let data = root.join("data");
         let out = Command::new("cp")
@@ -218,7 +257,10 @@ impl LocalCluster {
             .arg(&template)
             .arg(&data)
             .output()
-            .map_err(|e| LocalError::Failed { step: "copy template".into(), detail: e.to_string() })?;
+            .map_err(|e| LocalError::Failed {
+                step: "copy template".into(),
+                detail: e.to_string(),
+            })?;
         if !out.status.success() {
             return Err(LocalError::Failed {
                 step: "copy template".into(),
@@ -230,9 +272,15 @@ impl LocalCluster {
                 .and_then(|_| std::fs::copy(key, data.join("server.key")))
                 .and_then(|_| {
                     use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))
+                    std::fs::set_permissions(
+                        data.join("server.key"),
+                        std::fs::Permissions::from_mode(0o600),
+                    )
                 })
-                .map_err(|e| LocalError::Failed { step: "install TLS files".into(), detail: e.to_string() })?;
+                .map_err(|e| LocalError::Failed {
+                    step: "install TLS files".into(),
+                    detail: e.to_string(),
+                })?;
         }
         let mut cluster = LocalCluster {
             root: root.clone(),
@@ -267,7 +315,10 @@ impl LocalCluster {
                 }
             }
         }
-        Err(last.unwrap_or(LocalError::Failed { step: "start".into(), detail: "no free port".into() }))
+        Err(last.unwrap_or(LocalError::Failed {
+            step: "start".into(),
+            detail: "no free port".into(),
+        }))
     }
 
     fn write_conf(&self, port: u16, o: &ClusterOptions) -> Result<(), LocalError> {
@@ -296,16 +347,32 @@ impl LocalCluster {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(self.data.join("postgresql.conf"))
-            .map_err(|e| LocalError::Failed { step: "write postgresql.conf".into(), detail: e.to_string() })?;
+            .map_err(|e| LocalError::Failed {
+                step: "write postgresql.conf".into(),
+                detail: e.to_string(),
+            })?;
         f.write_all(conf.as_bytes())
-            .map_err(|e| LocalError::Failed { step: "write postgresql.conf".into(), detail: e.to_string() })
+            .map_err(|e| LocalError::Failed {
+                step: "write postgresql.conf".into(),
+                detail: e.to_string(),
+            })
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<String, LocalError> {
         let log = self.root.join("server.log");
-        let mut all = vec!["-D", self.data.to_str().unwrap_or_default(), "-l", log.to_str().unwrap_or_default()];
+        let mut all = vec![
+            "-D",
+            self.data.to_str().unwrap_or_default(),
+            "-l",
+            log.to_str().unwrap_or_default(),
+        ];
         all.extend_from_slice(args);
-        run(&self.bindir.join("pg_ctl"), &all, self.as_user, &format!("pg_ctl {}", args.last().unwrap_or(&"")))
+        run(
+            &self.bindir.join("pg_ctl"),
+            &all,
+            self.as_user,
+            &format!("pg_ctl {}", args.last().unwrap_or(&"")),
+        )
     }
 
     fn set_password(&self) -> Result<(), LocalError> {
@@ -321,19 +388,30 @@ impl LocalCluster {
         let mut child = cmd
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.data)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| LocalError::Failed { step: "set password".into(), detail: e.to_string() })?;
+            .map_err(|e| LocalError::Failed {
+                step: "set password".into(),
+                detail: e.to_string(),
+            })?;
         // The statement goes through stdin so the password is never on a command line.
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(sql.as_bytes());
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| LocalError::Failed { step: "set password".into(), detail: e.to_string() })?;
+        let out = child.wait_with_output().map_err(|e| LocalError::Failed {
+            step: "set password".into(),
+            detail: e.to_string(),
+        })?;
         if !out.status.success() {
             return Err(LocalError::Failed {
                 step: "set password".into(),
@@ -358,9 +436,12 @@ impl LocalCluster {
 
     /// A URL for another role.
     pub fn url_as(&self, user: &str, password: Option<Secret>, dbname: &str) -> ConnString {
-        ConnString::parse(&format!("postgres://{user}@127.0.0.1:{}/{dbname}?sslmode=disable", self.port))
-            .expect("a well-formed local URL")
-            .with_password(password)
+        ConnString::parse(&format!(
+            "postgres://{user}@127.0.0.1:{}/{dbname}?sslmode=disable",
+            self.port
+        ))
+        .expect("a well-formed local URL")
+        .with_password(password)
     }
 
     /// The server log so far.
@@ -370,7 +451,8 @@ impl LocalCluster {
 
     /// Stops the server (fast shutdown) and starts it again, on the same port.
     pub fn restart(&self) -> Result<(), LocalError> {
-        self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "restart"]).map(|_| ())
+        self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "restart"])
+            .map(|_| ())
     }
 
     /// Stops the server and removes its files.

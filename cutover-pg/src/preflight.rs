@@ -55,7 +55,13 @@ impl Finding {
         subject: impl Into<String>,
         message: impl Into<String>,
     ) -> Finding {
-        Finding { severity, code, subject: subject.into(), message: message.into(), fix: None }
+        Finding {
+            severity,
+            code,
+            subject: subject.into(),
+            message: message.into(),
+            fix: None,
+        }
     }
 
     fn fix(mut self, fix: impl Into<String>) -> Finding {
@@ -98,11 +104,15 @@ impl Report {
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.severity == Severity::Error)
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.severity == Severity::Warning)
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
     }
 }
 
@@ -169,8 +179,10 @@ pub struct Facts {
 
 /// Connects to both databases, reads everything and runs every rule.
 pub async fn check(plan: &Plan) -> Result<Report, PgError> {
-    let (source, target) =
-        tokio::join!(connect(&plan.source.url, Side::Source), connect(&plan.target.url, Side::Target));
+    let (source, target) = tokio::join!(
+        connect(&plan.source.url, Side::Source),
+        connect(&plan.target.url, Side::Target)
+    );
     let (source, target) = (source?, target?);
     let facts = gather(&plan.sync, &source, &target).await?;
     Ok(Report::from_facts(facts))
@@ -208,10 +220,13 @@ async fn gather(sync: &SyncSettings, s: &Client, t: &Client) -> Result<Facts, Pg
         .map(|r| r.get(0));
     // The role exists from PostgreSQL 16 on only.
     let target_create_subscription = target.major() >= 16
-        && t.query_one("SELECT pg_has_role(current_user, 'pg_create_subscription', 'USAGE')", &[])
-            .await
-            .ctx(Side::Target, "read the target role's privileges")?
-            .get::<_, bool>(0);
+        && t.query_one(
+            "SELECT pg_has_role(current_user, 'pg_create_subscription', 'USAGE')",
+            &[],
+        )
+        .await
+        .ctx(Side::Target, "read the target role's privileges")?
+        .get::<_, bool>(0);
 
     Ok(Facts {
         mode: sync.mode,
@@ -228,7 +243,11 @@ async fn gather(sync: &SyncSettings, s: &Client, t: &Client) -> Result<Facts, Pg
         source_can_create: row.get(1),
         wal_senders_used: row.get(2),
         target_create_subscription,
-        previous: Previous { publication: row.get(3), slot: row.get(4), subscription },
+        previous: Previous {
+            publication: row.get(3),
+            slot: row.get(4),
+            subscription,
+        },
         partition_issues,
     })
 }
@@ -241,10 +260,18 @@ async fn target_tables(t: &Client, tables: &[Table]) -> Result<Vec<TargetTable>,
             Ok(None) => TargetState::Missing,
             Ok(Some(false)) => TargetState::Empty,
             Ok(Some(true)) => TargetState::HasRows,
-            Err(PgError::Sql { code: Some(code), message, .. }) if code == "42501" => TargetState::Unreadable(message),
+            Err(PgError::Sql {
+                code: Some(code),
+                message,
+                ..
+            }) if code == "42501" => TargetState::Unreadable(message),
             Err(e) => return Err(e),
         };
-        out.push(TargetTable { schema: table.schema.clone(), name: table.name.clone(), state });
+        out.push(TargetTable {
+            schema: table.schema.clone(),
+            name: table.name.clone(),
+            state,
+        });
     }
     Ok(out)
 }
@@ -274,7 +301,9 @@ pub fn rules(f: &Facts) -> Vec<Finding> {
     }
     for issue in &f.partition_issues {
         for (code, message, fix) in issue.problems() {
-            out.push(Finding::new(Severity::Error, code, issue.partition.clone(), message).fix(fix));
+            out.push(
+                Finding::new(Severity::Error, code, issue.partition.clone(), message).fix(fix),
+            );
         }
     }
     large_objects(f, &mut out);
@@ -288,7 +317,8 @@ pub fn rules(f: &Facts) -> Vec<Finding> {
     out
 }
 
-const TRIGGER_MODE: &str = "set mode = \"trigger\" in [sync] of cutover.toml: trigger-based change capture \
+const TRIGGER_MODE: &str =
+    "set mode = \"trigger\" in [sync] of cutover.toml: trigger-based change capture \
      needs neither logical replication nor the replication privilege, only table ownership \
      (it arrives in a later version of cutover)";
 
@@ -319,7 +349,9 @@ fn wal_level(f: &Facts, out: &mut Vec<Finding>) {
             Severity::Info,
             "wal-level",
             "source",
-            format!("wal_level is '{level}' on the source; mode = \"trigger\" does not need 'logical'"),
+            format!(
+                "wal_level is '{level}' on the source; mode = \"trigger\" does not need 'logical'"
+            ),
         ));
         return;
     }
@@ -453,7 +485,11 @@ fn ownership(f: &Facts, out: &mut Vec<Finding>) {
         Mode::Native => "CREATE PUBLICATION ... FOR TABLE needs its owner",
         Mode::Trigger => "installing the change capture triggers needs its owner",
     };
-    for t in f.tables.iter().filter(|t| !f.source_roles.contains(&t.owner)) {
+    for t in f
+        .tables
+        .iter()
+        .filter(|t| !f.source_roles.contains(&t.owner))
+    {
         out.push(
             Finding::new(
                 Severity::Error,
@@ -475,7 +511,11 @@ fn ownership(f: &Facts, out: &mut Vec<Finding>) {
 fn target_privileges(f: &Facts, out: &mut Vec<Finding>) {
     let t = &f.target;
     let pg16 = t.major() >= 16;
-    if f.mode != Mode::Native || t.superuser || t.cloud_admin.is_some() || (pg16 && f.target_create_subscription) {
+    if f.mode != Mode::Native
+        || t.superuser
+        || t.cloud_admin.is_some()
+        || (pg16 && f.target_create_subscription)
+    {
         return;
     }
     let role = ident(&t.role);
@@ -512,7 +552,10 @@ fn target_privileges(f: &Facts, out: &mut Vec<Finding>) {
 }
 
 fn exclude_hint(t: &Table) -> String {
-    format!("or leave it behind with exclude_tables = [\"{}\"] in [sync] of cutover.toml", t.display())
+    format!(
+        "or leave it behind with exclude_tables = [\"{}\"] in [sync] of cutover.toml",
+        t.display()
+    )
 }
 
 fn table_shape(mode: Mode, t: &Table, out: &mut Vec<Finding>) {
@@ -755,7 +798,11 @@ fn sizes(f: &Facts, out: &mut Vec<Finding>) {
         Severity::Info,
         "size",
         "target",
-        format!("target database \"{}\" is {}", f.target.database, human_bytes(f.target.database_bytes)),
+        format!(
+            "target database \"{}\" is {}",
+            f.target.database,
+            human_bytes(f.target.database_bytes)
+        ),
     ));
 }
 
@@ -772,8 +819,15 @@ fn previous(f: &Facts, out: &mut Vec<Finding>) {
         out.push(Finding::new(
             Severity::Info,
             "previous-sync",
-            if p.subscription.is_some() { "target" } else { "source" },
-            format!("a previous `cutover db sync` is in place ({}); `cutover db sync` resumes it", parts.join(", ")),
+            if p.subscription.is_some() {
+                "target"
+            } else {
+                "source"
+            },
+            format!(
+                "a previous `cutover db sync` is in place ({}); `cutover db sync` resumes it",
+                parts.join(", ")
+            ),
         ));
     }
 }

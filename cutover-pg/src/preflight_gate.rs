@@ -40,27 +40,38 @@ pub fn probe_name(plan: &Plan) -> String {
 /// `source.replication_url` (address, credentials, REPLICATION privilege, TLS): it creates a
 /// subscription that never runs and has no slot, then drops it. Without this, a source the
 /// target cannot reach would be found only after the schema and the publication were made.
-pub async fn probe_replication_link(plan: &Plan, target: &tokio_postgres::Client) -> Result<(), PgError> {
+pub async fn probe_replication_link(
+    plan: &Plan,
+    target: &tokio_postgres::Client,
+) -> Result<(), PgError> {
     use crate::connect::{ident, literal};
     let probe = ident(&probe_name(plan));
     let conninfo = plan.source.replication_url.conninfo_with_password();
-    let _ = target.batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {probe}")).await;
+    let _ = target
+        .batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {probe}"))
+        .await;
     let create = format!(
         "CREATE SUBSCRIPTION {probe} CONNECTION {} PUBLICATION {probe} \
          WITH (enabled = false, create_slot = false, slot_name = NONE, copy_data = false)",
         literal(conninfo.expose())
     );
     let made = target.batch_execute(&create).await;
-    let dropped = target.batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {probe}")).await;
+    let dropped = target
+        .batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {probe}"))
+        .await;
     match made {
-        Ok(()) => dropped.map_err(|e| PgError::sql(crate::Side::Target, "drop the probe subscription", e)),
+        Ok(()) => {
+            dropped.map_err(|e| PgError::sql(crate::Side::Target, "drop the probe subscription", e))
+        }
         Err(e) => {
             let why = match e.as_db_error() {
                 Some(db) => db.message().to_string(),
                 None => e.to_string(),
             };
             let why = cutover_core::redact(&why, plan.secrets().iter());
-            let why = why.trim_start_matches("could not connect to the publisher: ").replace('\n', " ");
+            let why = why
+                .trim_start_matches("could not connect to the publisher: ")
+                .replace('\n', " ");
             Err(PgError::Refused(format!(
                 "the target server cannot connect to the source for replication ({}); set source.replication_url to an address, user and password the target server can use (the role needs REPLICATION)",
                 why.trim()

@@ -39,13 +39,31 @@ pub struct SchemaDump {
 }
 
 fn program(name: &str) -> PathBuf {
-    crate::local::bindir().map(|d| d.join(name)).unwrap_or_else(|_| PathBuf::from(name))
+    crate::local::bindir()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|_| PathBuf::from(name))
 }
 
-async fn run_child(name: &str, args: &[String], conn: Option<&ConnString>) -> Result<String, PgError> {
+async fn run_child(
+    name: &str,
+    args: &[String],
+    conn: Option<&ConnString>,
+) -> Result<String, PgError> {
     let mut cmd = Command::new(program(name));
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for var in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE", "PGSERVICE", "PGOPTIONS"] {
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+        "PGSSLMODE",
+        "PGSERVICE",
+        "PGOPTIONS",
+    ] {
         cmd.env_remove(var);
     }
     if let Some(c) = conn {
@@ -58,7 +76,10 @@ async fn run_child(name: &str, args: &[String], conn: Option<&ConnString>) -> Re
     let secrets: Vec<&Secret> = conn.and_then(|c| c.password()).into_iter().collect();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let first = stderr.lines().find(|l| l.contains("error")).unwrap_or(stderr.trim());
+        let first = stderr
+            .lines()
+            .find(|l| l.contains("error"))
+            .unwrap_or(stderr.trim());
         return Err(PgError::Child {
             program: name.into(),
             message: cutover_core::redact(first.trim(), secrets),
@@ -93,20 +114,32 @@ async fn key_objects(source: &Client) -> Result<(HashSet<u32>, Vec<(String, Stri
 /// Is this TOC line (from `pg_restore -l`) a key we restore before the copy?
 fn is_key_entry(line: &str, oids: &HashSet<u32>, index_names: &[(String, String)]) -> bool {
     // "<dump id>; <catalog oid> <object oid> <TYPE> <schema> <tag> <owner>"
-    let Some((_, rest)) = line.split_once("; ") else { return false };
+    let Some((_, rest)) = line.split_once("; ") else {
+        return false;
+    };
     let mut it = rest.splitn(3, ' ');
     let (_catalog, object, tail) = (it.next(), it.next(), it.next().unwrap_or(""));
-    if tail.starts_with("CONSTRAINT ") || tail.starts_with("INDEX ") && !tail.starts_with("INDEX ATTACH ") {
-        return object.and_then(|o| o.parse::<u32>().ok()).is_some_and(|o| oids.contains(&o));
+    if tail.starts_with("CONSTRAINT ")
+        || tail.starts_with("INDEX ") && !tail.starts_with("INDEX ATTACH ")
+    {
+        return object
+            .and_then(|o| o.parse::<u32>().ok())
+            .is_some_and(|o| oids.contains(&o));
     }
     if let Some(attach) = tail.strip_prefix("INDEX ATTACH ") {
-        return index_names.iter().any(|(s, n)| attach.starts_with(&format!("{s} {n} ")));
+        return index_names
+            .iter()
+            .any(|(s, n)| attach.starts_with(&format!("{s} {n} ")));
     }
     false
 }
 
 /// Dumps the source's schema for the selected tables and splits it.
-pub async fn dump(source_url: &ConnString, source: &Client, sync: &cutover_core::plan::SyncSettings) -> Result<SchemaDump, PgError> {
+pub async fn dump(
+    source_url: &ConnString,
+    source: &Client,
+    sync: &cutover_core::plan::SyncSettings,
+) -> Result<SchemaDump, PgError> {
     let dir = tempfile::Builder::new()
         .prefix("cutover-schema-")
         .tempdir()
@@ -128,19 +161,29 @@ pub async fn dump(source_url: &ConnString, source: &Client, sync: &cutover_core:
     }
     run_child("pg_dump", &args, Some(source_url)).await?;
     let list = |section: &str| {
-        vec!["--list".to_string(), format!("--section={section}"), archive.display().to_string()]
+        vec![
+            "--list".to_string(),
+            format!("--section={section}"),
+            archive.display().to_string(),
+        ]
     };
     let pre = run_child("pg_restore", &list("pre-data"), None).await?;
     let post = run_child("pg_restore", &list("post-data"), None).await?;
     let (oids, names) = key_objects(source).await?;
     let entries = |text: &str| -> Vec<String> {
-        text.lines().filter(|l| !l.starts_with(';') && !l.trim().is_empty()).map(str::to_string).collect()
+        text.lines()
+            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
     };
     // Comments on extensions need the extension's owner, which a managed target's admin is not.
-    let pre_entries: Vec<String> =
-        entries(&pre).into_iter().filter(|l| !l.contains(" COMMENT - EXTENSION ")).collect();
-    let (keys, rest): (Vec<String>, Vec<String>) =
-        entries(&post).into_iter().partition(|l| is_key_entry(l, &oids, &names));
+    let pre_entries: Vec<String> = entries(&pre)
+        .into_iter()
+        .filter(|l| !l.contains(" COMMENT - EXTENSION "))
+        .collect();
+    let (keys, rest): (Vec<String>, Vec<String>) = entries(&post)
+        .into_iter()
+        .partition(|l| is_key_entry(l, &oids, &names));
     let write = |name: &str, lines: &[String]| -> Result<PathBuf, PgError> {
         let path = dir.path().join(name);
         std::fs::write(&path, lines.join("\n") + "\n")
@@ -164,7 +207,10 @@ fn pattern(name: &str) -> String {
 
 impl cutover_core::engine::Outcome for SchemaDump {
     fn summary(&self) -> String {
-        format!("{} pre-data, {} key, {} post-data entries", self.counts.0, self.counts.1, self.counts.2)
+        format!(
+            "{} pre-data, {} key, {} post-data entries",
+            self.counts.0, self.counts.1, self.counts.2
+        )
     }
 }
 
@@ -179,7 +225,9 @@ pub async fn restore(dump: &SchemaDump, part: &Path, target: &ConnString) -> Res
         format!("--dbname={}", target.dbname),
         dump.archive.display().to_string(),
     ];
-    run_child("pg_restore", &args, Some(target)).await.map(|_| ())
+    run_child("pg_restore", &args, Some(target))
+        .await
+        .map(|_| ())
 }
 
 /// How many of `tables` exist on the target.
@@ -198,7 +246,11 @@ pub async fn tables_present(target: &Client, tables: &[Table]) -> Result<usize, 
 
 /// Counts of (primary keys, other indexes, other constraints, triggers) on the given tables of
 /// one side: comparing the two sides tells whether a part of the schema is already in place.
-pub async fn object_counts(client: &Client, side: Side, tables: &[Table]) -> Result<(i64, i64, i64, i64), PgError> {
+pub async fn object_counts(
+    client: &Client,
+    side: Side,
+    tables: &[Table],
+) -> Result<(i64, i64, i64, i64), PgError> {
     let names: Vec<String> = tables.iter().map(|t| t.display()).collect();
     let row = client
         .query_one(
@@ -223,12 +275,40 @@ mod tests {
     fn picks_keys_out_of_post_data() {
         let oids: HashSet<u32> = [16400, 16500].into_iter().collect();
         let names = vec![("public".to_string(), "part_1_pkey".to_string())];
-        assert!(is_key_entry("3345; 2606 16400 CONSTRAINT public accounts accounts_pkey postgres", &oids, &names));
-        assert!(!is_key_entry("3346; 2606 16401 FK CONSTRAINT public a a_b_fkey postgres", &oids, &names));
-        assert!(is_key_entry("3347; 1259 16500 INDEX public t_ident postgres", &oids, &names));
-        assert!(!is_key_entry("3348; 1259 16501 INDEX public t_other postgres", &oids, &names));
-        assert!(is_key_entry("3349; 0 0 INDEX ATTACH public part_1_pkey postgres", &oids, &names));
-        assert!(!is_key_entry("3350; 0 0 INDEX ATTACH public part_1_idx postgres", &oids, &names));
-        assert!(!is_key_entry("3351; 2620 16600 TRIGGER public t trg postgres", &oids, &names));
+        assert!(is_key_entry(
+            "3345; 2606 16400 CONSTRAINT public accounts accounts_pkey postgres",
+            &oids,
+            &names
+        ));
+        assert!(!is_key_entry(
+            "3346; 2606 16401 FK CONSTRAINT public a a_b_fkey postgres",
+            &oids,
+            &names
+        ));
+        assert!(is_key_entry(
+            "3347; 1259 16500 INDEX public t_ident postgres",
+            &oids,
+            &names
+        ));
+        assert!(!is_key_entry(
+            "3348; 1259 16501 INDEX public t_other postgres",
+            &oids,
+            &names
+        ));
+        assert!(is_key_entry(
+            "3349; 0 0 INDEX ATTACH public part_1_pkey postgres",
+            &oids,
+            &names
+        ));
+        assert!(!is_key_entry(
+            "3350; 0 0 INDEX ATTACH public part_1_idx postgres",
+            &oids,
+            &names
+        ));
+        assert!(!is_key_entry(
+            "3351; 2620 16600 TRIGGER public t trg postgres",
+            &oids,
+            &names
+        ));
     }
 }

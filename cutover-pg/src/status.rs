@@ -66,7 +66,10 @@ struct Sample {
 }
 
 /// Reads positions as byte offsets from 0/0, so two samples can be subtracted.
-async fn sample(source: &Client, slot: &str) -> Result<(Sample, String, Option<SlotState>), PgError> {
+async fn sample(
+    source: &Client,
+    slot: &str,
+) -> Result<(Sample, String, Option<SlotState>), PgError> {
     let row = source
         .query_one(
             "SELECT pg_current_wal_lsn()::text,
@@ -91,7 +94,11 @@ async fn sample(source: &Client, slot: &str) -> Result<(Sample, String, Option<S
         lag_bytes: row.get(6),
         retained_bytes: row.get(7),
     });
-    let s = Sample { at: Instant::now(), current: row.get(1), confirmed: row.get(5) };
+    let s = Sample {
+        at: Instant::now(),
+        current: row.get(1),
+        confirmed: row.get(5),
+    };
     Ok((s, row.get(0), state))
 }
 
@@ -130,7 +137,9 @@ pub async fn status(plan: &Plan, interval: Duration) -> Result<Status, PgError> 
     } else {
         vec![]
     };
-    Ok(assemble(plan, &first, &second, lsn, slot_state, sub, progress))
+    Ok(assemble(
+        plan, &first, &second, lsn, slot_state, sub, progress,
+    ))
 }
 
 fn assemble(

@@ -19,17 +19,17 @@
 use std::time::{Duration, Instant};
 
 use cutover_core::engine::Steps;
-use cutover_core::plan::SyncSettings;
 use cutover_core::plan::CopyMethod;
+use cutover_core::plan::SyncSettings;
 use cutover_core::{Mode, Plan};
 use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::connect::{connect, ident, literal};
+use crate::copy;
 use crate::error::{PgError, Side, SqlContext};
 use crate::inspect::{self, Table};
 use crate::schema;
-use crate::copy;
 
 /// Where one table's initial copy stands.
 #[derive(Clone, Debug, Serialize)]
@@ -69,7 +69,9 @@ pub fn state_name(code: &str) -> &'static str {
 pub fn refuse_unsafe(tables: &[Table]) -> Result<(), PgError> {
     let mut problems = vec![];
     if tables.is_empty() {
-        problems.push("no table to move; check sync.schemas and sync.exclude_tables in the plan".to_string());
+        problems.push(
+            "no table to move; check sync.schemas and sync.exclude_tables in the plan".to_string(),
+        );
     }
     for t in tables {
         if t.cannot_publish() {
@@ -110,7 +112,10 @@ pub async fn subscription_oid(target: &Client, name: &str) -> Result<Option<u32>
 
 async fn publication_tables(source: &Client, name: &str) -> Result<Option<Vec<String>>, PgError> {
     let exists = source
-        .query_opt("SELECT oid FROM pg_publication WHERE pubname = $1", &[&name])
+        .query_opt(
+            "SELECT oid FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
         .await
         .ctx(Side::Source, "look for the publication")?;
     let Some(row) = exists else { return Ok(None) };
@@ -128,7 +133,11 @@ async fn publication_tables(source: &Client, name: &str) -> Result<Option<Vec<St
 }
 
 /// Creates the publication, or checks that the one there covers the same tables.
-async fn ensure_publication(source: &Client, sync: &SyncSettings, tables: &[Table]) -> Result<String, PgError> {
+async fn ensure_publication(
+    source: &Client,
+    sync: &SyncSettings,
+    tables: &[Table],
+) -> Result<String, PgError> {
     let name = sync.publication();
     let mut wanted: Vec<String> = tables.iter().map(Table::display).collect();
     wanted.sort();
@@ -157,7 +166,11 @@ async fn ensure_publication(source: &Client, sync: &SyncSettings, tables: &[Tabl
 }
 
 /// Creates the subscription (which starts the copy), unless it exists.
-async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> Result<String, PgError> {
+async fn ensure_subscription(
+    plan: &Plan,
+    source: &Client,
+    target: &Client,
+) -> Result<String, PgError> {
     let sync = &plan.sync;
     // With the parallel copy the slot exists already and the data is in place.
     let own_copy = sync.copy == CopyMethod::Subscription;
@@ -172,7 +185,10 @@ async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> R
     if !own_copy {
         // The copy's slot must still hold every change since the copy's snapshot.
         let state = source
-            .query_opt("SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .query_opt(
+                "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
             .await
             .ctx(Side::Source, "look for the copy's slot")?;
         match state.map(|r| r.get::<_, String>(0)) {
@@ -187,10 +203,17 @@ async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> R
         }
     }
     // A CREATE SUBSCRIPTION killed after it made the slot leaves the slot behind.
-    let orphan = if !own_copy { None } else { source
-        .query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .ctx(Side::Source, "look for an orphaned slot")? };
+    let orphan = if !own_copy {
+        None
+    } else {
+        source
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .ctx(Side::Source, "look for an orphaned slot")?
+    };
     if let Some(row) = orphan {
         if row.get::<_, bool>(0) {
             return Err(PgError::Refused(format!(
@@ -212,7 +235,10 @@ async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> R
     );
     target.batch_execute(&sql).await.map_err(|e| {
         let err = PgError::sql(Side::Target, "create the subscription", e);
-        PgError::Refused(cutover_core::redact(&err.to_string(), plan.secrets().iter()))
+        PgError::Refused(cutover_core::redact(
+            &err.to_string(),
+            plan.secrets().iter(),
+        ))
     })?;
     Ok(if own_copy {
         format!("subscription {sub} created; the copy has started")
@@ -222,7 +248,11 @@ async fn ensure_subscription(plan: &Plan, source: &Client, target: &Client) -> R
 }
 
 /// Per-table copy state of the subscription, from the target.
-pub async fn table_progress(target: &Client, sub: &str, tables: &[Table]) -> Result<Vec<TableProgress>, PgError> {
+pub async fn table_progress(
+    target: &Client,
+    sub: &str,
+    tables: &[Table],
+) -> Result<Vec<TableProgress>, PgError> {
     let rows = target
         .query(
             "SELECT n.nspname || '.' || c.relname, sr.srsubstate::text,
@@ -243,9 +273,12 @@ pub async fn table_progress(target: &Client, sub: &str, tables: &[Table]) -> Res
     for t in tables {
         let name = t.display();
         let row = rows.iter().find(|r| r.get::<_, String>(0) == name);
-        let state = row.map(|r| state_name(&r.get::<_, String>(1))).unwrap_or("init");
-        let (mut rows_done, mut bytes_done) =
-            row.map(|r| (r.get::<_, i64>(2), r.get::<_, i64>(3))).unwrap_or((0, 0));
+        let state = row
+            .map(|r| state_name(&r.get::<_, String>(1)))
+            .unwrap_or("init");
+        let (mut rows_done, mut bytes_done) = row
+            .map(|r| (r.get::<_, i64>(2), r.get::<_, i64>(3)))
+            .unwrap_or((0, 0));
         if matches!(state, "copied" | "synced" | "ready") {
             rows_done = rows_done.max(t.rows_estimate);
             bytes_done = bytes_done.max(t.bytes);
@@ -292,7 +325,10 @@ async fn wait_ready(
         if snapshot.iter().all(|t| t.state == "ready") {
             return Ok(format!("{} tables ready", snapshot.len()));
         }
-        let done: i64 = snapshot.iter().map(|t| t.rows_done + t.bytes_done).sum::<i64>()
+        let done: i64 = snapshot
+            .iter()
+            .map(|t| t.rows_done + t.bytes_done)
+            .sum::<i64>()
             + snapshot.iter().filter(|t| t.state == "ready").count() as i64;
         if done != last_done {
             last_done = done;
@@ -347,11 +383,19 @@ pub async fn sync(
     refuse_unsafe(&tables)?;
     refuse_unsafe_partitions(&source, &tables).await?;
     let parallel = plan.sync.copy == CopyMethod::Parallel;
-    let resumed = subscription_oid(&target, &plan.sync.subscription()).await?.is_some()
+    let resumed = subscription_oid(&target, &plan.sync.subscription())
+        .await?
+        .is_some()
         || (parallel && slot_exists(&source, &plan.sync.slot()).await?)
         || (parallel && copied_into(steps, &plan.target.url.location())?.is_some());
-    let has_sub = subscription_oid(&target, &plan.sync.subscription()).await?.is_some();
-    if parallel && !has_sub && slot_exists(&source, &plan.sync.slot()).await? && copied_into(steps, &plan.target.url.location())?.is_none() {
+    let has_sub = subscription_oid(&target, &plan.sync.subscription())
+        .await?
+        .is_some();
+    if parallel
+        && !has_sub
+        && slot_exists(&source, &plan.sync.slot()).await?
+        && copied_into(steps, &plan.target.url.location())?.is_none()
+    {
         return Err(PgError::Refused(format!(
             "replication slot {} exists on the source, but this plan's journal shows no copy into {}; \
              run `cutover db cleanup` (it drops the slot) and then `cutover db sync`",
@@ -373,32 +417,42 @@ pub async fn sync(
     // Before the slot: changes are decoded with the catalog as it was when they were made,
     // and the publication must exist in it.
     steps
-        .run("publication", "create the publication on the source", || {
-            ensure_publication(&source, &plan.sync, &tables)
-        })
+        .run(
+            "publication",
+            "create the publication on the source",
+            || ensure_publication(&source, &plan.sync, &tables),
+        )
         .await?;
     if parallel {
         parallel_copy(plan, steps, &source, &target, &tables, progress).await?;
         schema_keys(plan, steps, &source, &target, &tables, &dump).await?;
         steps
-            .run("subscription", "create the subscription on the target, on the copy's slot", || {
-                ensure_subscription(plan, &source, &target)
-            })
+            .run(
+                "subscription",
+                "create the subscription on the target, on the copy's slot",
+                || ensure_subscription(plan, &source, &target),
+            )
             .await?;
         steps
-            .run("stream", "wait until the subscription streams from the slot", || {
-                wait_streaming(plan, &source, &target)
-            })
+            .run(
+                "stream",
+                "wait until the subscription streams from the slot",
+                || wait_streaming(plan, &source, &target),
+            )
             .await?;
     } else {
         schema_keys(plan, steps, &source, &target, &tables, &dump).await?;
         steps
-            .run("subscription", "create the subscription on the target (starts the copy)", || {
-                ensure_subscription(plan, &source, &target)
-            })
+            .run(
+                "subscription",
+                "create the subscription on the target (starts the copy)",
+                || ensure_subscription(plan, &source, &target),
+            )
             .await?;
         steps
-            .run("copy", "wait until every table is copied and ready", || wait_ready(plan, &target, &tables, progress))
+            .run("copy", "wait until every table is copied and ready", || {
+                wait_ready(plan, &target, &tables, progress)
+            })
             .await?;
     }
     schema_after_copy(plan, steps, &source, &target, &tables, &dump).await?;
@@ -424,14 +478,26 @@ async fn schema_pre_data(
     }
     let present = schema::tables_present(target, tables).await?;
     if present == tables.len() {
-        steps.skip("schema.pre_data", "every table already exists on the target")?;
+        steps.skip(
+            "schema.pre_data",
+            "every table already exists on the target",
+        )?;
     } else if present > 0 {
         return Err(PgError::Refused(format!(
             "{present} of the {} tables already exist on the target, the others do not; drop them on the target, or create them all and set sync.copy_schema = false",
             tables.len()
         )));
     } else {
-        restore_step(plan, steps, "schema.pre_data", "restore types, tables and functions on the target", dump, &dump.pre_data, dump.counts.0).await?;
+        restore_step(
+            plan,
+            steps,
+            "schema.pre_data",
+            "restore types, tables and functions on the target",
+            dump,
+            &dump.pre_data,
+            dump.counts.0,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -455,7 +521,16 @@ async fn schema_keys(
         steps.skip("schema.keys", "primary keys already in place")?;
         return Ok(());
     }
-    restore_step(plan, steps, "schema.keys", "create primary keys and replica identity indexes", dump, &dump.keys, dump.counts.1).await
+    restore_step(
+        plan,
+        steps,
+        "schema.keys",
+        "create primary keys and replica identity indexes",
+        dump,
+        &dump.keys,
+        dump.counts.1,
+    )
+    .await
 }
 
 async fn schema_after_copy(
@@ -475,15 +550,30 @@ async fn schema_after_copy(
     // Restored in one transaction: when an earlier run tried it and every object is there, it landed.
     let tried = steps.journal().last("schema.post_data")?.is_some();
     if dump.counts.2 == 0 || (tried && ti >= si && tc >= sc && tt >= st) {
-        steps.skip("schema.post_data", "indexes, constraints and triggers already in place")?;
+        steps.skip(
+            "schema.post_data",
+            "indexes, constraints and triggers already in place",
+        )?;
         return Ok(());
     }
-    restore_step(plan, steps, "schema.post_data", "create indexes, constraints and triggers on the target", dump, &dump.post_data, dump.counts.2).await
+    restore_step(
+        plan,
+        steps,
+        "schema.post_data",
+        "create indexes, constraints and triggers on the target",
+        dump,
+        &dump.post_data,
+        dump.counts.2,
+    )
+    .await
 }
 
 async fn slot_exists(source: &Client, slot: &str) -> Result<bool, PgError> {
     Ok(source
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await
         .ctx(Side::Source, "look for the replication slot")?
         .is_some())
@@ -495,10 +585,20 @@ fn copy_progress(tables: &[Table], counters: &[copy::TableCounters]) -> Vec<Tabl
         .iter()
         .zip(counters)
         .map(|(t, c)| {
-            let (rows, bytes, left) = (c.rows.load(Relaxed), c.bytes.load(Relaxed), c.parts_left.load(Relaxed));
+            let (rows, bytes, left) = (
+                c.rows.load(Relaxed),
+                c.bytes.load(Relaxed),
+                c.parts_left.load(Relaxed),
+            );
             TableProgress {
                 table: t.display(),
-                state: if left == 0 { "copied" } else if bytes > 0 { "copying" } else { "queued" },
+                state: if left == 0 {
+                    "copied"
+                } else if bytes > 0 {
+                    "copying"
+                } else {
+                    "queued"
+                },
                 rows_done: rows,
                 rows_estimate: t.rows_estimate,
                 bytes_done: bytes,
@@ -519,7 +619,10 @@ async fn parallel_copy(
     progress: &(dyn Fn(&[TableProgress]) + Send + Sync),
 ) -> Result<(), PgError> {
     let slot = plan.sync.slot();
-    if subscription_oid(target, &plan.sync.subscription()).await?.is_some() {
+    if subscription_oid(target, &plan.sync.subscription())
+        .await?
+        .is_some()
+    {
         return Ok(steps.skip("copy", "the subscription runs already")?);
     }
     let location = plan.target.url.location();
@@ -544,7 +647,11 @@ async fn parallel_copy(
     }
     let counters: Vec<copy::TableCounters> = tables
         .iter()
-        .map(|_| copy::TableCounters { rows: 0.into(), bytes: 0.into(), parts_left: (-1).into() })
+        .map(|_| copy::TableCounters {
+            rows: 0.into(),
+            bytes: 0.into(),
+            parts_left: (-1).into(),
+        })
         .collect();
     let intent = format!(
         "copy {} tables from slot {slot}'s snapshot into {location}, {} parts at once",
@@ -559,7 +666,14 @@ async fn parallel_copy(
             }
             let snapshot = copy::SnapshotSlot::create(&plan.source.url, &slot).await?;
             let stats = {
-                let work = copy::copy_tables(&plan.source.url, &plan.target.url, &snapshot, tables, plan.sync.copy_jobs, &counters);
+                let work = copy::copy_tables(
+                    &plan.source.url,
+                    &plan.target.url,
+                    &snapshot,
+                    tables,
+                    plan.sync.copy_jobs,
+                    &counters,
+                );
                 tokio::pin!(work);
                 let mut tick = tokio::time::interval(Duration::from_millis(200));
                 loop {
@@ -604,20 +718,31 @@ async fn restore_step(
 /// The target location of the last copy the journal shows started (any outcome).
 fn copied_into(steps: &Steps<'_>, location: &str) -> Result<Option<()>, PgError> {
     let last = steps.journal().last("copy")?;
-    Ok(last.filter(|r| r.intent.contains(&format!(" into {location}"))).map(|_| ()))
+    Ok(last
+        .filter(|r| r.intent.contains(&format!(" into {location}")))
+        .map(|_| ()))
 }
 
 /// Rows of the last copy into `location` that finished (or was kept), per the journal.
 fn finished_copy(steps: &Steps<'_>, location: &str) -> Result<Option<i64>, PgError> {
     use cutover_core::journal::Status;
-    let Some(r) = steps.journal().last("copy")? else { return Ok(None) };
+    let Some(r) = steps.journal().last("copy")? else {
+        return Ok(None);
+    };
     let text = r.outcome.unwrap_or_default();
     let finished = matches!(r.status, Some(Status::Ok) | Some(Status::Skipped));
-    if !finished || !(r.intent.contains(&format!(" into {location}")) || text.contains(&format!(" into {location}"))) {
+    if !finished
+        || !(r.intent.contains(&format!(" into {location}"))
+            || text.contains(&format!(" into {location}")))
+    {
         return Ok(None);
     }
     // "<rows> rows, ..." or "kept the copy of an earlier run: <rows> rows into ..."
-    let rows = text.split(" rows").next().and_then(|head| head.rsplit(' ').next()).and_then(|n| n.parse().ok());
+    let rows = text
+        .split(" rows")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok());
     Ok(rows)
 }
 
@@ -627,9 +752,18 @@ async fn target_rows(target: &Client, tables: &[Table]) -> Result<i64, PgError> 
     if tables.is_empty() {
         return Ok(0);
     }
-    let counts: Vec<String> = tables.iter().map(|t| format!("SELECT count(*) AS n FROM {}", t.qualified())).collect();
+    let counts: Vec<String> = tables
+        .iter()
+        .map(|t| format!("SELECT count(*) AS n FROM {}", t.qualified()))
+        .collect();
     let row = target
-        .query_one(&format!("SELECT coalesce(sum(n), 0)::bigint FROM ({}) c", counts.join(" UNION ALL ")), &[])
+        .query_one(
+            &format!(
+                "SELECT coalesce(sum(n), 0)::bigint FROM ({}) c",
+                counts.join(" UNION ALL ")
+            ),
+            &[],
+        )
         .await
         .ctx(Side::Target, "count the copied rows")?;
     Ok(row.get(0))
@@ -651,7 +785,10 @@ async fn wait_streaming(plan: &Plan, source: &Client, target: &Client) -> Result
             .ctx(Side::Target, "look for the apply worker")?
             .is_some();
         let active = source
-            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&slot])
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
             .await
             .ctx(Side::Source, "look at the slot")?
             .is_some();
@@ -659,7 +796,9 @@ async fn wait_streaming(plan: &Plan, source: &Client, target: &Client) -> Result
             return Ok(format!("subscription {sub} streams from slot {slot}"));
         }
         let errors = worker_errors(target, &sub).await? - errors_at_start;
-        if errors > 0 && started.elapsed() > Duration::from_secs(60) || started.elapsed() > plan.sync.ready_timeout {
+        if errors > 0 && started.elapsed() > Duration::from_secs(60)
+            || started.elapsed() > plan.sync.ready_timeout
+        {
             return Err(PgError::Refused(format!(
                 "the subscription does not stream from slot {slot} ({errors} worker errors); read the target server's log, \
                  then run `cutover db sync` again"

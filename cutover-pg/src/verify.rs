@@ -167,7 +167,13 @@ pub async fn verify(
         let conn = pool.get().await;
         check_slot(&conn.source, &c.slot).await?;
     }
-    let run = Run { pool, options, catch_up, progress, stalled: AtomicBool::new(false) };
+    let run = Run {
+        pool,
+        options,
+        catch_up,
+        progress,
+        stalled: AtomicBool::new(false),
+    };
     let reports: Vec<TableReport> = stream::iter(tables)
         .map(|t| verify_table(&run, t))
         .buffered(parallel)
@@ -200,13 +206,17 @@ struct Conn {
 
 impl Conn {
     async fn open(source: &ConnString, target: &ConnString) -> Result<Conn, PgError> {
-        let (s, t) = tokio::try_join!(connect(source, Side::Source), connect(target, Side::Target))?;
+        let (s, t) =
+            tokio::try_join!(connect(source, Side::Source), connect(target, Side::Target))?;
         let context = "set up the verification session";
         tokio::try_join!(
             async { s.batch_execute(SESSION).await.ctx(Side::Source, context) },
             async { t.batch_execute(SESSION).await.ctx(Side::Target, context) },
         )?;
-        Ok(Conn { source: s, target: t })
+        Ok(Conn {
+            source: s,
+            target: t,
+        })
     }
 
     fn client(&self, side: Side) -> &Client {
@@ -224,14 +234,31 @@ struct Pool {
 
 impl Pool {
     async fn open(source: &ConnString, target: &ConnString, n: usize) -> Result<Pool, PgError> {
-        let conns = futures_util::future::try_join_all((0..n).map(|_| Conn::open(source, target))).await?;
-        Ok(Pool { permits: Semaphore::new(conns.len()), idle: Mutex::new(conns) })
+        let conns =
+            futures_util::future::try_join_all((0..n).map(|_| Conn::open(source, target))).await?;
+        Ok(Pool {
+            permits: Semaphore::new(conns.len()),
+            idle: Mutex::new(conns),
+        })
     }
 
     async fn get(&self) -> Lease<'_> {
-        let permit = self.permits.acquire().await.expect("the pool's semaphore is never closed");
-        let conn = self.idle.lock().expect("pool lock").pop().expect("a permit stands for an idle pair");
-        Lease { pool: self, conn: Some(conn), _permit: permit }
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the pool's semaphore is never closed");
+        let conn = self
+            .idle
+            .lock()
+            .expect("pool lock")
+            .pop()
+            .expect("a permit stands for an idle pair");
+        Lease {
+            pool: self,
+            conn: Some(conn),
+            _permit: permit,
+        }
     }
 }
 
@@ -272,12 +299,21 @@ async fn verify_table(run: &Run<'_>, table: &Table) -> Result<TableReport, PgErr
     let plan = match planned {
         Ok(plan) => plan,
         Err(problem) => {
-            emit(VerifyEvent::TableStarted { table: name.clone(), chunks: 0 });
-            emit(VerifyEvent::TableDone { table: name.clone(), equal: false });
+            emit(VerifyEvent::TableStarted {
+                table: name.clone(),
+                chunks: 0,
+            });
+            emit(VerifyEvent::TableDone {
+                table: name.clone(),
+                equal: false,
+            });
             return Ok(failed(table, problem));
         }
     };
-    emit(VerifyEvent::TableStarted { table: name.clone(), chunks: plan.ranges.len() });
+    emit(VerifyEvent::TableStarted {
+        table: name.clone(),
+        chunks: plan.ranges.len(),
+    });
     let results: Result<Vec<Chunk>, PgError> = stream::iter(0..plan.ranges.len())
         .map(|i| compare_chunk(run, &plan, i))
         .buffer_unordered(run.options.parallel.max(1))
@@ -286,13 +322,19 @@ async fn verify_table(run: &Run<'_>, table: &Table) -> Result<TableReport, PgErr
     let mut results = match results {
         Ok(r) => r,
         Err(e) if e.retry() == Retry::Definite => {
-            emit(VerifyEvent::TableDone { table: name.clone(), equal: false });
+            emit(VerifyEvent::TableDone {
+                table: name.clone(),
+                equal: false,
+            });
             return Ok(failed(table, e.to_string()));
         }
         Err(e) => return Err(e),
     };
     results.sort_by_key(|c| c.index);
-    let mismatches: Vec<RangeMismatch> = results.iter_mut().filter_map(|c| c.mismatch.take()).collect();
+    let mismatches: Vec<RangeMismatch> = results
+        .iter_mut()
+        .filter_map(|c| c.mismatch.take())
+        .collect();
     let report = TableReport {
         table: name.clone(),
         source_rows: results.iter().map(|c| c.source_rows).sum(),
@@ -303,7 +345,10 @@ async fn verify_table(run: &Run<'_>, table: &Table) -> Result<TableReport, PgErr
         mismatches,
         error: None,
     };
-    emit(VerifyEvent::TableDone { table: name, equal: report.equal });
+    emit(VerifyEvent::TableDone {
+        table: name,
+        equal: report.equal,
+    });
     Ok(report)
 }
 
@@ -355,7 +400,10 @@ struct TablePlan<'t> {
 
 /// Reads both sides' catalogs and the source's range boundaries. `Ok(Err(problem))` when
 /// the table cannot be compared.
-async fn plan_table<'t>(run: &Run<'_>, table: &'t Table) -> Result<Result<TablePlan<'t>, String>, PgError> {
+async fn plan_table<'t>(
+    run: &Run<'_>,
+    table: &'t Table,
+) -> Result<Result<TablePlan<'t>, String>, PgError> {
     let conn = run.pool.get().await;
     let (source, target) = tokio::try_join!(
         side_table(&conn.source, Side::Source, table),
@@ -394,15 +442,25 @@ SELECT c.relkind = 'p',
  WHERE n.nspname::text = $1 AND c.relname::text = $2 AND c.relkind IN ('r', 'p')";
 
 /// One side's view of the table; `Err(problem)` when it is missing or lacks columns.
-async fn side_table(client: &Client, side: Side, table: &Table) -> Result<Result<SideTable, String>, PgError> {
+async fn side_table(
+    client: &Client,
+    side: Side,
+    table: &Table,
+) -> Result<Result<SideTable, String>, PgError> {
     let row = client
-        .query_opt(SIDE_TABLE, &[&table.schema, &table.name, &table.key(), &table.columns])
+        .query_opt(
+            SIDE_TABLE,
+            &[&table.schema, &table.name, &table.key(), &table.columns],
+        )
         .await
         .ctx(side, &format!("look up {}", table.display()))?;
     let Some(row) = row else {
         return Ok(Err(match side {
             Side::Target => "missing on target; run `cutover db sync`".to_string(),
-            Side::Source => "missing on source (dropped since the table list was read); run verify again".to_string(),
+            Side::Source => {
+                "missing on source (dropped since the table list was read); run verify again"
+                    .to_string()
+            }
         }));
     };
     let missing: Vec<String> = row.get(2);
@@ -414,34 +472,59 @@ async fn side_table(client: &Client, side: Side, table: &Table) -> Result<Result
     }
     let partitioned: bool = row.get(0);
     let only = if partitioned { "" } else { "ONLY " };
-    Ok(Ok(SideTable { from: format!("{only}{}", table.qualified()), key_types: row.get(1) }))
+    Ok(Ok(SideTable {
+        from: format!("{only}{}", table.qualified()),
+        key_types: row.get(1),
+    }))
 }
 
 /// The ranges: every `chunk_rows`-th key of the source starts one, the first range open
 /// at the start and the last open at the end. One range without a key.
-async fn boundaries(client: &Client, plan: &TablePlan<'_>, chunk_rows: u64) -> Result<Vec<Range>, PgError> {
+async fn boundaries(
+    client: &Client,
+    plan: &TablePlan<'_>,
+    chunk_rows: u64,
+) -> Result<Vec<Range>, PgError> {
     if plan.key.is_empty() {
-        return Ok(vec![Range { from: None, to: None }]);
+        return Ok(vec![Range {
+            from: None,
+            to: None,
+        }]);
     }
     let aliases: Vec<String> = (0..plan.key.len()).map(|i| format!("c{i}")).collect();
     let sql = format!(
         "SELECT {} FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS n FROM {}) s
           WHERE n % $1 = 1 AND n > 1 ORDER BY n",
-        aliases.iter().map(|a| format!("{a}::text")).collect::<Vec<_>>().join(", "),
-        plan.key.iter().zip(&aliases).map(|(k, a)| format!("{k} AS {a}")).collect::<Vec<_>>().join(", "),
+        aliases
+            .iter()
+            .map(|a| format!("{a}::text"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        plan.key
+            .iter()
+            .zip(&aliases)
+            .map(|(k, a)| format!("{k} AS {a}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         plan.key.join(", "),
         plan.source.from,
     );
     let chunk_rows = i64::try_from(chunk_rows).unwrap_or(i64::MAX);
-    let rows = client
-        .query(&sql, &[&chunk_rows])
-        .await
-        .ctx(Side::Source, &format!("split {} into ranges", plan.table.display()))?;
+    let rows = client.query(&sql, &[&chunk_rows]).await.ctx(
+        Side::Source,
+        &format!("split {} into ranges", plan.table.display()),
+    )?;
     let mut starts: Vec<Option<Vec<String>>> = vec![None];
-    starts.extend(rows.iter().map(|r| Some((0..plan.key.len()).map(|i| r.get(i)).collect())));
+    starts.extend(
+        rows.iter()
+            .map(|r| Some((0..plan.key.len()).map(|i| r.get(i)).collect())),
+    );
     let mut ranges = Vec::with_capacity(starts.len());
     for (i, from) in starts.iter().enumerate() {
-        ranges.push(Range { from: from.clone(), to: starts.get(i + 1).cloned().flatten() });
+        ranges.push(Range {
+            from: from.clone(),
+            to: starts.get(i + 1).cloned().flatten(),
+        });
     }
     Ok(ranges)
 }
@@ -459,7 +542,11 @@ impl TablePlan<'_> {
         let types = &self.side(side).key_types;
         let cols = self.key.join(", ");
         let tuple = |first: usize| {
-            let casts: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::text::{t}", first + i)).collect();
+            let casts: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("${}::text::{t}", first + i))
+                .collect();
             casts.join(", ")
         };
         let mut parts = vec![];
@@ -471,15 +558,26 @@ impl TablePlan<'_> {
         if range.to.is_some() {
             parts.push(format!("({cols}) < ({})", tuple(next)));
         }
-        let values = range.from.iter().chain(range.to.iter()).flatten().map(String::as_str).collect();
-        let sql = if parts.is_empty() { String::new() } else { format!(" WHERE {}", parts.join(" AND ")) };
+        let values = range
+            .from
+            .iter()
+            .chain(range.to.iter())
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let sql = if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", parts.join(" AND "))
+        };
         (sql, values)
     }
 
     /// Row count and checksum of a range on one side.
     async fn checksum(&self, client: &Client, side: Side, range: &Range) -> Result<Sum, PgError> {
         let (filter, values) = self.filter(side, range);
-        let half = |f: &str| format!("coalesce(sum(('x' || {f}(h, 16))::bit(64)::bigint), 0)::text");
+        let half =
+            |f: &str| format!("coalesce(sum(('x' || {f}(h, 16))::bit(64)::bigint), 0)::text");
         let sql = format!(
             "SELECT count(*), {} || ':' || {} FROM (SELECT {} AS h FROM {}{filter}) s",
             half("left"),
@@ -491,7 +589,10 @@ impl TablePlan<'_> {
             .query_one(&sql, &params(&values))
             .await
             .ctx(side, &format!("checksum {}", self.table.display()))?;
-        Ok(Sum { rows: row.get(0), hash: row.get(1) })
+        Ok(Sum {
+            rows: row.get(0),
+            hash: row.get(1),
+        })
     }
 }
 
@@ -515,7 +616,11 @@ struct Chunk {
     mismatch: Option<RangeMismatch>,
 }
 
-async fn compare_chunk(run: &Run<'_>, plan: &TablePlan<'_>, index: usize) -> Result<Chunk, PgError> {
+async fn compare_chunk(
+    run: &Run<'_>,
+    plan: &TablePlan<'_>,
+    index: usize,
+) -> Result<Chunk, PgError> {
     let range = &plan.ranges[index];
     let conn = run.pool.get().await;
     let (mut s, mut t) = tokio::try_join!(
@@ -538,7 +643,14 @@ async fn compare_chunk(run: &Run<'_>, plan: &TablePlan<'_>, index: usize) -> Res
             .await
             .ctx(Side::Source, "read the WAL position")?
             .get(0);
-        if !wait_for_slot(&conn.source, &catch_up.slot, &lsn, run.options.catch_up_timeout).await? {
+        if !wait_for_slot(
+            &conn.source,
+            &catch_up.slot,
+            &lsn,
+            run.options.catch_up_timeout,
+        )
+        .await?
+        {
             run.stalled.store(true, Ordering::Relaxed);
             break;
         }
@@ -556,8 +668,15 @@ async fn compare_chunk(run: &Run<'_>, plan: &TablePlan<'_>, index: usize) -> Res
             first_keys: first_keys(&conn, plan, range).await?,
         })
     };
-    (run.progress)(VerifyEvent::ChunkDone { table: plan.table.display() });
-    Ok(Chunk { index, source_rows: s.rows, target_rows: t.rows, mismatch })
+    (run.progress)(VerifyEvent::ChunkDone {
+        table: plan.table.display(),
+    });
+    Ok(Chunk {
+        index,
+        source_rows: s.rows,
+        target_rows: t.rows,
+        mismatch,
+    })
 }
 
 /// Refuses a slot that cannot be waited on, before any work.
@@ -578,7 +697,12 @@ async fn check_slot(client: &Client, slot: &str) -> Result<(), PgError> {
 }
 
 /// Waits until the slot has confirmed `lsn`; false when `timeout` passed first.
-async fn wait_for_slot(client: &Client, slot: &str, lsn: &str, timeout: Duration) -> Result<bool, PgError> {
+async fn wait_for_slot(
+    client: &Client,
+    slot: &str,
+    lsn: &str,
+    timeout: Duration,
+) -> Result<bool, PgError> {
     let deadline = Instant::now() + timeout;
     loop {
         let row = client
@@ -608,7 +732,11 @@ async fn wait_for_slot(client: &Client, slot: &str, lsn: &str, timeout: Duration
 // ---------------------------------------------------------------------------------------
 // The first differing keys of a reported range.
 
-async fn first_keys(conn: &Conn, plan: &TablePlan<'_>, range: &Range) -> Result<Vec<KeyDiff>, PgError> {
+async fn first_keys(
+    conn: &Conn,
+    plan: &TablePlan<'_>,
+    range: &Range,
+) -> Result<Vec<KeyDiff>, PgError> {
     if plan.key.is_empty() {
         return first_rows(conn, plan).await;
     }
@@ -619,17 +747,29 @@ async fn first_keys(conn: &Conn, plan: &TablePlan<'_>, range: &Range) -> Result<
     let mut diffs: Vec<KeyDiff> = vec![];
     for (key, hash) in &source {
         match target.get(key) {
-            None => diffs.push(KeyDiff { key: key.clone(), kind: MISSING }),
-            Some(h) if h != hash => diffs.push(KeyDiff { key: key.clone(), kind: DIFFERENT }),
+            None => diffs.push(KeyDiff {
+                key: key.clone(),
+                kind: MISSING,
+            }),
+            Some(h) if h != hash => diffs.push(KeyDiff {
+                key: key.clone(),
+                kind: DIFFERENT,
+            }),
             Some(_) => {}
         }
     }
     for key in target.keys().filter(|k| !source.contains_key(*k)) {
-        diffs.push(KeyDiff { key: key.clone(), kind: EXTRA });
+        diffs.push(KeyDiff {
+            key: key.clone(),
+            kind: EXTRA,
+        });
     }
     let order = key_order(&conn.source, plan, &diffs).await?;
     let mut diffs: Vec<Option<KeyDiff>> = diffs.into_iter().map(Some).collect();
-    Ok(order.into_iter().filter_map(|i| diffs.get_mut(i).and_then(Option::take)).collect())
+    Ok(order
+        .into_iter()
+        .filter_map(|i| diffs.get_mut(i).and_then(Option::take))
+        .collect())
 }
 
 /// `key -> md5(row)` of a range on one side.
@@ -641,38 +781,62 @@ async fn keyed_rows(
 ) -> Result<HashMap<Vec<String>, String>, PgError> {
     let (filter, values) = plan.filter(side, range);
     let keys: Vec<String> = plan.key.iter().map(|k| format!("{k}::text")).collect();
-    let sql = format!("SELECT {}, {} FROM {}{filter}", keys.join(", "), plan.row_hash, plan.side(side).from);
-    let rows = client
-        .query(&sql, &params(&values))
-        .await
-        .ctx(side, &format!("read the keys of a differing range of {}", plan.table.display()))?;
+    let sql = format!(
+        "SELECT {}, {} FROM {}{filter}",
+        keys.join(", "),
+        plan.row_hash,
+        plan.side(side).from
+    );
+    let rows = client.query(&sql, &params(&values)).await.ctx(
+        side,
+        &format!(
+            "read the keys of a differing range of {}",
+            plan.table.display()
+        ),
+    )?;
     let n = plan.key.len();
-    Ok(rows.iter().map(|r| ((0..n).map(|i| r.get(i)).collect(), r.get(n))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| ((0..n).map(|i| r.get(i)).collect(), r.get(n)))
+        .collect())
 }
 
 /// Indexes into `diffs` of the first [`FIRST_KEYS`] keys in the source's key order.
-async fn key_order(client: &Client, plan: &TablePlan<'_>, diffs: &[KeyDiff]) -> Result<Vec<usize>, PgError> {
+async fn key_order(
+    client: &Client,
+    plan: &TablePlan<'_>,
+    diffs: &[KeyDiff],
+) -> Result<Vec<usize>, PgError> {
     if diffs.len() <= 1 {
         return Ok((0..diffs.len()).collect());
     }
     let types = &plan.source.key_types;
-    let columns: Vec<Vec<&str>> =
-        (0..types.len()).map(|i| diffs.iter().map(|d| d.key[i].as_str()).collect()).collect();
+    let columns: Vec<Vec<&str>> = (0..types.len())
+        .map(|i| diffs.iter().map(|d| d.key[i].as_str()).collect())
+        .collect();
     let arrays: Vec<String> = (1..=types.len()).map(|i| format!("${i}::text[]")).collect();
     let aliases: Vec<String> = (0..types.len()).map(|i| format!("c{i}")).collect();
-    let casts: Vec<String> = aliases.iter().zip(types).map(|(a, t)| format!("{a}::{t}")).collect();
+    let casts: Vec<String> = aliases
+        .iter()
+        .zip(types)
+        .map(|(a, t)| format!("{a}::{t}"))
+        .collect();
     let sql = format!(
         "SELECT n FROM unnest({}) WITH ORDINALITY AS u({}, n) ORDER BY {} LIMIT {FIRST_KEYS}",
         arrays.join(", "),
         aliases.join(", "),
         casts.join(", "),
     );
-    let values: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-    let rows = client
-        .query(&sql, &values)
-        .await
-        .ctx(Side::Source, &format!("order the differing keys of {}", plan.table.display()))?;
-    Ok(rows.iter().map(|r| r.get::<_, i64>(0) as usize - 1).collect())
+    let values: Vec<&(dyn ToSql + Sync)> =
+        columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    let rows = client.query(&sql, &values).await.ctx(
+        Side::Source,
+        &format!("order the differing keys of {}", plan.table.display()),
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as usize - 1)
+        .collect())
 }
 
 /// A table without a key: distinct rows with their counts, both sides streamed in hash
@@ -689,14 +853,27 @@ async fn first_rows(conn: &Conn, plan: &TablePlan<'_>) -> Result<Vec<KeyDiff>, P
         );
         let context = format!("read the rows of {}", plan.table.display());
         async move {
-            let rows = conn.client(side).query_raw(&sql, std::iter::empty::<&str>()).await.ctx(side, &context)?;
+            let rows = conn
+                .client(side)
+                .query_raw(&sql, std::iter::empty::<&str>())
+                .await
+                .ctx(side, &context)?;
             Ok::<_, PgError>(rows.map_err(move |e| PgError::sql(side, context.clone(), e)))
         }
     };
     let (source, target) = tokio::try_join!(open(Side::Source), open(Side::Target))?;
     let (mut source, mut target) = (std::pin::pin!(source), std::pin::pin!(target));
-    let group = |r: tokio_postgres::Row| (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, String>(2));
-    let (mut s, mut t) = (source.try_next().await?.map(group), target.try_next().await?.map(group));
+    let group = |r: tokio_postgres::Row| {
+        (
+            r.get::<_, String>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, String>(2),
+        )
+    };
+    let (mut s, mut t) = (
+        source.try_next().await?.map(group),
+        target.try_next().await?.map(group),
+    );
     let mut diffs = vec![];
     while diffs.len() < FIRST_KEYS {
         let (kind, row, next_s, next_t) = match (&s, &t) {
@@ -706,10 +883,18 @@ async fn first_rows(conn: &Conn, plan: &TablePlan<'_>) -> Result<Vec<KeyDiff>, P
             (Some(a), Some(b)) if a.0 < b.0 => (MISSING, a.2.clone(), true, false),
             (Some(a), Some(b)) if a.0 > b.0 => (EXTRA, b.2.clone(), false, true),
             (Some(a), Some(b)) if a.1 == b.1 => ("", String::new(), true, true),
-            (Some(a), Some(b)) => (if a.1 > b.1 { MISSING } else { EXTRA }, a.2.clone(), true, true),
+            (Some(a), Some(b)) => (
+                if a.1 > b.1 { MISSING } else { EXTRA },
+                a.2.clone(),
+                true,
+                true,
+            ),
         };
         if !kind.is_empty() {
-            diffs.push(KeyDiff { key: vec![row], kind });
+            diffs.push(KeyDiff {
+                key: vec![row],
+                kind,
+            });
         }
         if next_s {
             s = source.try_next().await?.map(group);

@@ -5,10 +5,16 @@ use cutover_testkit::{Pair, Pg};
 async fn connects_and_explains_what_fails() {
     let pg = Pg::start(Default::default(), Side::Source).await;
     let client = connect(&pg.url(), Side::Source).await.unwrap();
-    let v: String = client.query_one("SHOW server_version", &[]).await.unwrap().get(0);
+    let v: String = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(v.starts_with(char::is_numeric));
 
-    let wrong = pg.url().with_password(Some(cutover_core::Secret::new("not-the-password")));
+    let wrong = pg
+        .url()
+        .with_password(Some(cutover_core::Secret::new("not-the-password")));
     let err = connect(&wrong, Side::Source).await.unwrap_err();
     let shown = err.to_string();
     assert_eq!(
@@ -28,7 +34,10 @@ async fn connects_and_explains_what_fails() {
     let port = pg.cluster.port();
     drop(client);
     drop(pg);
-    let refused = cutover_core::ConnString::parse(&format!("postgres://u:p@127.0.0.1:{port}/d?sslmode=disable")).unwrap();
+    let refused = cutover_core::ConnString::parse(&format!(
+        "postgres://u:p@127.0.0.1:{port}/d?sslmode=disable"
+    ))
+    .unwrap();
     let err = connect(&refused, Side::Source).await.unwrap_err();
     assert!(matches!(err, PgError::Connect { .. }));
     assert!(err.to_string().ends_with(&format!("connection refused; check that PostgreSQL is running and listening on 127.0.0.1:{port}")), "{err}");
@@ -37,6 +46,12 @@ async fn connects_and_explains_what_fails() {
 #[tokio::test]
 async fn a_pair_starts_with_the_right_wal_levels() {
     let pair = Pair::heroku_like().await;
-    assert_eq!(pair.source.value("SHOW wal_level").await.as_deref(), Some("replica"));
-    assert_eq!(pair.target.value("SHOW wal_level").await.as_deref(), Some("logical"));
+    assert_eq!(
+        pair.source.value("SHOW wal_level").await.as_deref(),
+        Some("replica")
+    );
+    assert_eq!(
+        pair.target.value("SHOW wal_level").await.as_deref(),
+        Some("logical")
+    );
 }

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use cutover_core::{ConnString, Mode, Plan};
 use cutover_pg::inspect::{ReplicaIdentity, Sequence, Server, Table};
-use cutover_pg::preflight::{self, Facts, Finding, Previous, Report, Severity, TargetState, TargetTable};
+use cutover_pg::preflight::{
+    self, Facts, Finding, Previous, Report, Severity, TargetState, TargetTable,
+};
 use cutover_testkit::Pair;
 
 // ---------------------------------------------------------------------------------------
@@ -25,9 +27,14 @@ fn url_text(cs: &ConnString) -> String {
 }
 
 fn plan(pair: &Pair, source: &ConnString, target: &ConnString, mode: &str) -> Plan {
-    let text = pair.plan_text("SRC_URL", "DST_URL").replace("mode = \"native\"", &format!("mode = \"{mode}\""));
-    let env: BTreeMap<String, String> =
-        [("SRC_URL".to_string(), url_text(source)), ("DST_URL".to_string(), url_text(target))].into();
+    let text = pair
+        .plan_text("SRC_URL", "DST_URL")
+        .replace("mode = \"native\"", &format!("mode = \"{mode}\""));
+    let env: BTreeMap<String, String> = [
+        ("SRC_URL".to_string(), url_text(source)),
+        ("DST_URL".to_string(), url_text(target)),
+    ]
+    .into();
     cutover_core::plan::parse(&text, Path::new("cutover.toml"), &env).expect("a valid plan")
 }
 
@@ -38,7 +45,11 @@ async fn check(pair: &Pair, mode: &str) -> Report {
 
 /// (code, subject) of the findings of one severity, in report order.
 fn of(report: &[Finding], severity: Severity) -> Vec<(&'static str, String)> {
-    report.iter().filter(|f| f.severity == severity).map(|f| (f.code, f.subject.clone())).collect()
+    report
+        .iter()
+        .filter(|f| f.severity == severity)
+        .map(|f| (f.code, f.subject.clone()))
+        .collect()
 }
 
 fn pair_of(code: &'static str, subject: &str) -> (&'static str, String) {
@@ -54,7 +65,14 @@ fn one<'a>(findings: &'a [Finding], code: &str) -> &'a Finding {
 fn texts(findings: &[Finding]) -> String {
     findings
         .iter()
-        .map(|f| format!("{} {} {}", f.message, f.fix.as_deref().unwrap_or(""), f.subject))
+        .map(|f| {
+            format!(
+                "{} {} {}",
+                f.message,
+                f.fix.as_deref().unwrap_or(""),
+                f.subject
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -70,16 +88,29 @@ async fn a_clean_pair_with_a_keyed_table_passes() {
         .await;
     let report = check(&pair, "native").await;
     assert_eq!(report.exit_code(), 0, "{:#?}", report.findings);
-    assert!(report.findings.iter().all(|f| f.severity == Severity::Info), "{:#?}", report.findings);
+    assert!(
+        report.findings.iter().all(|f| f.severity == Severity::Info),
+        "{:#?}",
+        report.findings
+    );
     assert_eq!(report.tables.len(), 1);
     assert_eq!(report.tables[0].primary_key, ["id"]);
     assert_eq!(
         one(&report.findings, "sequences").message,
         "1 sequences (1 owned by a column, 0 not owned): their values are not replicated; cutover copies every one at switchover"
     );
-    assert_eq!(of(&report.findings, Severity::Info).iter().filter(|(c, _)| *c == "size").count(), 2);
+    assert_eq!(
+        of(&report.findings, Severity::Info)
+            .iter()
+            .filter(|(c, _)| *c == "size")
+            .count(),
+        2
+    );
     let json = serde_json::to_string(&report).unwrap();
-    assert!(!json.contains(pair.source.cluster.password().expose()), "no password in --json");
+    assert!(
+        !json.contains(pair.source.cluster.password().expose()),
+        "no password in --json"
+    );
 }
 
 #[tokio::test]
@@ -89,17 +120,34 @@ async fn a_table_without_primary_key_is_an_error_until_replica_identity_full() {
         .exec("CREATE TABLE public.events (at timestamptz, what text); INSERT INTO events VALUES (now(), 'x');")
         .await;
     let report = check(&pair, "native").await;
-    assert_eq!(of(&report.findings, Severity::Error), [pair_of("no-replica-identity", "public.events")]);
+    assert_eq!(
+        of(&report.findings, Severity::Error),
+        [pair_of("no-replica-identity", "public.events")]
+    );
     assert_eq!(report.exit_code(), 1);
-    let fix = one(&report.findings, "no-replica-identity").fix.clone().unwrap();
-    assert!(fix.contains("ALTER TABLE \"public\".\"events\" REPLICA IDENTITY FULL;"), "{fix}");
+    let fix = one(&report.findings, "no-replica-identity")
+        .fix
+        .clone()
+        .unwrap();
+    assert!(
+        fix.contains("ALTER TABLE \"public\".\"events\" REPLICA IDENTITY FULL;"),
+        "{fix}"
+    );
     assert!(fix.contains("ADD PRIMARY KEY"), "{fix}");
-    assert!(fix.contains("exclude_tables = [\"public.events\"]"), "{fix}");
+    assert!(
+        fix.contains("exclude_tables = [\"public.events\"]"),
+        "{fix}"
+    );
 
-    pair.source.exec("ALTER TABLE public.events REPLICA IDENTITY FULL").await;
+    pair.source
+        .exec("ALTER TABLE public.events REPLICA IDENTITY FULL")
+        .await;
     let report = check(&pair, "native").await;
     assert_eq!(report.errors().count(), 0, "{:#?}", report.findings);
-    assert_eq!(of(&report.findings, Severity::Warning), [pair_of("replica-identity-full", "public.events")]);
+    assert_eq!(
+        of(&report.findings, Severity::Warning),
+        [pair_of("replica-identity-full", "public.events")]
+    );
     assert_eq!(report.exit_code(), 2);
 }
 
@@ -116,7 +164,13 @@ async fn a_heroku_like_source_points_to_trigger_mode_and_never_to_pgoptions() {
     let report = preflight::check(&native).await.unwrap();
     let mut errors = of(&report.findings, Severity::Error);
     errors.sort();
-    assert_eq!(errors, [pair_of("replication-privilege", "source"), pair_of("wal-level", "source")]);
+    assert_eq!(
+        errors,
+        [
+            pair_of("replication-privilege", "source"),
+            pair_of("wal-level", "source")
+        ]
+    );
     assert_eq!(report.source.wal_level, "replica");
     assert!(!report.source.superuser && !report.source.replication);
     for code in ["wal-level", "replication-privilege"] {
@@ -124,11 +178,24 @@ async fn a_heroku_like_source_points_to_trigger_mode_and_never_to_pgoptions() {
         assert!(fix.contains("mode = \"trigger\""), "{code}: {fix}");
     }
     let wal = one(&report.findings, "wal-level").fix.clone().unwrap();
-    assert!(wal.contains("ALTER SYSTEM SET wal_level = logical") && wal.contains("restart"), "{wal}");
+    assert!(
+        wal.contains("ALTER SYSTEM SET wal_level = logical") && wal.contains("restart"),
+        "{wal}"
+    );
     assert!(wal.contains("rds.logical_replication = 1"), "{wal}");
-    let replication = one(&report.findings, "replication-privilege").fix.clone().unwrap();
-    assert!(replication.contains("ALTER ROLE \"app\" REPLICATION"), "{replication}");
-    assert!(!texts(&report.findings).contains("PGOPTIONS"), "{}", texts(&report.findings));
+    let replication = one(&report.findings, "replication-privilege")
+        .fix
+        .clone()
+        .unwrap();
+    assert!(
+        replication.contains("ALTER ROLE \"app\" REPLICATION"),
+        "{replication}"
+    );
+    assert!(
+        !texts(&report.findings).contains("PGOPTIONS"),
+        "{}",
+        texts(&report.findings)
+    );
 
     // Trigger mode needs neither.
     let trigger = plan(&pair, &app, &pair.target.url(), "trigger");
@@ -141,11 +208,19 @@ async fn a_heroku_like_source_points_to_trigger_mode_and_never_to_pgoptions() {
 #[tokio::test]
 async fn an_unlogged_table_is_an_error_in_native_mode() {
     let pair = Pair::native().await;
-    pair.source.exec("CREATE UNLOGGED TABLE public.cache (k text PRIMARY KEY, v text)").await;
+    pair.source
+        .exec("CREATE UNLOGGED TABLE public.cache (k text PRIMARY KEY, v text)")
+        .await;
     let report = check(&pair, "native").await;
-    assert_eq!(of(&report.findings, Severity::Error), [pair_of("unlogged-table", "public.cache")]);
+    assert_eq!(
+        of(&report.findings, Severity::Error),
+        [pair_of("unlogged-table", "public.cache")]
+    );
     let fix = one(&report.findings, "unlogged-table").fix.clone().unwrap();
-    assert!(fix.contains("ALTER TABLE \"public\".\"cache\" SET LOGGED;"), "{fix}");
+    assert!(
+        fix.contains("ALTER TABLE \"public\".\"cache\" SET LOGGED;"),
+        "{fix}"
+    );
     assert!(report.tables[0].unlogged);
 }
 
@@ -154,18 +229,36 @@ async fn a_target_that_holds_the_tables_is_refused_and_large_objects_are_flagged
     let pair = Pair::native().await;
     let ddl = "CREATE TABLE public.full_one (id int PRIMARY KEY); CREATE TABLE public.empty_one (id int PRIMARY KEY);";
     pair.source.exec(ddl).await;
-    pair.source.exec("SELECT lo_create(0); SELECT lo_create(0);").await;
+    pair.source
+        .exec("SELECT lo_create(0); SELECT lo_create(0);")
+        .await;
     pair.target.exec(ddl).await;
-    pair.target.exec("INSERT INTO public.full_one VALUES (1)").await;
+    pair.target
+        .exec("INSERT INTO public.full_one VALUES (1)")
+        .await;
     let report = check(&pair, "native").await;
-    assert_eq!(of(&report.findings, Severity::Error), [pair_of("target-not-empty", "public.full_one")]);
+    assert_eq!(
+        of(&report.findings, Severity::Error),
+        [pair_of("target-not-empty", "public.full_one")]
+    );
     assert_eq!(
         of(&report.findings, Severity::Warning),
-        [pair_of("large-objects", "source"), pair_of("target-table-exists", "public.empty_one")]
+        [
+            pair_of("large-objects", "source"),
+            pair_of("target-table-exists", "public.empty_one")
+        ]
     );
-    assert!(one(&report.findings, "target-not-empty").message.starts_with("target is not empty"));
-    assert!(one(&report.findings, "target-table-exists").fix.as_deref().unwrap().contains("copy_schema = false"));
-    assert!(one(&report.findings, "large-objects").message.contains("2 large objects"));
+    assert!(one(&report.findings, "target-not-empty")
+        .message
+        .starts_with("target is not empty"));
+    assert!(one(&report.findings, "target-table-exists")
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("copy_schema = false"));
+    assert!(one(&report.findings, "large-objects")
+        .message
+        .contains("2 large objects"));
     assert_eq!(report.source.large_objects, 2);
 }
 
@@ -175,7 +268,9 @@ async fn a_previous_sync_is_reported_and_its_rows_are_not_an_error() {
     pair.source
         .exec("CREATE TABLE public.t (id int PRIMARY KEY); CREATE PUBLICATION cutover_pub FOR TABLE public.t;")
         .await;
-    pair.target.exec("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1);").await;
+    pair.target
+        .exec("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1);")
+        .await;
     pair.target
         .exec(
             "CREATE SUBSCRIPTION cutover_sub CONNECTION 'host=127.0.0.1 port=1 dbname=x' PUBLICATION cutover_pub \
@@ -186,9 +281,24 @@ async fn a_previous_sync_is_reported_and_its_rows_are_not_an_error() {
     assert_eq!(report.exit_code(), 0, "{:#?}", report.findings);
     let previous = one(&report.findings, "previous-sync");
     assert_eq!(previous.severity, Severity::Info);
-    assert!(previous.message.contains("publication \"cutover_pub\" on the source"), "{}", previous.message);
-    assert!(previous.message.contains("subscription \"cutover_sub\" on the target"), "{}", previous.message);
-    assert_eq!(one(&report.findings, "target-not-empty").severity, Severity::Info);
+    assert!(
+        previous
+            .message
+            .contains("publication \"cutover_pub\" on the source"),
+        "{}",
+        previous.message
+    );
+    assert!(
+        previous
+            .message
+            .contains("subscription \"cutover_sub\" on the target"),
+        "{}",
+        previous.message
+    );
+    assert_eq!(
+        one(&report.findings, "target-not-empty").severity,
+        Severity::Info
+    );
 }
 
 #[tokio::test]
@@ -205,7 +315,9 @@ async fn tables_the_source_role_does_not_own_and_a_target_role_that_cannot_subsc
              CREATE TABLE public.billing (id int PRIMARY KEY);",
         )
         .await;
-    let report = preflight::check(&plan(&pair, &app, &loader, "native")).await.unwrap();
+    let report = preflight::check(&plan(&pair, &app, &loader, "native"))
+        .await
+        .unwrap();
     assert_eq!(
         of(&report.findings, Severity::Error),
         [
@@ -214,12 +326,20 @@ async fn tables_the_source_role_does_not_own_and_a_target_role_that_cannot_subsc
             pair_of("subscription-privilege", "target")
         ]
     );
-    let audit = report.findings.iter().find(|f| f.subject == "public.audit").unwrap();
+    let audit = report
+        .findings
+        .iter()
+        .find(|f| f.subject == "public.audit")
+        .unwrap();
     assert_eq!(
         audit.message,
         "public.audit is owned by \"postgres\", not by the source role \"app\"; CREATE PUBLICATION ... FOR TABLE needs its owner"
     );
-    assert!(audit.fix.as_deref().unwrap().contains("ALTER TABLE \"public\".\"audit\" OWNER TO \"app\";"));
+    assert!(audit
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("ALTER TABLE \"public\".\"audit\" OWNER TO \"app\";"));
     let sub = one(&report.findings, "subscription-privilege");
     assert!(sub.message.contains("role \"loader\""), "{}", sub.message);
 }
@@ -270,7 +390,10 @@ fn facts() -> Facts {
         copy: cutover_core::plan::CopyMethod::Parallel,
         copy_schema: true,
         source: server(150004),
-        target: Server { superuser: true, ..server(160002) },
+        target: Server {
+            superuser: true,
+            ..server(160002)
+        },
         tables: vec![table("orders")],
         sequences: vec![],
         source_extensions: vec![("plpgsql".into(), "1.0".into())],
@@ -290,27 +413,49 @@ fn facts() -> Facts {
 }
 
 fn codes(f: &Facts, severity: Severity) -> Vec<&'static str> {
-    preflight::rules(f).into_iter().filter(|x| x.severity == severity).map(|x| x.code).collect()
+    preflight::rules(f)
+        .into_iter()
+        .filter(|x| x.severity == severity)
+        .map(|x| x.code)
+        .collect()
 }
 
 #[test]
 fn clean_facts_give_information_only() {
     let report = Report::from_facts(facts());
     assert_eq!(report.exit_code(), 0, "{:#?}", report.findings);
-    assert_eq!(of(&report.findings, Severity::Info), [pair_of("size", "source"), pair_of("size", "target")]);
+    assert_eq!(
+        of(&report.findings, Severity::Info),
+        [pair_of("size", "source"), pair_of("size", "target")]
+    );
 }
 
 #[test]
 fn the_target_must_not_be_an_older_major_version() {
     let mut f = facts();
     f.source = server(160002);
-    f.target = Server { superuser: true, ..server(150004) };
+    f.target = Server {
+        superuser: true,
+        ..server(150004)
+    };
     let findings = preflight::rules(&f);
-    assert_eq!(of(&findings, Severity::Error), [pair_of("version", "target")]);
-    assert_eq!(one(&findings, "version").fix.as_deref(), Some("use a target server of PostgreSQL 16 or newer"));
+    assert_eq!(
+        of(&findings, Severity::Error),
+        [pair_of("version", "target")]
+    );
+    assert_eq!(
+        one(&findings, "version").fix.as_deref(),
+        Some("use a target server of PostgreSQL 16 or newer")
+    );
 
-    f.target = Server { superuser: true, ..server(160009) };
-    assert!(codes(&f, Severity::Error).is_empty(), "same major, newer minor is fine");
+    f.target = Server {
+        superuser: true,
+        ..server(160009)
+    };
+    assert!(
+        codes(&f, Severity::Error).is_empty(),
+        "same major, newer minor is fine"
+    );
     f.source = server(110022);
     assert!(codes(&f, Severity::Error).is_empty(), "newer major is fine");
 }
@@ -324,24 +469,44 @@ fn exit_codes_follow_the_worst_finding() {
     f.source.wal_level = "replica".into();
     let report = Report::from_facts(f);
     assert_eq!(report.exit_code(), 1);
-    assert_eq!(report.errors().map(|e| e.code).collect::<Vec<_>>(), ["wal-level"]);
+    assert_eq!(
+        report.errors().map(|e| e.code).collect::<Vec<_>>(),
+        ["wal-level"]
+    );
     let severities: Vec<Severity> = report.findings.iter().map(|f| f.severity).collect();
     let mut sorted = severities.clone();
     sorted.sort_by(|a, b| b.cmp(a));
-    assert_eq!(severities, sorted, "errors first, then warnings, then information");
+    assert_eq!(
+        severities, sorted,
+        "errors first, then warnings, then information"
+    );
 }
 
 #[test]
 fn an_extension_missing_on_the_target_is_named() {
     let mut f = facts();
-    f.source_extensions =
-        vec![("plpgsql".into(), "1.0".into()), ("pg_trgm".into(), "1.6".into()), ("postgis".into(), "3.4.2".into())];
+    f.source_extensions = vec![
+        ("plpgsql".into(), "1.0".into()),
+        ("pg_trgm".into(), "1.6".into()),
+        ("postgis".into(), "3.4.2".into()),
+    ];
     f.target_available = vec!["pg_trgm".into(), "hstore".into()];
     let findings = preflight::rules(&f);
-    assert_eq!(of(&findings, Severity::Error), [pair_of("missing-extension", "extension postgis")]);
+    assert_eq!(
+        of(&findings, Severity::Error),
+        [pair_of("missing-extension", "extension postgis")]
+    );
     let missing = one(&findings, "missing-extension");
-    assert!(missing.message.contains("\"postgis\" (version 3.4.2)"), "{}", missing.message);
-    assert!(missing.fix.as_deref().unwrap().contains("postgresql-16-postgis"));
+    assert!(
+        missing.message.contains("\"postgis\" (version 3.4.2)"),
+        "{}",
+        missing.message
+    );
+    assert!(missing
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("postgresql-16-postgis"));
 }
 
 #[test]
@@ -349,17 +514,34 @@ fn who_may_create_the_subscription_depends_on_the_target_version() {
     let mut f = facts();
     f.target.superuser = false;
     assert_eq!(codes(&f, Severity::Error), ["subscription-privilege"]);
-    assert!(preflight::rules(&f)[0].fix.as_deref().unwrap().contains("GRANT pg_create_subscription TO \"app\""));
+    assert!(preflight::rules(&f)[0]
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("GRANT pg_create_subscription TO \"app\""));
     f.target_create_subscription = true;
-    assert!(codes(&f, Severity::Error).is_empty(), "PG16: pg_create_subscription is enough");
-    f.target = Server { version_num: 150004, ..f.target.clone() };
+    assert!(
+        codes(&f, Severity::Error).is_empty(),
+        "PG16: pg_create_subscription is enough"
+    );
+    f.target = Server {
+        version_num: 150004,
+        ..f.target.clone()
+    };
     f.source = server(150004);
-    assert_eq!(codes(&f, Severity::Error), ["subscription-privilege"], "PG15: only a superuser");
+    assert_eq!(
+        codes(&f, Severity::Error),
+        ["subscription-privilege"],
+        "PG15: only a superuser"
+    );
     f.target.cloud_admin = Some("rds_superuser".into());
     assert!(codes(&f, Severity::Error).is_empty(), "a cloud admin may");
     f.target.cloud_admin = None;
     f.mode = Mode::Trigger;
-    assert!(codes(&f, Severity::Error).is_empty(), "trigger mode creates no subscription");
+    assert!(
+        codes(&f, Severity::Error).is_empty(),
+        "trigger mode creates no subscription"
+    );
 }
 
 #[test]
@@ -367,7 +549,10 @@ fn replication_capacity_is_needed_unless_our_slot_exists() {
     let mut f = facts();
     f.source.replication_slots_used = 10;
     f.wal_senders_used = 10;
-    assert_eq!(codes(&f, Severity::Error), ["replication-slots", "wal-senders"]);
+    assert_eq!(
+        codes(&f, Severity::Error),
+        ["replication-slots", "wal-senders"]
+    );
     f.previous.slot = Some("cutover_slot".into());
     assert!(codes(&f, Severity::Error).is_empty());
     f.previous.slot = None;
@@ -390,12 +575,23 @@ fn table_shapes() {
     f.tables = vec![nothing, parted, by_index];
     f.target_tables.clear();
     let findings = preflight::rules(&f);
-    assert_eq!(of(&findings, Severity::Error), [pair_of("replica-identity-nothing", "public.nothing")]);
+    assert_eq!(
+        of(&findings, Severity::Error),
+        [pair_of("replica-identity-nothing", "public.nothing")]
+    );
     assert!(of(&findings, Severity::Warning).is_empty());
     let info = of(&findings, Severity::Info);
-    assert!(info.contains(&pair_of("partitioned-table", "public.parted")), "{info:?}");
-    assert!(info.contains(&pair_of("generated-columns", "public.parted")), "{info:?}");
-    assert!(one(&findings, "generated-columns").message.contains("(total, tax)"));
+    assert!(
+        info.contains(&pair_of("partitioned-table", "public.parted")),
+        "{info:?}"
+    );
+    assert!(
+        info.contains(&pair_of("generated-columns", "public.parted")),
+        "{info:?}"
+    );
+    assert!(one(&findings, "generated-columns")
+        .message
+        .contains("(total, tax)"));
 }
 
 #[test]
@@ -423,22 +619,41 @@ fn source_privileges_and_ownership() {
     f.source.replication = false;
     f.source_can_create = false;
     f.tables[0].owner = "someone".into();
-    assert_eq!(codes(&f, Severity::Error), ["replication-privilege", "create-privilege", "table-owner"]);
+    assert_eq!(
+        codes(&f, Severity::Error),
+        ["replication-privilege", "create-privilege", "table-owner"]
+    );
     f.source.cloud_admin = Some("rds_superuser".into());
-    assert_eq!(codes(&f, Severity::Error), ["create-privilege", "table-owner"]);
+    assert_eq!(
+        codes(&f, Severity::Error),
+        ["create-privilege", "table-owner"]
+    );
     f.source.superuser = true;
-    assert!(codes(&f, Severity::Error).is_empty(), "a superuser needs nothing more");
+    assert!(
+        codes(&f, Severity::Error).is_empty(),
+        "a superuser needs nothing more"
+    );
 }
 
 #[test]
 fn sequences_are_counted_owned_and_not() {
     let mut f = facts();
     f.sequences = vec![
-        Sequence { schema: "public".into(), name: "orders_id_seq".into(), owned_by: Some("public.orders.id".into()) },
-        Sequence { schema: "public".into(), name: "invoice_no".into(), owned_by: None },
+        Sequence {
+            schema: "public".into(),
+            name: "orders_id_seq".into(),
+            owned_by: Some("public.orders.id".into()),
+        },
+        Sequence {
+            schema: "public".into(),
+            name: "invoice_no".into(),
+            owned_by: None,
+        },
     ];
     let findings = preflight::rules(&f);
-    assert!(one(&findings, "sequences").message.starts_with("2 sequences (1 owned by a column, 1 not owned)"));
+    assert!(one(&findings, "sequences")
+        .message
+        .starts_with("2 sequences (1 owned by a column, 1 not owned)"));
 }
 
 #[test]
@@ -462,8 +677,16 @@ fn no_finding_ever_suggests_pgoptions() {
     f.target_tables[0].state = TargetState::HasRows;
     let findings = preflight::rules(&f);
     assert!(findings.len() >= 10, "{findings:#?}");
-    assert!(!texts(&findings).contains("PGOPTIONS"), "{}", texts(&findings));
+    assert!(
+        !texts(&findings).contains("PGOPTIONS"),
+        "{}",
+        texts(&findings)
+    );
     for trigger_mode in ["wal-level", "replication-privilege"] {
-        assert!(one(&findings, trigger_mode).fix.as_deref().unwrap().contains("mode = \"trigger\""));
+        assert!(one(&findings, trigger_mode)
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("mode = \"trigger\""));
     }
 }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use cutover_core::plan::SyncSettings;
 use cutover_core::Mode;
 use cutover_pg::inspect::Table;
-use cutover_pg::verify::{verify, CatchUp, KeyDiff, TableReport, VerifyEvent, VerifyOptions, VerifyReport};
+use cutover_pg::verify::{
+    verify, CatchUp, KeyDiff, TableReport, VerifyEvent, VerifyOptions, VerifyReport,
+};
 use cutover_pg::{literal, PgError, Side};
 use cutover_testkit::{Pair, Pg};
 
@@ -72,11 +74,17 @@ fn settings() -> SyncSettings {
 }
 
 async fn tables(pg: &Pg) -> Vec<Table> {
-    cutover_pg::inspect::tables(&pg.client().await, Side::Source, &settings()).await.unwrap()
+    cutover_pg::inspect::tables(&pg.client().await, Side::Source, &settings())
+        .await
+        .unwrap()
 }
 
 fn options(chunk_rows: u64) -> VerifyOptions {
-    VerifyOptions { chunk_rows, parallel: 3, catch_up_timeout: Duration::from_secs(60) }
+    VerifyOptions {
+        chunk_rows,
+        parallel: 3,
+        catch_up_timeout: Duration::from_secs(60),
+    }
 }
 
 async fn fixture() -> Pair {
@@ -88,19 +96,40 @@ async fn fixture() -> Pair {
 /// Verifies every table of the source with small chunks.
 async fn run(pair: &Pair, chunk_rows: u64) -> VerifyReport {
     let tables = tables(&pair.source).await;
-    verify(&pair.source.url(), &pair.target.url(), &tables, &options(chunk_rows), None, &|_| {}).await.unwrap()
+    verify(
+        &pair.source.url(),
+        &pair.target.url(),
+        &tables,
+        &options(chunk_rows),
+        None,
+        &|_| {},
+    )
+    .await
+    .unwrap()
 }
 
 fn table<'r>(report: &'r VerifyReport, name: &str) -> &'r TableReport {
-    report.tables.iter().find(|t| t.table == name).unwrap_or_else(|| panic!("no report for {name}"))
+    report
+        .tables
+        .iter()
+        .find(|t| t.table == name)
+        .unwrap_or_else(|| panic!("no report for {name}"))
 }
 
 fn unequal(report: &VerifyReport) -> Vec<&str> {
-    report.tables.iter().filter(|t| !t.equal).map(|t| t.table.as_str()).collect()
+    report
+        .tables
+        .iter()
+        .filter(|t| !t.equal)
+        .map(|t| t.table.as_str())
+        .collect()
 }
 
 fn diff(key: &[&str], kind: &'static str) -> KeyDiff {
-    KeyDiff { key: key.iter().map(|k| k.to_string()).collect(), kind }
+    KeyDiff {
+        key: key.iter().map(|k| k.to_string()).collect(),
+        kind,
+    }
 }
 
 fn bound(values: &[&str]) -> Option<Vec<String>> {
@@ -113,8 +142,16 @@ async fn equal_tables_verify_equal_in_many_chunks() {
     let tables = tables(&pair.source).await;
     let events = Mutex::new(vec![]);
     let progress = |e: VerifyEvent| events.lock().unwrap().push(e);
-    let report =
-        verify(&pair.source.url(), &pair.target.url(), &tables, &options(7), None, &progress).await.unwrap();
+    let report = verify(
+        &pair.source.url(),
+        &pair.target.url(),
+        &tables,
+        &options(7),
+        None,
+        &progress,
+    )
+    .await
+    .unwrap();
 
     assert!(report.equal, "{report:#?}");
     // (table, rows, chunks, method): chunks = 1 + (rows - 1) / 7, one for an empty table.
@@ -132,7 +169,15 @@ async fn equal_tables_verify_equal_in_many_chunks() {
     for (name, rows, chunks, method) in expected {
         let t = table(&report, name);
         assert_eq!(
-            (t.source_rows, t.target_rows, t.chunks, t.method, t.equal, t.mismatches.len(), &t.error),
+            (
+                t.source_rows,
+                t.target_rows,
+                t.chunks,
+                t.method,
+                t.equal,
+                t.mismatches.len(),
+                &t.error
+            ),
             (rows, rows, chunks, method, true, 0, &None),
             "{name}"
         );
@@ -149,8 +194,20 @@ async fn equal_tables_verify_equal_in_many_chunks() {
             })
             .collect();
         assert_eq!(of_table.len(), chunks + 2, "{name}");
-        assert_eq!(of_table[0], &VerifyEvent::TableStarted { table: name.into(), chunks });
-        assert_eq!(of_table[chunks + 1], &VerifyEvent::TableDone { table: name.into(), equal: true });
+        assert_eq!(
+            of_table[0],
+            &VerifyEvent::TableStarted {
+                table: name.into(),
+                chunks
+            }
+        );
+        assert_eq!(
+            of_table[chunks + 1],
+            &VerifyEvent::TableDone {
+                table: name.into(),
+                equal: true
+            }
+        );
     }
 
     let json = serde_json::to_value(&report).unwrap();
@@ -161,13 +218,18 @@ async fn equal_tables_verify_equal_in_many_chunks() {
 #[tokio::test]
 async fn one_changed_row_is_found_in_its_range() {
     let pair = fixture().await;
-    pair.target.exec("UPDATE orders SET amount = amount + 0.01 WHERE id = 123").await;
+    pair.target
+        .exec("UPDATE orders SET amount = amount + 0.01 WHERE id = 123")
+        .await;
     let report = run(&pair, 7).await;
 
     assert!(!report.equal);
     assert_eq!(unequal(&report), ["public.orders"]);
     let orders = table(&report, "public.orders");
-    assert_eq!((orders.source_rows, orders.target_rows, orders.chunks), (300, 300, 43));
+    assert_eq!(
+        (orders.source_rows, orders.target_rows, orders.chunks),
+        (300, 300, 43)
+    );
     assert_eq!(orders.mismatches.len(), 1, "{:#?}", orders.mismatches);
     let m = &orders.mismatches[0];
     // Ranges start at every 7th id: 1 (open), 8, 15, ..., 120, 127, ...
@@ -179,7 +241,11 @@ async fn one_changed_row_is_found_in_its_range() {
 #[tokio::test]
 async fn missing_extra_and_different_rows_are_named_with_any_key_type() {
     let pair = fixture().await;
-    let gone = pair.source.value("SELECT md5('acct7')::uuid::text").await.unwrap();
+    let gone = pair
+        .source
+        .value("SELECT md5('acct7')::uuid::text")
+        .await
+        .unwrap();
     pair.target
         .exec(&format!(
             r#"DELETE FROM "Sales"."Customer Accounts" WHERE "AccountId" = '{gone}';
@@ -198,26 +264,42 @@ async fn missing_extra_and_different_rows_are_named_with_any_key_type() {
     names.sort();
     assert_eq!(
         names,
-        ["Sales.Customer Accounts", "Sales.codes", "public.devices", "public.events", "public.line_items", "public.orders"]
+        [
+            "Sales.Customer Accounts",
+            "Sales.codes",
+            "public.devices",
+            "public.events",
+            "public.line_items",
+            "public.orders"
+        ]
     );
 
     let accounts = table(&report, "Sales.Customer Accounts");
     assert_eq!((accounts.source_rows, accounts.target_rows), (120, 119));
     assert_eq!(accounts.mismatches.len(), 1);
-    assert_eq!(accounts.mismatches[0].first_keys, [diff(&[&gone], "missing on target")]);
+    assert_eq!(
+        accounts.mismatches[0].first_keys,
+        [diff(&[&gone], "missing on target")]
+    );
 
     let items = table(&report, "public.line_items");
     assert_eq!(items.mismatches.len(), 1);
     let m = &items.mismatches[0];
     // Row 148 in key order is (50, 1) and row 155 is (52, 2).
-    assert_eq!((&m.from, &m.to), (&bound(&["50", "1"]), &bound(&["52", "2"])));
+    assert_eq!(
+        (&m.from, &m.to),
+        (&bound(&["50", "1"]), &bound(&["52", "2"]))
+    );
     assert_eq!((m.source_rows, m.target_rows), (7, 8));
     assert_eq!(m.first_keys, [diff(&["50", "4"], "extra on target")]);
 
     // Three differences in one range of a text key, listed in key order.
     let codes = table(&report, "Sales.codes");
     assert_eq!(codes.mismatches.len(), 1);
-    assert_eq!((&codes.mismatches[0].from, &codes.mismatches[0].to), (&bound(&["code-0008B"]), &bound(&["code-0015a"])));
+    assert_eq!(
+        (&codes.mismatches[0].from, &codes.mismatches[0].to),
+        (&bound(&["code-0008B"]), &bound(&["code-0015a"]))
+    );
     assert_eq!(
         codes.mismatches[0].first_keys,
         [
@@ -229,20 +311,32 @@ async fn missing_extra_and_different_rows_are_named_with_any_key_type() {
 
     let events = table(&report, "public.events");
     assert_eq!(events.mismatches.len(), 1);
-    assert_eq!(events.mismatches[0].first_keys, [diff(&["2024-11-11", "10"], "different")]);
+    assert_eq!(
+        events.mismatches[0].first_keys,
+        [diff(&["2024-11-11", "10"], "different")]
+    );
 
     let devices = table(&report, "public.devices");
     assert_eq!(devices.method, "chunked");
     assert_eq!(devices.mismatches.len(), 1);
-    assert_eq!(devices.mismatches[0].first_keys, [diff(&["dev-3"], "different")]);
+    assert_eq!(
+        devices.mismatches[0].first_keys,
+        [diff(&["dev-3"], "different")]
+    );
 
     let orders = table(&report, "public.orders");
     assert_eq!((orders.source_rows, orders.target_rows), (300, 299));
     assert_eq!(orders.mismatches.len(), 1);
-    assert_eq!((&orders.mismatches[0].from, &orders.mismatches[0].to), (&bound(&["197"]), &bound(&["204"])));
+    assert_eq!(
+        (&orders.mismatches[0].from, &orders.mismatches[0].to),
+        (&bound(&["197"]), &bound(&["204"]))
+    );
     assert_eq!(
         orders.mismatches[0].first_keys,
-        [diff(&["199"], "missing on target"), diff(&["202"], "different")]
+        [
+            diff(&["199"], "missing on target"),
+            diff(&["202"], "different")
+        ]
     );
 }
 
@@ -259,17 +353,26 @@ async fn a_table_without_a_key_is_compared_whole() {
     let report = run(&pair, 7).await;
     assert_eq!(unequal(&report), ["public.audit_log"]);
     let log = table(&report, "public.audit_log");
-    assert_eq!((log.method, log.chunks, log.source_rows, log.target_rows), ("whole", 1, 50, 50));
+    assert_eq!(
+        (log.method, log.chunks, log.source_rows, log.target_rows),
+        ("whole", 1, 50, 50)
+    );
     assert_eq!(log.mismatches.len(), 1);
     let m = &log.mismatches[0];
-    assert_eq!((&m.from, &m.to, m.source_rows, m.target_rows), (&None, &None, 50, 50));
+    assert_eq!(
+        (&m.from, &m.to, m.source_rows, m.target_rows),
+        (&None, &None, 50, 50)
+    );
     let mut keys = m.first_keys.clone();
     keys.sort_by_key(|k| k.kind);
     assert_eq!(
         keys,
         [
             diff(&[r#"("2024-06-01 12:00:00+00",zz,new)"#], "extra on target"),
-            diff(&[r#"("2024-05-01 00:03:00+00",u0,"did 3")"#], "missing on target"),
+            diff(
+                &[r#"("2024-05-01 00:03:00+00",u0,"did 3")"#],
+                "missing on target"
+            ),
         ]
     );
 }
@@ -297,8 +400,14 @@ async fn a_table_missing_or_different_on_the_target_is_reported_and_the_rest_che
     let report = run(&pair, 4).await;
     assert!(!report.equal);
     let gone = table(&report, "public.gone");
-    assert_eq!(gone.error.as_deref(), Some("missing on target; run `cutover db sync`"));
-    assert_eq!((gone.equal, gone.chunks, gone.mismatches.len()), (false, 0, 0));
+    assert_eq!(
+        gone.error.as_deref(),
+        Some("missing on target; run `cutover db sync`")
+    );
+    assert_eq!(
+        (gone.equal, gone.chunks, gone.mismatches.len()),
+        (false, 0, 0)
+    );
     let narrow = table(&report, "public.narrow");
     assert_eq!(
         narrow.error.as_deref(),
@@ -320,7 +429,10 @@ async fn wait_until(pg: &Pg, sql: &str, want: &str) {
         if got.as_deref() == Some(want) {
             return;
         }
-        assert!(Instant::now() < deadline, "{sql} still returns {got:?}, not {want}");
+        assert!(
+            Instant::now() < deadline,
+            "{sql} still returns {got:?}, not {want}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -331,8 +443,20 @@ async fn check(
     catch_up: Option<&CatchUp>,
     timeout: Duration,
 ) -> Result<VerifyReport, PgError> {
-    let options = VerifyOptions { chunk_rows: 7, parallel: 2, catch_up_timeout: timeout };
-    verify(&pair.source.url(), &pair.target.url(), tables, &options, catch_up, &|_| {}).await
+    let options = VerifyOptions {
+        chunk_rows: 7,
+        parallel: 2,
+        catch_up_timeout: timeout,
+    };
+    verify(
+        &pair.source.url(),
+        &pair.target.url(),
+        tables,
+        &options,
+        catch_up,
+        &|_| {},
+    )
+    .await
 }
 
 #[tokio::test]
@@ -350,10 +474,17 @@ async fn under_live_replication_verify_waits_for_the_target_to_catch_up() {
             literal(conninfo.expose())
         ))
         .await;
-    wait_until(&pair.target, "SELECT count(*) FILTER (WHERE srsubstate = 'r') FROM pg_subscription_rel", "1").await;
+    wait_until(
+        &pair.target,
+        "SELECT count(*) FILTER (WHERE srsubstate = 'r') FROM pg_subscription_rel",
+        "1",
+    )
+    .await;
 
     let tables = tables(&pair.source).await;
-    let slot = CatchUp { slot: "s_slot".into() };
+    let slot = CatchUp {
+        slot: "s_slot".into(),
+    };
     let check = |catch_up, timeout| check(&pair, &tables, catch_up, timeout);
     let write = "UPDATE t SET v = 'changed' WHERE id IN (5, 50, 150); DELETE FROM t WHERE id = 77;
                  INSERT INTO t SELECT i, 'new' || i FROM generate_series(201, 230) i;";
@@ -366,12 +497,41 @@ async fn under_live_replication_verify_waits_for_the_target_to_catch_up() {
 
     // Replication stopped: the differences stay, after one wait of the timeout.
     pair.target.exec("ALTER SUBSCRIPTION s DISABLE").await;
-    wait_until(&pair.target, "SELECT count(pid) FROM pg_stat_subscription WHERE subname = 's'", "0").await;
-    wait_until(&pair.source, "SELECT active FROM pg_replication_slots WHERE slot_name = 's_slot'", "f").await;
-    pair.source.exec(&write.replace("'changed'", "'again'").replace("201, 230", "231, 240")).await;
+    wait_until(
+        &pair.target,
+        "SELECT count(pid) FROM pg_stat_subscription WHERE subname = 's'",
+        "0",
+    )
+    .await;
+    wait_until(
+        &pair.source,
+        "SELECT active FROM pg_replication_slots WHERE slot_name = 's_slot'",
+        "f",
+    )
+    .await;
+    pair.source
+        .exec(
+            &write
+                .replace("'changed'", "'again'")
+                .replace("201, 230", "231, 240"),
+        )
+        .await;
     // Ids 5, 50 and 150 changed; 231..240 added, in the ranges from 226, 233 and 240.
-    let ranges = |r: &VerifyReport| -> Vec<Option<Vec<String>>> { r.tables[0].mismatches.iter().map(|m| m.from.clone()).collect() };
-    let expected = [None, bound(&["50"]), bound(&["149"]), bound(&["226"]), bound(&["233"]), bound(&["240"])];
+    let ranges = |r: &VerifyReport| -> Vec<Option<Vec<String>>> {
+        r.tables[0]
+            .mismatches
+            .iter()
+            .map(|m| m.from.clone())
+            .collect()
+    };
+    let expected = [
+        None,
+        bound(&["50"]),
+        bound(&["149"]),
+        bound(&["226"]),
+        bound(&["233"]),
+        bound(&["240"]),
+    ];
     let report = check(None, Duration::from_secs(60)).await.unwrap();
     assert_eq!(ranges(&report), expected, "{report:#?}");
     let report = check(Some(&slot), Duration::from_secs(1)).await.unwrap();
@@ -382,10 +542,17 @@ async fn under_live_replication_verify_waits_for_the_target_to_catch_up() {
     pair.target.exec("ALTER SUBSCRIPTION s ENABLE").await;
     let report = check(Some(&slot), Duration::from_secs(60)).await.unwrap();
     assert!(report.equal, "{report:#?}");
-    assert_eq!((report.tables[0].source_rows, report.tables[0].target_rows), (239, 239));
+    assert_eq!(
+        (report.tables[0].source_rows, report.tables[0].target_rows),
+        (239, 239)
+    );
 
-    let wrong = CatchUp { slot: "nope".into() };
-    let err = check(Some(&wrong), Duration::from_secs(1)).await.unwrap_err();
+    let wrong = CatchUp {
+        slot: "nope".into(),
+    };
+    let err = check(Some(&wrong), Duration::from_secs(1))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PgError::Refused(_)));
     assert_eq!(
         err.to_string(),

@@ -27,10 +27,17 @@ fn random_name(prefix: &str) -> String {
 impl Pg {
     /// Starts a cluster and creates a fresh database on it.
     pub async fn start(options: ClusterOptions, side: Side) -> Pg {
-        let cluster = LocalCluster::start(options).await.unwrap_or_else(|e| panic!("start PostgreSQL: {e}"));
+        let cluster = LocalCluster::start(options)
+            .await
+            .unwrap_or_else(|e| panic!("start PostgreSQL: {e}"));
         let db = random_name("t");
-        let admin = connect(&cluster.url("postgres"), side).await.expect("connect as postgres");
-        admin.batch_execute(&format!("CREATE DATABASE {db}")).await.expect("create the test database");
+        let admin = connect(&cluster.url("postgres"), side)
+            .await
+            .expect("connect as postgres");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .expect("create the test database");
         Pg { cluster, db, side }
     }
 
@@ -41,17 +48,28 @@ impl Pg {
 
     /// A connection as the superuser to this test's database.
     pub async fn client(&self) -> Client {
-        connect(&self.url(), self.side).await.expect("connect to the test database")
+        connect(&self.url(), self.side)
+            .await
+            .expect("connect to the test database")
     }
 
     /// Runs SQL as the superuser.
     pub async fn exec(&self, sql: &str) {
-        self.client().await.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        self.client()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
     /// One value of a query, as text.
     pub async fn value(&self, sql: &str) -> Option<String> {
-        let rows = self.client().await.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        let rows = self
+            .client()
+            .await
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         rows.iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
             _ => None,
@@ -61,9 +79,14 @@ impl Pg {
     /// Creates a login role with `attributes` (e.g. "NOSUPERUSER NOREPLICATION") and returns its URL.
     pub async fn role(&self, name: &str, attributes: &str) -> ConnString {
         let password = cutover_pg::local::random_password();
-        self.exec(&format!("CREATE ROLE {name} LOGIN {attributes} PASSWORD '{password}'")).await;
-        self.exec(&format!("GRANT ALL ON DATABASE {} TO {name}", self.db)).await;
-        self.cluster.url_as(name, Some(Secret::new(password)), &self.db)
+        self.exec(&format!(
+            "CREATE ROLE {name} LOGIN {attributes} PASSWORD '{password}'"
+        ))
+        .await;
+        self.exec(&format!("GRANT ALL ON DATABASE {} TO {name}", self.db))
+            .await;
+        self.cluster
+            .url_as(name, Some(Secret::new(password)), &self.db)
     }
 }
 
@@ -81,13 +104,25 @@ impl Pair {
 
     /// A Heroku-like source: `wal_level = replica`.
     pub async fn heroku_like() -> Pair {
-        Self::with(ClusterOptions { wal_level: WalLevel::Replica, ..Default::default() }, ClusterOptions::default())
-            .await
+        Self::with(
+            ClusterOptions {
+                wal_level: WalLevel::Replica,
+                ..Default::default()
+            },
+            ClusterOptions::default(),
+        )
+        .await
     }
 
     pub async fn with(source: ClusterOptions, target: ClusterOptions) -> Pair {
-        let (s, t) = tokio::join!(Pg::start(source, Side::Source), Pg::start(target, Side::Target));
-        Pair { source: s, target: t }
+        let (s, t) = tokio::join!(
+            Pg::start(source, Side::Source),
+            Pg::start(target, Side::Target)
+        );
+        Pair {
+            source: s,
+            target: t,
+        }
     }
 
     /// A plan file's text pointing at this pair through the given environment variables.

@@ -60,16 +60,26 @@ pub fn render(r: &Report) -> String {
                 t.display(),
                 t.rows_estimate.to_string(),
                 output::bytes(t.bytes),
-                if t.primary_key.is_empty() { "-".into() } else { t.primary_key.join(",") },
+                if t.primary_key.is_empty() {
+                    "-".into()
+                } else {
+                    t.primary_key.join(",")
+                },
                 identity(t),
                 notes.join("; "),
             ]
         })
         .collect();
-    out.push_str(&output::table(&["TABLE", "ROWS~", "SIZE", "PRIMARY KEY", "IDENTITY", "NOTES"], &rows));
+    out.push_str(&output::table(
+        &["TABLE", "ROWS~", "SIZE", "PRIMARY KEY", "IDENTITY", "NOTES"],
+        &rows,
+    ));
     if !r.sequences.is_empty() {
         let owned = r.sequences.iter().filter(|s| s.owned_by.is_some()).count();
-        out.push_str(&format!("{} sequences ({owned} owned by a column)\n", r.sequences.len()));
+        out.push_str(&format!(
+            "{} sequences ({owned} owned by a column)\n",
+            r.sequences.len()
+        ));
     }
     out.push('\n');
     let mut findings: Vec<_> = r.findings.iter().collect();
@@ -80,7 +90,10 @@ pub fn render(r: &Report) -> String {
             Severity::Warning => "WARNING",
             Severity::Info => "info   ",
         };
-        out.push_str(&format!("{label} {} [{}]: {}\n", f.subject, f.code, f.message));
+        out.push_str(&format!(
+            "{label} {} [{}]: {}\n",
+            f.subject, f.code, f.message
+        ));
         if let Some(fix) = &f.fix {
             out.push_str(&format!("        fix: {fix}\n"));
         }

@@ -22,10 +22,14 @@ pub async fn run(g: &Global, args: CleanupArgs) -> anyhow::Result<i32> {
     let run = journal.begin_run("db cleanup")?;
     let steps = cutover_core::engine::Steps::new(&journal, run, &crate::progress::step_printer);
     let result = steps
-        .run("cleanup", "drop subscription, slots and publication", || async {
-            let removed = cutover_pg::cleanup::cleanup(&plan).await?;
-            Ok::<_, cutover_pg::PgError>(Removed(removed))
-        })
+        .run(
+            "cleanup",
+            "drop subscription, slots and publication",
+            || async {
+                let removed = cutover_pg::cleanup::cleanup(&plan).await?;
+                Ok::<_, cutover_pg::PgError>(Removed(removed))
+            },
+        )
         .await;
     journal.end_run(run, if result.is_ok() { "ok" } else { "failed" })?;
     let removed = result?.0;
@@ -48,7 +52,11 @@ impl cutover_core::engine::Outcome for Removed {
         if self.0.is_empty() {
             "nothing to remove".into()
         } else {
-            let names: Vec<String> = self.0.iter().map(|r| format!("{} {}", r.kind, r.name)).collect();
+            let names: Vec<String> = self
+                .0
+                .iter()
+                .map(|r| format!("{} {}", r.kind, r.name))
+                .collect();
             format!("removed {}", names.join(", "))
         }
     }

@@ -79,7 +79,15 @@ struct Summary {
 }
 
 fn clean_env(cmd: &mut tokio::process::Command, url: &ConnString) {
-    for var in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE", "PGOPTIONS"] {
+    for var in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+        "PGSERVICE",
+        "PGOPTIONS",
+    ] {
         cmd.env_remove(var);
     }
     cmd.envs(url.libpq_env());
@@ -88,11 +96,15 @@ fn clean_env(cmd: &mut tokio::process::Command, url: &ConnString) {
 async fn pgbench_init(url: &ConnString, scale: u32) -> anyhow::Result<()> {
     let bin = cutover_pg::local::bindir()?.join("pgbench");
     let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(["-i", "-q", "-s", &scale.to_string()]).stdin(Stdio::null());
+    cmd.args(["-i", "-q", "-s", &scale.to_string()])
+        .stdin(Stdio::null());
     clean_env(&mut cmd, url);
     let out = cmd.output().await.context("run pgbench -i")?;
     if !out.status.success() {
-        anyhow::bail!("pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -101,35 +113,72 @@ async fn pgbench_init(url: &ConnString, scale: u32) -> anyhow::Result<()> {
 fn start_load(url: &ConnString, rate: u32) -> anyhow::Result<tokio::process::Child> {
     let bin = cutover_pg::local::bindir()?.join("pgbench");
     let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(["-n", "-c", "2", "-j", "1", "-R", &rate.to_string(), "-T", "3600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    cmd.args([
+        "-n",
+        "-c",
+        "2",
+        "-j",
+        "1",
+        "-R",
+        &rate.to_string(),
+        "-T",
+        "3600",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
     clean_env(&mut cmd, url);
     cmd.spawn().context("start pgbench")
 }
 
 async fn stop_load(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
 
-fn plan_for(dir: &Path, source: &ConnString, target: &ConnString, source_pw: &str, target_pw: &str) -> anyhow::Result<Plan> {
-    let text = cutover_core::plan::template("${CUTOVER_DEMO_SOURCE_URL}", "${CUTOVER_DEMO_TARGET_URL}");
+fn plan_for(
+    dir: &Path,
+    source: &ConnString,
+    target: &ConnString,
+    source_pw: &str,
+    target_pw: &str,
+) -> anyhow::Result<Plan> {
+    let text =
+        cutover_core::plan::template("${CUTOVER_DEMO_SOURCE_URL}", "${CUTOVER_DEMO_TARGET_URL}");
     let path = dir.join("cutover.toml");
     std::fs::write(&path, &text)?;
-    let url = |c: &ConnString, pw: &str| format!("postgres://{}:{pw}@{}:{}/{}?sslmode=disable", c.user, c.host, c.port, c.dbname);
+    let url = |c: &ConnString, pw: &str| {
+        format!(
+            "postgres://{}:{pw}@{}:{}/{}?sslmode=disable",
+            c.user, c.host, c.port, c.dbname
+        )
+    };
     let mut env = BTreeMap::new();
-    env.insert("CUTOVER_DEMO_SOURCE_URL".to_string(), url(source, source_pw));
-    env.insert("CUTOVER_DEMO_TARGET_URL".to_string(), url(target, target_pw));
+    env.insert(
+        "CUTOVER_DEMO_SOURCE_URL".to_string(),
+        url(source, source_pw),
+    );
+    env.insert(
+        "CUTOVER_DEMO_TARGET_URL".to_string(),
+        url(target, target_pw),
+    );
     // For `--keep`: the variables the plan refers to, in a file only its owner can read, so
     // the user can run cutover against the kept clusters without a password being printed.
-    let exports: String = env.iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect();
+    let exports: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}='{v}'\n"))
+        .collect();
     write_private(&dir.join("demo.env"), &exports)?;
     Ok(cutover_core::plan::parse(&text, &path, &env)?)
 }
@@ -137,30 +186,54 @@ fn plan_for(dir: &Path, source: &ConnString, target: &ConnString, source_pw: &st
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }
 
 pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
-    eprintln!("starting two local PostgreSQL clusters (source: wal_level=logical; target: empty)...");
+    eprintln!(
+        "starting two local PostgreSQL clusters (source: wal_level=logical; target: empty)..."
+    );
     let (source, target) = tokio::join!(
-        LocalCluster::start(ClusterOptions { wal_level: WalLevel::Logical, ..Default::default() }),
+        LocalCluster::start(ClusterOptions {
+            wal_level: WalLevel::Logical,
+            ..Default::default()
+        }),
         LocalCluster::start(ClusterOptions::default())
     );
     let (source, target) = (source?, target?);
     output::hide_in_logs([source.password().clone(), target.password().clone()]);
     for c in [&source, &target] {
-        connect(&c.url("postgres"), Side::Source).await?.batch_execute("CREATE DATABASE shop").await?;
+        connect(&c.url("postgres"), Side::Source)
+            .await?
+            .batch_execute("CREATE DATABASE shop")
+            .await?;
     }
     let (src_url, dst_url) = (source.url("shop"), target.url("shop"));
     eprintln!("source {src_url}\ntarget {dst_url}");
-    eprintln!("loading demo data (pgbench scale {} and a shop schema)...", args.scale);
+    eprintln!(
+        "loading demo data (pgbench scale {} and a shop schema)...",
+        args.scale
+    );
     pgbench_init(&src_url, args.scale).await?;
-    connect(&src_url, Side::Source).await?.batch_execute(SHOP_SCHEMA).await?;
+    connect(&src_url, Side::Source)
+        .await?
+        .batch_execute(SHOP_SCHEMA)
+        .await?;
 
     let dir = tempfile::Builder::new().prefix("cutover-demo-").tempdir()?;
-    let plan = plan_for(dir.path(), &src_url, &dst_url, source.password().expose(), target.password().expose())?;
+    let plan = plan_for(
+        dir.path(),
+        &src_url,
+        &dst_url,
+        source.password().expose(),
+        target.password().expose(),
+    )?;
     // On Ctrl-C or SIGTERM the clusters are still stopped and removed (their Drop runs).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let summary = tokio::select! {
@@ -176,7 +249,9 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
     if args.keep {
         let kept = dir.keep();
         let k = kept.display();
-        eprintln!("\nkept the plan and journal in {k}; the clusters run until Ctrl-C. To use them:");
+        eprintln!(
+            "\nkept the plan and journal in {k}; the clusters run until Ctrl-C. To use them:"
+        );
         eprintln!("  . {k}/demo.env    # the URLs the plan refers to (readable by you only)");
         eprintln!("  cutover --plan {k}/cutover.toml status");
         eprintln!("  cutover --plan {k}/cutover.toml check");
@@ -185,17 +260,35 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
             _ = term.recv() => {}
         }
     }
-    Ok(if summary.verification == "equal" { 0 } else { 1 })
+    Ok(if summary.verification == "equal" {
+        0
+    } else {
+        1
+    })
 }
 
-async fn migrate(g: &Global, args: &DemoArgs, plan: &Plan, src_url: &ConnString) -> anyhow::Result<Summary> {
+async fn migrate(
+    g: &Global,
+    args: &DemoArgs,
+    plan: &Plan,
+    src_url: &ConnString,
+) -> anyhow::Result<Summary> {
     let report = cutover_pg::preflight::check(plan).await?;
     eprintln!("\ncutover check:");
-    for f in report.findings.iter().filter(|f| f.severity != cutover_pg::preflight::Severity::Info) {
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.severity != cutover_pg::preflight::Severity::Info)
+    {
         eprintln!("  {:?} {}: {}", f.severity, f.subject, f.message);
     }
-    if report.errors().any(|f| f.subject == "public.pgbench_history") {
-        eprintln!("  → fixing it the first way check suggests: a primary key for public.pgbench_history");
+    if report
+        .errors()
+        .any(|f| f.subject == "public.pgbench_history")
+    {
+        eprintln!(
+            "  → fixing it the first way check suggests: a primary key for public.pgbench_history"
+        );
         connect(src_url, Side::Source)
             .await?
             .batch_execute("ALTER TABLE public.pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
@@ -203,7 +296,10 @@ async fn migrate(g: &Global, args: &DemoArgs, plan: &Plan, src_url: &ConnString)
     }
 
     let mut load = start_load(src_url, args.rate)?;
-    eprintln!("\nwrite load running on the source ({} transactions/s) during the copy\n", args.rate);
+    eprintln!(
+        "\nwrite load running on the source ({} transactions/s) during the copy\n",
+        args.rate
+    );
     let journal = Journal::open(&plan.journal_path())?;
     let run = journal.begin_run("demo: db sync")?;
     let steps = Steps::new(&journal, run, &step_printer);
@@ -221,12 +317,20 @@ async fn migrate(g: &Global, args: &DemoArgs, plan: &Plan, src_url: &ConnString)
         }
     };
     let time_to_synced = started.elapsed();
-    eprintln!("\nall tables ready after {}; the subscription keeps following", output::millis(time_to_synced.as_millis() as u64));
+    eprintln!(
+        "\nall tables ready after {}; the subscription keeps following",
+        output::millis(time_to_synced.as_millis() as u64)
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = cutover_pg::status::status(plan, Duration::from_secs(1)).await?;
     eprintln!(
         "db status under load: lag {}, apply rate {}/s",
-        status.slot.as_ref().and_then(|s| s.lag_bytes).map(output::bytes).unwrap_or_default(),
+        status
+            .slot
+            .as_ref()
+            .and_then(|s| s.lag_bytes)
+            .map(output::bytes)
+            .unwrap_or_default(),
         output::bytes(status.apply_rate_bps.unwrap_or(0.0) as i64)
     );
     stop_load(&mut load).await;
@@ -242,7 +346,9 @@ async fn migrate(g: &Global, args: &DemoArgs, plan: &Plan, src_url: &ConnString)
     let verify_args = VerifyArgs { tables: vec![] };
     let report = steps
         .run("verify", "compare every table", || async {
-            super::verify::verify(plan, &verify_args).await.map(super::verify::Verified)
+            super::verify::verify(plan, &verify_args)
+                .await
+                .map(super::verify::Verified)
         })
         .await
         .map(|v| v.0);
@@ -263,7 +369,10 @@ async fn migrate(g: &Global, args: &DemoArgs, plan: &Plan, src_url: &ConnString)
         lag_bytes_at_end: lag,
         verification: if report.equal { "equal" } else { "DIFFERENT" },
         tables_equal: report.tables.iter().filter(|t| t.equal).count(),
-        removed: removed.iter().map(|r| format!("{} {} ({})", r.kind, r.name, r.side)).collect(),
+        removed: removed
+            .iter()
+            .map(|r| format!("{} {} ({})", r.kind, r.name, r.side))
+            .collect(),
         journal: plan.journal_path().display().to_string(),
     })
 }
@@ -273,9 +382,25 @@ fn print_summary(s: &Summary) {
     println!("  tables            {}", s.tables);
     println!("  rows              {}", s.rows);
     println!("  bytes             {}", output::bytes(s.bytes));
-    println!("  writes in copy    {} transactions on the source while it ran", s.writes_during_copy);
-    println!("  time to synced    {}", output::millis(s.time_to_synced_ms));
+    println!(
+        "  writes in copy    {} transactions on the source while it ran",
+        s.writes_during_copy
+    );
+    println!(
+        "  time to synced    {}",
+        output::millis(s.time_to_synced_ms)
+    );
     println!("  lag at the end    {}", output::bytes(s.lag_bytes_at_end));
-    println!("  verification      {} ({} of {} tables equal)", s.verification, s.tables_equal, s.tables);
-    println!("  cleanup           removed {}", if s.removed.is_empty() { "nothing".into() } else { s.removed.join(", ") });
+    println!(
+        "  verification      {} ({} of {} tables equal)",
+        s.verification, s.tables_equal, s.tables
+    );
+    println!(
+        "  cleanup           removed {}",
+        if s.removed.is_empty() {
+            "nothing".into()
+        } else {
+            s.removed.join(", ")
+        }
+    );
 }

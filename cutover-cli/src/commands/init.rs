@@ -8,12 +8,15 @@ fn reference(flag: &str, given: &str, preferred: &str) -> anyhow::Result<String>
     if given.trim_start().starts_with("${") {
         return Ok(given.to_string());
     }
-    let parsed = cutover_core::ConnString::parse(given).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?;
+    let parsed =
+        cutover_core::ConnString::parse(given).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?;
     if std::env::var(preferred).is_ok_and(|v| v == given) {
         return Ok(format!("${{{preferred}}}"));
     }
-    let mut matches: Vec<String> =
-        std::env::vars().filter(|(_, v)| v == given).map(|(k, _)| k).collect();
+    let mut matches: Vec<String> = std::env::vars()
+        .filter(|(_, v)| v == given)
+        .map(|(k, _)| k)
+        .collect();
     matches.sort();
     if let Some(name) = matches.first() {
         return Ok(format!("${{{name}}}"));
@@ -31,15 +34,23 @@ pub fn run(g: &Global, args: InitArgs) -> anyhow::Result<i32> {
     let source = reference("source-url", &args.source_url, "SOURCE_DATABASE_URL")?;
     let target = reference("target-url", &args.target_url, "TARGET_DATABASE_URL")?;
     if g.plan.exists() && !args.force {
-        anyhow::bail!("{} already exists; pass --force to overwrite it", g.plan.display());
+        anyhow::bail!(
+            "{} already exists; pass --force to overwrite it",
+            g.plan.display()
+        );
     }
     let text = cutover_core::plan::template(&source, &target);
     std::fs::write(&g.plan, text)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", g.plan.display()))?;
     if g.json {
-        crate::output::json(&serde_json::json!({ "plan": g.plan, "source_url": source, "target_url": target }))?;
+        crate::output::json(
+            &serde_json::json!({ "plan": g.plan, "source_url": source, "target_url": target }),
+        )?;
     } else {
-        println!("wrote {} (source.url = \"{source}\", target.url = \"{target}\")", g.plan.display());
+        println!(
+            "wrote {} (source.url = \"{source}\", target.url = \"{target}\")",
+            g.plan.display()
+        );
         println!("next: cutover check");
     }
     Ok(0)

@@ -8,7 +8,10 @@ use crate::output;
 pub fn run(g: &Global) -> anyhow::Result<i32> {
     let path = cutover_core::plan::journal_path_for(&g.plan);
     if !path.exists() {
-        anyhow::bail!("no journal at {} yet; it is written by `cutover db sync` and the other commands", path.display());
+        anyhow::bail!(
+            "no journal at {} yet; it is written by `cutover db sync` and the other commands",
+            path.display()
+        );
     }
     let journal = cutover_core::Journal::open(&path)?;
     let runs = journal.timeline()?;
@@ -21,8 +24,17 @@ pub fn run(g: &Global) -> anyhow::Result<i32> {
             (Some(o), _) => o.clone(),
             (None, _) => "interrupted (no outcome recorded)".to_string(),
         };
-        let took = run.ended_ms.map(|e| format!(", {}", output::millis((e - run.started_ms).max(0) as u64)));
-        println!("run {} · {} · {} · {}{}", run.id, output::timestamp(run.started_ms), run.command, outcome, took.unwrap_or_default());
+        let took = run
+            .ended_ms
+            .map(|e| format!(", {}", output::millis((e - run.started_ms).max(0) as u64)));
+        println!(
+            "run {} · {} · {} · {}{}",
+            run.id,
+            output::timestamp(run.started_ms),
+            run.command,
+            outcome,
+            took.unwrap_or_default()
+        );
         for step in &run.steps {
             let (mark, text) = match step.status {
                 Some(Status::Ok) => ("✓", step.outcome.clone().unwrap_or_default()),
@@ -30,8 +42,15 @@ pub fn run(g: &Global) -> anyhow::Result<i32> {
                 Some(Status::Failed) => ("✗", step.outcome.clone().unwrap_or_default()),
                 None => ("…", format!("{} (stopped before it finished)", step.intent)),
             };
-            let took = step.duration_ms.map(|d| format!(" ({})", output::millis(d as u64))).unwrap_or_default();
-            println!("  {mark} {}  {}{took}: {text}", output::timestamp(step.started_ms), step.step);
+            let took = step
+                .duration_ms
+                .map(|d| format!(" ({})", output::millis(d as u64)))
+                .unwrap_or_default();
+            println!(
+                "  {mark} {}  {}{took}: {text}",
+                output::timestamp(step.started_ms),
+                step.step
+            );
         }
     }
     if runs.is_empty() {

@@ -40,8 +40,14 @@ pub async fn run(cli: Cli) -> i32 {
 
 /// Prints an error: one line per problem, the cause chain only with -v.
 fn report(g: &crate::cli::Global, e: &anyhow::Error) {
-    let secrets = plan::load(&g.plan, &ProcessEnv).map(|p| p.secrets()).unwrap_or_default();
-    let text = if g.verbose > 0 { format!("{e:#}") } else { e.to_string() };
+    let secrets = plan::load(&g.plan, &ProcessEnv)
+        .map(|p| p.secrets())
+        .unwrap_or_default();
+    let text = if g.verbose > 0 {
+        format!("{e:#}")
+    } else {
+        e.to_string()
+    };
     let text = cutover_core::redact(&text, secrets.iter());
     if g.json {
         let _ = crate::output::json(&serde_json::json!({ "error": text }));

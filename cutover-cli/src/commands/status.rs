@@ -9,7 +9,11 @@ use crate::output;
 
 pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<i32> {
     let plan = super::load_plan(&g.plan)?;
-    let interval = if args.watch { plan.status.refresh } else { std::time::Duration::from_secs(1) };
+    let interval = if args.watch {
+        plan.status.refresh
+    } else {
+        std::time::Duration::from_secs(1)
+    };
     loop {
         let status = tokio::select! {
             s = cutover_pg::status::status(&plan, interval) => s?,
@@ -34,19 +38,33 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<i32> {
 }
 
 fn rate(r: Option<f64>) -> String {
-    r.map(|v| format!("{}/s", output::bytes(v.max(0.0) as i64))).unwrap_or_else(|| "-".into())
+    r.map(|v| format!("{}/s", output::bytes(v.max(0.0) as i64)))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn render(s: &Status) -> String {
     let mut out = String::new();
-    let lag = s.slot.as_ref().and_then(|x| x.lag_bytes).map(output::bytes).unwrap_or_else(|| "-".into());
-    let retained = s.slot.as_ref().and_then(|x| x.retained_bytes).map(output::bytes).unwrap_or_else(|| "-".into());
+    let lag = s
+        .slot
+        .as_ref()
+        .and_then(|x| x.lag_bytes)
+        .map(output::bytes)
+        .unwrap_or_else(|| "-".into());
+    let retained = s
+        .slot
+        .as_ref()
+        .and_then(|x| x.retained_bytes)
+        .map(output::bytes)
+        .unwrap_or_else(|| "-".into());
     let eta = match s.eta_seconds {
         Some(e) if e < 1.0 => "caught up".to_string(),
         Some(e) => output::millis((e * 1000.0) as u64),
         None => "- (not gaining)".to_string(),
     };
-    out.push_str(&format!("lag           {lag} (source WAL at {})\n", s.source_lsn));
+    out.push_str(&format!(
+        "lag           {lag} (source WAL at {})\n",
+        s.source_lsn
+    ));
     out.push_str(&format!("retained WAL  {retained}\n"));
     out.push_str(&format!(
         "apply rate    {}   source writes {}   ETA {eta}\n",
@@ -58,7 +76,11 @@ fn render(s: &Status) -> String {
             "subscription  {} {}, apply worker {}, {} worker errors\n",
             sub.name,
             if sub.enabled { "enabled" } else { "DISABLED" },
-            if sub.worker_running { "running" } else { "not running" },
+            if sub.worker_running {
+                "running"
+            } else {
+                "not running"
+            },
             sub.errors
         )),
         None => out.push_str("subscription  none\n"),
@@ -68,7 +90,14 @@ fn render(s: &Status) -> String {
         let rows: Vec<Vec<String>> = s
             .tables
             .iter()
-            .map(|t| vec![t.table.clone(), t.state.to_string(), t.rows_done.to_string(), output::bytes(t.bytes_done)])
+            .map(|t| {
+                vec![
+                    t.table.clone(),
+                    t.state.to_string(),
+                    t.rows_done.to_string(),
+                    output::bytes(t.bytes_done),
+                ]
+            })
             .collect();
         out.push_str(&output::table(&["TABLE", "STATE", "ROWS", "BYTES"], &rows));
     }

@@ -43,7 +43,11 @@ fn print_summary(g: &Global, plan: &cutover_core::Plan, s: &SyncSummary) -> anyh
         s.rows_estimate,
         output::bytes(s.bytes),
         output::millis(s.duration_ms),
-        if s.resumed { " (resumed an earlier run)" } else { "" }
+        if s.resumed {
+            " (resumed an earlier run)"
+        } else {
+            ""
+        }
     );
     println!(
         "subscription {} keeps following the source; watch it with `cutover db status --watch`",
@@ -55,24 +59,62 @@ fn print_summary(g: &Global, plan: &cutover_core::Plan, s: &SyncSummary) -> anyh
 async fn dry_run(g: &Global, plan: &cutover_core::Plan) -> anyhow::Result<i32> {
     let report = cutover_pg::preflight::check(plan).await?;
     let errors: Vec<_> = report.errors().collect();
-    let (pubname, sub, slot, n) = (plan.sync.publication(), plan.sync.subscription(), plan.sync.slot(), report.tables.len());
+    let (pubname, sub, slot, n) = (
+        plan.sync.publication(),
+        plan.sync.subscription(),
+        plan.sync.slot(),
+        report.tables.len(),
+    );
     let mut steps = vec![
-        ("schema.dump", "pg_dump --schema-only of the source".to_string()),
-        ("schema.pre_data", "restore types, tables and functions on the target".to_string()),
-        ("publication", format!("CREATE PUBLICATION {pubname} for {n} tables")),
+        (
+            "schema.dump",
+            "pg_dump --schema-only of the source".to_string(),
+        ),
+        (
+            "schema.pre_data",
+            "restore types, tables and functions on the target".to_string(),
+        ),
+        (
+            "publication",
+            format!("CREATE PUBLICATION {pubname} for {n} tables"),
+        ),
     ];
-    let keys = ("schema.keys", "create primary keys and replica identity indexes on the target".to_string());
+    let keys = (
+        "schema.keys",
+        "create primary keys and replica identity indexes on the target".to_string(),
+    );
     if plan.sync.copy == cutover_core::plan::CopyMethod::Parallel {
-        steps.push(("copy", format!("create slot {slot} and copy every table from its snapshot, {} parts at once", plan.sync.copy_jobs)));
+        steps.push((
+            "copy",
+            format!(
+                "create slot {slot} and copy every table from its snapshot, {} parts at once",
+                plan.sync.copy_jobs
+            ),
+        ));
         steps.push(keys);
-        steps.push(("subscription", format!("CREATE SUBSCRIPTION {sub} on slot {slot}, copy_data = false")));
-        steps.push(("stream", "wait until the subscription follows every table".to_string()));
+        steps.push((
+            "subscription",
+            format!("CREATE SUBSCRIPTION {sub} on slot {slot}, copy_data = false"),
+        ));
+        steps.push((
+            "stream",
+            "wait until the subscription follows every table".to_string(),
+        ));
     } else {
         steps.push(keys);
-        steps.push(("subscription", format!("CREATE SUBSCRIPTION {sub} with slot {slot} (starts the copy)")));
-        steps.push(("copy", "wait until every table is copied and ready".to_string()));
+        steps.push((
+            "subscription",
+            format!("CREATE SUBSCRIPTION {sub} with slot {slot} (starts the copy)"),
+        ));
+        steps.push((
+            "copy",
+            "wait until every table is copied and ready".to_string(),
+        ));
     }
-    steps.push(("schema.post_data", "create the other indexes, constraints and triggers".to_string()));
+    steps.push((
+        "schema.post_data",
+        "create the other indexes, constraints and triggers".to_string(),
+    ));
     if g.json {
         output::json(&serde_json::json!({
             "dry_run": true,
@@ -86,7 +128,12 @@ async fn dry_run(g: &Global, plan: &cutover_core::Plan) -> anyhow::Result<i32> {
             println!("  {s:<17} {d}");
         }
         for e in &errors {
-            println!("blocked: {}: {}{}", e.subject, e.message, e.fix.as_ref().map(|f| format!("; {f}")).unwrap_or_default());
+            println!(
+                "blocked: {}: {}{}",
+                e.subject,
+                e.message,
+                e.fix.as_ref().map(|f| format!("; {f}")).unwrap_or_default()
+            );
         }
         println!("nothing was changed (dry run)");
     }

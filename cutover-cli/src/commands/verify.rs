@@ -12,9 +12,11 @@ pub async fn run(g: &Global, args: VerifyArgs) -> anyhow::Result<i32> {
     let run = journal.begin_run("db verify")?;
     let steps = cutover_core::engine::Steps::new(&journal, run, &crate::progress::step_printer);
     let result = steps
-        .run("verify", "compare row counts and checksums table by table", || async {
-            verify(&plan, &args).await.map(Verified)
-        })
+        .run(
+            "verify",
+            "compare row counts and checksums table by table",
+            || async { verify(&plan, &args).await.map(Verified) },
+        )
         .await
         .map(|v| v.0);
     journal.end_run(run, if result.is_ok() { "ok" } else { "failed" })?;
@@ -27,12 +29,18 @@ pub async fn run(g: &Global, args: VerifyArgs) -> anyhow::Result<i32> {
     Ok(if report.equal { 0 } else { 1 })
 }
 
-pub async fn verify(plan: &cutover_core::Plan, args: &VerifyArgs) -> Result<VerifyReport, cutover_pg::PgError> {
+pub async fn verify(
+    plan: &cutover_core::Plan,
+    args: &VerifyArgs,
+) -> Result<VerifyReport, cutover_pg::PgError> {
     let source = cutover_pg::connect(&plan.source.url, Side::Source).await?;
     let mut tables = cutover_pg::inspect::tables(&source, Side::Source, &plan.sync).await?;
     if !args.tables.is_empty() {
-        let unknown: Vec<&String> =
-            args.tables.iter().filter(|a| !tables.iter().any(|t| &t.display() == *a)).collect();
+        let unknown: Vec<&String> = args
+            .tables
+            .iter()
+            .filter(|a| !tables.iter().any(|t| &t.display() == *a))
+            .collect();
         if !unknown.is_empty() {
             let names: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
             return Err(cutover_pg::PgError::Refused(format!(
@@ -44,7 +52,10 @@ pub async fn verify(plan: &cutover_core::Plan, args: &VerifyArgs) -> Result<Veri
     }
     let slot = plan.sync.slot();
     let has_slot = source
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await
         .map_err(|e| cutover_pg::PgError::sql(Side::Source, "look for the slot", e))?
         .is_some();
@@ -59,7 +70,15 @@ pub async fn verify(plan: &cutover_core::Plan, args: &VerifyArgs) -> Result<Veri
             tracing::info!(table, equal, "verified");
         }
     };
-    cutover_pg::verify::verify(&plan.source.url, &plan.target.url, &tables, &options, catch_up.as_ref(), &progress).await
+    cutover_pg::verify::verify(
+        &plan.source.url,
+        &plan.target.url,
+        &tables,
+        &options,
+        catch_up.as_ref(),
+        &progress,
+    )
+    .await
 }
 
 /// A report as the journal records it: one line.
@@ -86,18 +105,32 @@ pub fn render(r: &VerifyReport) -> String {
                 t.source_rows.to_string(),
                 t.target_rows.to_string(),
                 format!("{} ({})", t.chunks, t.method),
-                if t.equal { "equal".into() } else { "DIFFERENT".into() },
+                if t.equal {
+                    "equal".into()
+                } else {
+                    "DIFFERENT".into()
+                },
             ]
         })
         .collect();
-    let mut out = output::table(&["TABLE", "SOURCE ROWS", "TARGET ROWS", "CHUNKS", "RESULT"], &rows);
+    let mut out = output::table(
+        &["TABLE", "SOURCE ROWS", "TARGET ROWS", "CHUNKS", "RESULT"],
+        &rows,
+    );
     for t in r.tables.iter().filter(|t| !t.equal) {
         if let Some(e) = &t.error {
             out.push_str(&format!("{}: {e}\n", t.table));
         }
         for m in &t.mismatches {
-            let from = m.from.as_ref().map(|k| format!("({})", k.join(", "))).unwrap_or_else(|| "start".into());
-            let to = m.to.as_ref().map(|k| format!("({})", k.join(", "))).unwrap_or_else(|| "end".into());
+            let from = m
+                .from
+                .as_ref()
+                .map(|k| format!("({})", k.join(", ")))
+                .unwrap_or_else(|| "start".into());
+            let to =
+                m.to.as_ref()
+                    .map(|k| format!("({})", k.join(", ")))
+                    .unwrap_or_else(|| "end".into());
             out.push_str(&format!(
                 "{}: keys {from} to {to}: {} rows on the source, {} on the target\n",
                 t.table, m.source_rows, m.target_rows
@@ -109,7 +142,11 @@ pub fn render(r: &VerifyReport) -> String {
     }
     let differ = r.tables.iter().filter(|t| !t.equal).count();
     out.push_str(&if r.equal {
-        format!("\nall {} tables equal ({})\n", r.tables.len(), output::millis(r.duration_ms))
+        format!(
+            "\nall {} tables equal ({})\n",
+            r.tables.len(),
+            output::millis(r.duration_ms)
+        )
     } else {
         format!("\n{differ} of {} tables differ\n", r.tables.len())
     });

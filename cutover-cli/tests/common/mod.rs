@@ -25,8 +25,14 @@ pub struct Env {
 
 /// The URL text with its password, for an environment variable.
 pub fn url_text(c: &ConnString) -> String {
-    let pw = c.password().map(|p| format!(":{}", p.expose())).unwrap_or_default();
-    format!("postgres://{}{pw}@{}:{}/{}?sslmode=disable", c.user, c.host, c.port, c.dbname)
+    let pw = c
+        .password()
+        .map(|p| format!(":{}", p.expose()))
+        .unwrap_or_default();
+    format!(
+        "postgres://{}{pw}@{}:{}/{}?sslmode=disable",
+        c.user, c.host, c.port, c.dbname
+    )
 }
 
 impl Env {
@@ -36,7 +42,12 @@ impl Env {
 
     pub fn from_pair(pair: Pair) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let mut env = Env { pair, dir, vars: vec![], secrets: vec![] };
+        let mut env = Env {
+            pair,
+            dir,
+            vars: vec![],
+            secrets: vec![],
+        };
         let (s, t) = (env.pair.source.url(), env.pair.target.url());
         env.set_urls(&s, &t);
         std::fs::write(env.plan(), env.pair.plan_text("SRC_URL", "DST_URL")).unwrap();
@@ -45,14 +56,19 @@ impl Env {
 
     /// Points the plan's variables at these URLs.
     pub fn set_urls(&mut self, source: &ConnString, target: &ConnString) {
-        self.vars = vec![("SRC_URL".into(), url_text(source)), ("DST_URL".into(), url_text(target))];
+        self.vars = vec![
+            ("SRC_URL".into(), url_text(source)),
+            ("DST_URL".into(), url_text(target)),
+        ];
         for c in [source, target] {
             if let Some(p) = c.password() {
                 self.secrets.push(p.expose().to_string());
             }
         }
-        self.secrets.push(self.pair.source.cluster.password().expose().to_string());
-        self.secrets.push(self.pair.target.cluster.password().expose().to_string());
+        self.secrets
+            .push(self.pair.source.cluster.password().expose().to_string());
+        self.secrets
+            .push(self.pair.target.cluster.password().expose().to_string());
     }
 
     pub fn plan(&self) -> PathBuf {
@@ -65,8 +81,13 @@ impl Env {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
-        cmd.arg("--plan").arg(self.plan()).args(args).current_dir(self.dir.path());
-        cmd.env_remove("PGPASSWORD").env("NO_COLOR", "1").env("CI", "1");
+        cmd.arg("--plan")
+            .arg(self.plan())
+            .args(args)
+            .current_dir(self.dir.path());
+        cmd.env_remove("PGPASSWORD")
+            .env("NO_COLOR", "1")
+            .env("CI", "1");
         for (k, v) in &self.vars {
             cmd.env(k, v);
         }
@@ -85,7 +106,10 @@ impl Env {
 
     pub fn assert_no_secret(&self, text: &str) {
         for s in &self.secrets {
-            assert!(!text.contains(s.as_str()), "a password leaked into output:\n{text}");
+            assert!(
+                !text.contains(s.as_str()),
+                "a password leaked into output:\n{text}"
+            );
         }
     }
 
