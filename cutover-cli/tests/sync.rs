@@ -198,6 +198,17 @@ async fn sync_under_writes_then_verify_finds_one_changed_row() {
     assert_eq!(ranges[0]["first_keys"][0]["key"][0], "c250");
     assert_eq!(ranges[0]["first_keys"][0]["kind"], "different");
 
+    // --dry-run lists exactly what cleanup then removes, and removes nothing itself.
+    let dry = env.run(&["db", "cleanup", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(
+        dry.stdout.lines().collect::<Vec<_>>(),
+        [
+            "would remove subscription cutover_sub on the target",
+            "would remove replication slot cutover_slot on the source",
+            "would remove publication cutover_pub on the source",
+        ]
+    );
     let cleanup = env.run(&["db", "cleanup"]);
     assert_eq!(cleanup.code, 0, "{}", cleanup.stderr);
     assert!(

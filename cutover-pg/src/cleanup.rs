@@ -86,20 +86,30 @@ pub async fn drop_slot(source: &Client, slot: &str) -> Result<bool, PgError> {
 pub async fn find(plan: &Plan) -> Result<Vec<Removed>, PgError> {
     let source = connect(&plan.source.url, Side::Source).await?;
     let target = connect(&plan.target.url, Side::Target).await?;
+    find_on(plan, &source, &target).await
+}
+
+/// Everything of cutover's on both sides, in the order it must go: subscriptions (which hold
+/// slots), then slots, then the publication.
+async fn find_on(plan: &Plan, source: &Client, target: &Client) -> Result<Vec<Removed>, PgError> {
     let mut found = vec![];
     let sub = plan.sync.subscription();
-    let sub_row = subscription_oid(&target, &sub).await?;
-    let pattern = match sub_row {
+    let sub_oid = subscription_oid(target, &sub).await?;
+    // The probe: a sync killed between creating and dropping it leaves it (it has no slot).
+    for name in [sub, crate::preflight_gate::probe_name(plan)] {
+        if subscription_oid(target, &name).await?.is_some() {
+            found.push(Removed {
+                side: Side::Target,
+                kind: "subscription",
+                name,
+            });
+        }
+    }
+    // Table-sync slots are named pg_<subscription oid>_sync_<table oid>_<system id>.
+    let pattern = match sub_oid {
         Some(oid) => format!("pg\\_{oid}\\_sync\\_%"),
         None => String::from("-"),
     };
-    if sub_row.is_some() {
-        found.push(Removed {
-            side: Side::Target,
-            kind: "subscription",
-            name: sub,
-        });
-    }
     let rows = source
         .query(
             "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1 OR slot_name LIKE $2 ORDER BY 1",
@@ -115,15 +125,14 @@ pub async fn find(plan: &Plan) -> Result<Vec<Removed>, PgError> {
         });
     }
     let publication = plan.sync.publication();
-    if source
+    let exists = source
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
-        .ctx(Side::Source, "look for the publication")?
-        .is_some()
-    {
+        .ctx(Side::Source, "look for the publication")?;
+    if exists.is_some() {
         found.push(Removed {
             side: Side::Source,
             kind: "publication",
@@ -133,75 +142,27 @@ pub async fn find(plan: &Plan) -> Result<Vec<Removed>, PgError> {
     Ok(found)
 }
 
-/// Removes the subscription, the slots and the publication. Idempotent.
+/// Removes the subscriptions, the slots and the publication. Idempotent: what is already gone
+/// is not listed.
 pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
     let source = connect(&plan.source.url, Side::Source).await?;
     let target = connect(&plan.target.url, Side::Target).await?;
     let mut removed = vec![];
-    let sub = plan.sync.subscription();
-    let sub_oid = drop_subscription(&target, &sub).await?;
-    if sub_oid.is_some() {
-        removed.push(Removed {
-            side: Side::Target,
-            kind: "subscription",
-            name: sub.clone(),
-        });
-    }
-    // A probe left by a sync killed between creating and dropping it (it has no slot).
-    let probe = crate::preflight_gate::probe_name(plan);
-    if subscription_oid(&target, &probe).await?.is_some() {
-        target
-            .batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {}", ident(&probe)))
-            .await
-            .ctx(Side::Target, "drop the probe subscription")?;
-        removed.push(Removed {
-            side: Side::Target,
-            kind: "subscription",
-            name: probe,
-        });
-    }
-    let mut slots = vec![plan.sync.slot()];
-    // Table-sync slots are named pg_<subscription oid>_sync_<table oid>_<system id>.
-    if let Some(oid) = sub_oid {
-        let rows = source
-            .query(
-                "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE $1",
-                &[&format!("pg\\_{oid}\\_sync\\_%")],
-            )
-            .await
-            .ctx(Side::Source, "list table-sync slots")?;
-        slots.extend(rows.iter().map(|r| r.get::<_, String>(0)));
-    }
-    for slot in slots {
-        if drop_slot(&source, &slot).await? {
-            removed.push(Removed {
-                side: Side::Source,
-                kind: "replication slot",
-                name: slot,
-            });
+    for item in find_on(plan, &source, &target).await? {
+        let gone = match item.kind {
+            "subscription" => drop_subscription(&target, &item.name).await?.is_some(),
+            "replication slot" => drop_slot(&source, &item.name).await?,
+            _ => {
+                source
+                    .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&item.name)))
+                    .await
+                    .ctx(Side::Source, "drop the publication")?;
+                true
+            }
+        };
+        if gone {
+            removed.push(item);
         }
-    }
-    let publication = plan.sync.publication();
-    let exists = source
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .ctx(Side::Source, "look for the publication")?;
-    if exists.is_some() {
-        source
-            .batch_execute(&format!(
-                "DROP PUBLICATION IF EXISTS {}",
-                ident(&publication)
-            ))
-            .await
-            .ctx(Side::Source, "drop the publication")?;
-        removed.push(Removed {
-            side: Side::Source,
-            kind: "publication",
-            name: publication,
-        });
     }
     Ok(removed)
 }

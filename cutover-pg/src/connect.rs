@@ -297,6 +297,51 @@ pub async fn connect(cs: &ConnString, side: Side) -> Result<Client, PgError> {
     Ok(client)
 }
 
+/// Every libpq variable a child could inherit from our own environment and mistake for the
+/// plan's: the child gets exactly the connection it is given.
+const LIBPQ_VARS: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGDATABASE",
+    "PGSERVICE",
+    "PGOPTIONS",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGAPPNAME",
+    "PGCONNECT_TIMEOUT",
+];
+
+/// A PostgreSQL client program (`pg_dump`, `psql`, `pgbench`...) from the server's own
+/// folder when it can be found, with `conn` in its environment (password in `PGPASSWORD`, never
+/// on the command line) and nothing inherited that could point it elsewhere.
+pub fn client_program(name: &str, conn: Option<&ConnString>) -> tokio::process::Command {
+    let path = crate::local::bindir()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|_| std::path::PathBuf::from(name));
+    let mut cmd = tokio::process::Command::new(path);
+    for var in LIBPQ_VARS {
+        cmd.env_remove(var);
+    }
+    if let Some(c) = conn {
+        cmd.envs(c.libpq_env());
+    }
+    cmd
+}
+
+/// The error for a client program that cannot be started.
+pub fn cannot_run(name: &str, e: std::io::Error) -> PgError {
+    PgError::Child {
+        program: name.into(),
+        message: format!(
+            "cannot run it ({e}); install the PostgreSQL client programs (Debian: apt-get install postgresql-client)"
+        ),
+    }
+}
+
 /// Quotes an identifier for SQL: `"My Table"`.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

@@ -32,7 +32,7 @@ use cutover_core::ConnString;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 use tokio_postgres::Client;
 
 use crate::connect::{connect, ident, literal, qualified};
@@ -52,33 +52,17 @@ pub struct SnapshotSlot {
 impl SnapshotSlot {
     /// Creates `slot` with pgoutput and keeps its exported snapshot alive until [`release`].
     pub async fn create(source: &ConnString, slot: &str) -> Result<SnapshotSlot, PgError> {
-        let psql = crate::local::bindir()
-            .map(|d| d.join("psql"))
-            .unwrap_or_else(|_| "psql".into());
-        let mut cmd = Command::new(psql);
-        for var in [
-            "PGHOST",
-            "PGPORT",
-            "PGUSER",
-            "PGPASSWORD",
-            "PGDATABASE",
-            "PGSERVICE",
-            "PGOPTIONS",
-        ] {
-            cmd.env_remove(var);
-        }
+        let mut cmd = crate::connect::client_program("psql", Some(source));
         // No timeout of the role's or database's may end the connection holding the snapshot.
-        cmd.envs(source.libpq_env())
-            .env("PGOPTIONS", "-c idle_in_transaction_session_timeout=0 -c statement_timeout=0 -c idle_session_timeout=0")
+        cmd.env("PGOPTIONS", "-c idle_in_transaction_session_timeout=0 -c statement_timeout=0 -c idle_session_timeout=0")
             .args(["-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "replication=database"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| PgError::Child {
-            program: "psql".into(),
-            message: format!("cannot run it ({e}); install the PostgreSQL client programs (Debian: apt-get install postgresql-client)"),
-        })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| crate::connect::cannot_run("psql", e))?;
         let mut stdin = child.stdin.take();
         // The older spelling of the option: every server from 10 on understands it.
         let command = format!(

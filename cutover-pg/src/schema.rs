@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use cutover_core::{ConnString, Secret};
-use tokio::process::Command;
 use tokio_postgres::Client;
 
 use crate::error::{PgError, Side, SqlContext};
@@ -38,41 +37,20 @@ pub struct SchemaDump {
     pub counts: (usize, usize, usize),
 }
 
-fn program(name: &str) -> PathBuf {
-    crate::local::bindir()
-        .map(|d| d.join(name))
-        .unwrap_or_else(|_| PathBuf::from(name))
-}
-
 async fn run_child(
     name: &str,
     args: &[String],
     conn: Option<&ConnString>,
 ) -> Result<String, PgError> {
-    let mut cmd = Command::new(program(name));
+    let mut cmd = crate::connect::client_program(name, conn);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGPASSWORD",
-        "PGDATABASE",
-        "PGSSLMODE",
-        "PGSERVICE",
-        "PGOPTIONS",
-    ] {
-        cmd.env_remove(var);
-    }
-    if let Some(c) = conn {
-        cmd.envs(c.libpq_env());
-    }
-    let out = cmd.output().await.map_err(|e| PgError::Child {
-        program: name.into(),
-        message: format!("cannot run it ({e}); install the PostgreSQL client programs (Debian: apt-get install postgresql-client)"),
-    })?;
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| crate::connect::cannot_run(name, e))?;
     let secrets: Vec<&Secret> = conn.and_then(|c| c.password()).into_iter().collect();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);

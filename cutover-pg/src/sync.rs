@@ -351,11 +351,9 @@ async fn wait_ready(
     }
 }
 
+/// 5400 s → "1h30m".
 fn humanize(d: Duration) -> String {
-    humantime_like(d.as_secs())
-}
-
-fn humantime_like(secs: u64) -> String {
+    let secs = d.as_secs();
     if secs >= 3600 {
         format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
     } else if secs >= 60 {
@@ -383,19 +381,13 @@ pub async fn sync(
     refuse_unsafe(&tables)?;
     refuse_unsafe_partitions(&source, &tables).await?;
     let parallel = plan.sync.copy == CopyMethod::Parallel;
-    let resumed = subscription_oid(&target, &plan.sync.subscription())
-        .await?
-        .is_some()
-        || (parallel && slot_exists(&source, &plan.sync.slot()).await?)
-        || (parallel && copied_into(steps, &plan.target.url.location())?.is_some());
     let has_sub = subscription_oid(&target, &plan.sync.subscription())
         .await?
         .is_some();
-    if parallel
-        && !has_sub
-        && slot_exists(&source, &plan.sync.slot()).await?
-        && copied_into(steps, &plan.target.url.location())?.is_none()
-    {
+    let has_slot = parallel && slot_exists(&source, &plan.sync.slot()).await?;
+    let ours = parallel && copied_into(steps, &plan.target.url.location())?;
+    let resumed = has_sub || has_slot || ours;
+    if has_slot && !has_sub && !ours {
         return Err(PgError::Refused(format!(
             "replication slot {} exists on the source, but this plan's journal shows no copy into {}; \
              run `cutover db cleanup` (it drops the slot) and then `cutover db sync`",
@@ -423,16 +415,23 @@ pub async fn sync(
             || ensure_publication(&source, &plan.sync, &tables),
         )
         .await?;
+    // Keys exist before the subscription applies anything: after our own copy, or before the
+    // subscription's copy (whose catch-up applies changes).
     if parallel {
         parallel_copy(plan, steps, &source, &target, &tables, progress).await?;
-        schema_keys(plan, steps, &source, &target, &tables, &dump).await?;
-        steps
-            .run(
-                "subscription",
-                "create the subscription on the target, on the copy's slot",
-                || ensure_subscription(plan, &source, &target),
-            )
-            .await?;
+    }
+    schema_keys(plan, steps, &source, &target, &tables, &dump).await?;
+    let intent = if parallel {
+        "create the subscription on the target, on the copy's slot"
+    } else {
+        "create the subscription on the target (starts the copy)"
+    };
+    steps
+        .run("subscription", intent, || {
+            ensure_subscription(plan, &source, &target)
+        })
+        .await?;
+    if parallel {
         steps
             .run(
                 "stream",
@@ -441,14 +440,6 @@ pub async fn sync(
             )
             .await?;
     } else {
-        schema_keys(plan, steps, &source, &target, &tables, &dump).await?;
-        steps
-            .run(
-                "subscription",
-                "create the subscription on the target (starts the copy)",
-                || ensure_subscription(plan, &source, &target),
-            )
-            .await?;
         steps
             .run("copy", "wait until every table is copied and ready", || {
                 wait_ready(plan, &target, &tables, progress)
@@ -627,7 +618,7 @@ async fn parallel_copy(
     }
     let location = plan.target.url.location();
     // Whether a copy was ever started into this very target, per the journal.
-    let ours = copied_into(steps, &location)?.is_some();
+    let ours = copied_into(steps, &location)?;
     if slot_exists(source, &slot).await? {
         if let Some(rows) = finished_copy(steps, &location)? {
             if target_rows(target, tables).await? == rows {
@@ -715,12 +706,10 @@ async fn restore_step(
         .map(|_| ())
 }
 
-/// The target location of the last copy the journal shows started (any outcome).
-fn copied_into(steps: &Steps<'_>, location: &str) -> Result<Option<()>, PgError> {
+/// Whether the last copy the journal shows started (whatever became of it) went into `location`.
+fn copied_into(steps: &Steps<'_>, location: &str) -> Result<bool, PgError> {
     let last = steps.journal().last("copy")?;
-    Ok(last
-        .filter(|r| r.intent.contains(&format!(" into {location}")))
-        .map(|_| ()))
+    Ok(last.is_some_and(|r| r.intent.contains(&format!(" into {location}"))))
 }
 
 /// Rows of the last copy into `location` that finished (or was kept), per the journal.

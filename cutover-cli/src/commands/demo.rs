@@ -78,27 +78,10 @@ struct Summary {
     journal: String,
 }
 
-fn clean_env(cmd: &mut tokio::process::Command, url: &ConnString) {
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGPASSWORD",
-        "PGDATABASE",
-        "PGSERVICE",
-        "PGOPTIONS",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(url.libpq_env());
-}
-
 async fn pgbench_init(url: &ConnString, scale: u32) -> anyhow::Result<()> {
-    let bin = cutover_pg::local::bindir()?.join("pgbench");
-    let mut cmd = tokio::process::Command::new(bin);
+    let mut cmd = cutover_pg::connect::client_program("pgbench", Some(url));
     cmd.args(["-i", "-q", "-s", &scale.to_string()])
         .stdin(Stdio::null());
-    clean_env(&mut cmd, url);
     let out = cmd.output().await.context("run pgbench -i")?;
     if !out.status.success() {
         anyhow::bail!(
@@ -111,8 +94,7 @@ async fn pgbench_init(url: &ConnString, scale: u32) -> anyhow::Result<()> {
 
 /// Starts the write load: pgbench's TPC-B-like transactions at `rate` per second.
 fn start_load(url: &ConnString, rate: u32) -> anyhow::Result<tokio::process::Child> {
-    let bin = cutover_pg::local::bindir()?.join("pgbench");
-    let mut cmd = tokio::process::Command::new(bin);
+    let mut cmd = cutover_pg::connect::client_program("pgbench", Some(url));
     cmd.args([
         "-n",
         "-c",
@@ -128,7 +110,6 @@ fn start_load(url: &ConnString, rate: u32) -> anyhow::Result<tokio::process::Chi
     .stdout(Stdio::null())
     .stderr(Stdio::null())
     .kill_on_drop(true);
-    clean_env(&mut cmd, url);
     cmd.spawn().context("start pgbench")
 }
 
