@@ -233,6 +233,18 @@ impl SyncSettings {
     pub fn slot(&self) -> String {
         format!("{}_slot", self.name)
     }
+    /// The publication on the target that carries writes back to the source after a switchover.
+    pub fn reverse_publication(&self) -> String {
+        format!("{}_rev_pub", self.name)
+    }
+    /// The subscription on the source that follows the target after a switchover.
+    pub fn reverse_subscription(&self) -> String {
+        format!("{}_rev_sub", self.name)
+    }
+    /// The slot on the target that the reverse subscription reads.
+    pub fn reverse_slot(&self) -> String {
+        format!("{}_rev_slot", self.name)
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

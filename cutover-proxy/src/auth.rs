@@ -1,0 +1,1 @@
+//! Client authentication (server side of SCRAM-SHA-256, md5).

@@ -1,0 +1,1 @@
+//! The PostgreSQL wire protocol, with no IO.

@@ -1,0 +1,1 @@
+//! The procedures that combine cutover's parts: the database switchover and its rollback.
