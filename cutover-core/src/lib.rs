@@ -6,6 +6,7 @@ pub mod engine;
 pub mod journal;
 pub mod plan;
 pub mod secret;
+pub mod tls;
 
 pub use connstr::{ConnString, ConnStringError, SslMode};
 pub use journal::{Journal, JournalError};
