@@ -5,5 +5,15 @@
 //! ones finish, move every session to another server with its state, and resume: clients
 //! see a pause, never an error.
 
+pub mod admin;
 pub mod auth;
 pub mod codec;
+pub mod proxy;
+pub mod server;
+mod session;
+pub mod state;
+pub mod tls;
+
+pub use admin::AdminClient;
+pub use proxy::{start, Config, Running, Status, SwitchReport};
+pub use state::Backend;

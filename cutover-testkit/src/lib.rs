@@ -130,3 +130,65 @@ impl Pair {
         cutover_core::plan::template(&format!("${{{source_var}}}"), &format!("${{{target_var}}}"))
     }
 }
+
+impl Pair {
+    /// Creates login role `name` with one password on both sides, free to use the test
+    /// database and its public schema. Returns the password.
+    pub async fn app_role(&self, name: &str) -> Secret {
+        let password = cutover_pg::local::random_password();
+        for pg in [&self.source, &self.target] {
+            pg.exec(&format!(
+                "CREATE ROLE {name} LOGIN PASSWORD '{password}';
+                 GRANT ALL ON DATABASE {db} TO {name};
+                 GRANT ALL ON SCHEMA public TO {name};",
+                db = pg.db
+            ))
+            .await;
+        }
+        Secret::new(password)
+    }
+
+    /// A proxy in front of this pair, on free loopback ports, keeping its state in `dir`.
+    pub fn proxy_config(
+        &self,
+        users: Vec<cutover_core::plan::ProxyUser>,
+        dir: &std::path::Path,
+    ) -> cutover_proxy::Config {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        cutover_proxy::Config {
+            listen: any,
+            admin_listen: any,
+            admin_token: Secret::new(cutover_pg::local::random_password()),
+            users,
+            source: self.source.url(),
+            target: self.target.url(),
+            tls: None,
+            state_path: dir.join("cutover.proxy.json"),
+        }
+    }
+}
+
+/// A plan user checked with SCRAM-SHA-256.
+pub fn scram_user(name: &str, password: &Secret) -> cutover_core::plan::ProxyUser {
+    cutover_core::plan::ProxyUser {
+        name: name.into(),
+        password: Some(password.clone()),
+        auth: cutover_core::plan::ClientAuth::ScramSha256,
+    }
+}
+
+/// A URL for `user` through a proxy listening on `addr`.
+pub fn via_proxy(
+    addr: std::net::SocketAddr,
+    user: &str,
+    password: &Secret,
+    db: &str,
+) -> ConnString {
+    ConnString::parse(&format!(
+        "postgres://{user}@{}:{}/{db}?sslmode=disable",
+        addr.ip(),
+        addr.port()
+    ))
+    .expect("a well-formed proxy URL")
+    .with_password(Some(password.clone()))
+}

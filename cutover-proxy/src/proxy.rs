@@ -1,0 +1,506 @@
+//! The proxy as a whole: the listener, the registry of sessions, and the gate that pauses,
+//! switches and resumes them.
+//!
+//! The gate is one value every session watches: `paused`, the `active` backend and an
+//! `epoch` that every switch bumps. A paused gate holds a session at its next transaction
+//! boundary (idle, nothing in flight); running transactions go on. A session whose epoch
+//! is behind moves itself to the active backend the moment it is idle, before it forwards
+//! anything else. Switching is only allowed while paused and drained, so every session is
+//! idle when it moves and nothing in flight is ever cut.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cutover_core::plan::ProxyUser;
+use cutover_core::{ConnString, Plan, Secret};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::state::{self, Backend, Durable};
+
+/// Everything the proxy needs to run.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Secret,
+    pub users: Vec<ProxyUser>,
+    pub source: ConnString,
+    pub target: ConnString,
+    /// Offered to clients that ask for TLS; without it they are told the proxy has none.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where the active backend is kept.
+    pub state_path: PathBuf,
+}
+
+impl Config {
+    /// The proxy of a plan. Fails with one line when the plan has no [proxy] section or its
+    /// certificate cannot be read.
+    pub fn from_plan(plan: &Plan) -> Result<Config, String> {
+        let p = plan.proxy()?;
+        let base = plan.path.parent().unwrap_or(std::path::Path::new("."));
+        let tls = match (&p.tls_cert, &p.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(crate::tls::server_config(
+                &base.join(cert),
+                &base.join(key),
+            )?)),
+            _ => None,
+        };
+        Ok(Config {
+            listen: p.listen,
+            admin_listen: p.admin_listen,
+            admin_token: p.admin_token.clone(),
+            users: p.users.clone(),
+            source: plan.source.url.clone(),
+            target: plan.target.url.clone(),
+            tls,
+            state_path: plan.proxy_state_path(),
+        })
+    }
+
+    pub fn backend(&self, b: Backend) -> &ConnString {
+        match b {
+            Backend::Source => &self.source,
+            Backend::Target => &self.target,
+        }
+    }
+
+    pub fn user(&self, name: &str) -> Option<&ProxyUser> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+/// What every session watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gate {
+    pub paused: bool,
+    pub active: Backend,
+    pub epoch: u64,
+}
+
+/// A session as the admin API shows it.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SessionView {
+    pub id: u64,
+    pub user: String,
+    pub client: String,
+    pub backend: Option<Backend>,
+    pub epoch: u64,
+    /// The server process serving this session now.
+    pub server_pid: i32,
+    #[serde(skip)]
+    pub server_key: i32,
+    /// A transaction or a request is in flight.
+    pub busy: bool,
+    /// The transaction status of the last ReadyForQuery: I, T or E.
+    pub tx: char,
+    /// A request waits at the paused gate.
+    pub held: bool,
+    /// Checked while paused and idle: its state is known and can move.
+    pub inspected: bool,
+    /// Why this session cannot move (temporary tables, advisory locks, LISTEN, WITH HOLD
+    /// cursors); it is let through the pause and must end before a switch.
+    pub pinned: Option<String>,
+    /// Named prepared statements.
+    pub prepared: usize,
+}
+
+impl SessionView {
+    fn drained(&self) -> bool {
+        !self.busy && self.inspected && self.pinned.is_none()
+    }
+}
+
+pub(crate) struct SessionCell {
+    pub view: Mutex<SessionView>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct PauseStats {
+    /// Pauses since the proxy started.
+    pub pauses: u64,
+    /// Requests that waited at the gate.
+    pub holds: u64,
+    /// The longest a request waited at the gate since the proxy started.
+    pub longest_hold_ms: f64,
+    /// The longest wait during the last pause.
+    pub last_pause_longest_hold_ms: f64,
+    /// How long the last pause lasted (from pause to resume).
+    pub last_pause_ms: Option<f64>,
+    #[serde(skip)]
+    paused_at: Option<Instant>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Status {
+    pub active: Backend,
+    pub epoch: u64,
+    pub paused: bool,
+    /// Paused, and every session is idle, checked and free to move.
+    pub drained: bool,
+    pub sessions: Vec<SessionView>,
+    pub pause: PauseStats,
+}
+
+impl Status {
+    /// Server pids of the proxy's sessions on `backend`.
+    pub fn server_pids(&self, backend: Backend) -> Vec<i32> {
+        self.sessions
+            .iter()
+            .filter(|s| s.backend == Some(backend) && s.server_pid != 0)
+            .map(|s| s.server_pid)
+            .collect()
+    }
+
+    /// One line per session that keeps the proxy from being drained.
+    pub fn blockers(&self) -> Vec<String> {
+        self.sessions
+            .iter()
+            .filter(|s| !s.drained())
+            .map(|s| {
+                let why = match (&s.pinned, s.busy) {
+                    (Some(p), _) => format!("holds {p} (it must end first)"),
+                    (None, true) => format!("transaction in progress (status {})", s.tx),
+                    (None, false) => "not yet checked".into(),
+                };
+                format!(
+                    "session {} (user {}, from {}, server pid {}): {why}",
+                    s.id, s.user, s.client, s.server_pid
+                )
+            })
+            .collect()
+    }
+}
+
+/// Why the gate refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Durable(String),
+}
+
+pub struct Shared {
+    pub config: Config,
+    gate: watch::Sender<Gate>,
+    sessions: Mutex<HashMap<u64, Arc<SessionCell>>>,
+    cancel_keys: Mutex<HashMap<(i32, i32), u64>>,
+    next_id: AtomicU64,
+    /// Woken whenever a session's view changes or a session ends.
+    pub(crate) changed: Notify,
+    pause: Mutex<PauseStats>,
+    switching: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Result<Arc<Shared>, String> {
+        let durable = state::load(&config.state_path)?;
+        let (gate, _) = watch::channel(Gate {
+            paused: false,
+            active: durable.active,
+            epoch: durable.epoch,
+        });
+        Ok(Arc::new(Shared {
+            config,
+            gate,
+            sessions: Mutex::new(HashMap::new()),
+            cancel_keys: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            changed: Notify::new(),
+            pause: Mutex::new(PauseStats::default()),
+            switching: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub fn gate(&self) -> Gate {
+        *self.gate.borrow()
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<Gate> {
+        self.gate.subscribe()
+    }
+
+    pub(crate) fn register(&self, view: SessionView, cancel: (i32, i32)) -> Arc<SessionCell> {
+        let id = view.id;
+        let cell = Arc::new(SessionCell {
+            view: Mutex::new(view),
+        });
+        self.sessions.lock().unwrap().insert(id, cell.clone());
+        self.cancel_keys.lock().unwrap().insert(cancel, id);
+        self.changed.notify_waiters();
+        cell
+    }
+
+    pub(crate) fn unregister(&self, id: u64, cancel: (i32, i32)) {
+        self.sessions.lock().unwrap().remove(&id);
+        self.cancel_keys.lock().unwrap().remove(&cancel);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_hold(&self, waited: Duration) {
+        let ms = waited.as_secs_f64() * 1000.0;
+        let mut p = self.pause.lock().unwrap();
+        p.holds += 1;
+        p.longest_hold_ms = p.longest_hold_ms.max(ms);
+        p.last_pause_longest_hold_ms = p.last_pause_longest_hold_ms.max(ms);
+    }
+
+    /// Forwards a client's cancel request to the server its session is on now.
+    pub(crate) async fn cancel(&self, pid: i32, key: i32) {
+        let id = self.cancel_keys.lock().unwrap().get(&(pid, key)).copied();
+        let Some(id) = id else { return };
+        let cell = self.sessions.lock().unwrap().get(&id).cloned();
+        let Some(cell) = cell else { return };
+        let (backend, spid, skey) = {
+            let v = cell.view.lock().unwrap();
+            (v.backend, v.server_pid, v.server_key)
+        };
+        if let Some(b) = backend {
+            if let Err(e) = crate::server::cancel(self.config.backend(b), spid, skey).await {
+                tracing::warn!("cancel request for session {id}: {e}");
+            }
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let gate = self.gate();
+        let mut sessions: Vec<SessionView> = self
+            .sessions
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.view.lock().unwrap().clone())
+            .collect();
+        sessions.sort_by_key(|s| s.id);
+        let drained = gate.paused && sessions.iter().all(SessionView::drained);
+        Status {
+            active: gate.active,
+            epoch: gate.epoch,
+            paused: gate.paused,
+            drained,
+            sessions,
+            pause: self.pause.lock().unwrap().clone(),
+        }
+    }
+
+    /// Holds every session at its next transaction boundary.
+    pub fn pause(&self) {
+        let mut changed = false;
+        self.gate.send_if_modified(|g| {
+            changed = !g.paused;
+            g.paused = true;
+            changed
+        });
+        if changed {
+            let mut p = self.pause.lock().unwrap();
+            p.pauses += 1;
+            p.last_pause_longest_hold_ms = 0.0;
+            p.paused_at = Some(Instant::now());
+            p.last_pause_ms = None;
+        }
+    }
+
+    /// Lets every held session go on.
+    pub fn resume(&self) {
+        let mut changed = false;
+        self.gate.send_if_modified(|g| {
+            changed = g.paused;
+            g.paused = false;
+            changed
+        });
+        if changed {
+            let mut p = self.pause.lock().unwrap();
+            if let Some(at) = p.paused_at.take() {
+                p.last_pause_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+
+    /// Waits until paused and drained, or until `timeout`; returns the last status.
+    pub async fn wait_drained(&self, timeout: Duration) -> Status {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let status = self.status();
+            if status.drained || !status.paused {
+                return status;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.status();
+            }
+        }
+    }
+
+    /// Moves every session to `to`. Allowed only while paused and drained. The new backend
+    /// is written to disk before any session moves: from here on a restarted proxy uses it.
+    /// Returns once every session has moved (or failed to, and was closed).
+    pub async fn switch(&self, to: Backend, timeout: Duration) -> Result<SwitchReport, GateError> {
+        let _one = self.switching.lock().await;
+        let gate = self.gate();
+        if gate.active == to {
+            return Ok(SwitchReport {
+                active: to,
+                epoch: gate.epoch,
+                moved: 0,
+                failed: vec![],
+                already: true,
+            });
+        }
+        let status = self.status();
+        if !status.paused {
+            return Err(GateError::Refused(
+                "the proxy is not paused; pause it and wait for it to drain before a switch".into(),
+            ));
+        }
+        if !status.drained {
+            return Err(GateError::Refused(format!(
+                "the proxy is not drained: {}",
+                status.blockers().join("; ")
+            )));
+        }
+        let next = Durable {
+            active: to,
+            epoch: gate.epoch + 1,
+        };
+        state::store(&self.config.state_path, &next).map_err(GateError::Durable)?;
+        self.gate.send_modify(|g| {
+            g.active = next.active;
+            g.epoch = next.epoch;
+        });
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let status = self.status();
+            let behind: Vec<&SessionView> = status
+                .sessions
+                .iter()
+                .filter(|s| s.epoch != next.epoch)
+                .collect();
+            if behind.is_empty() {
+                return Ok(SwitchReport {
+                    active: to,
+                    epoch: next.epoch,
+                    moved: status.sessions.len(),
+                    failed: vec![],
+                    already: false,
+                });
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let failed = behind
+                    .iter()
+                    .map(|s| format!("session {} (user {})", s.id, s.user))
+                    .collect();
+                return Ok(SwitchReport {
+                    active: to,
+                    epoch: next.epoch,
+                    moved: status.sessions.len() - behind.len(),
+                    failed,
+                    already: false,
+                });
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct SwitchReport {
+    pub active: Backend,
+    pub epoch: u64,
+    /// Sessions now on the new backend.
+    pub moved: usize,
+    /// Sessions that had not moved when the wait ended; they move before their next request.
+    pub failed: Vec<String>,
+    /// The proxy was already on that backend; nothing was done.
+    pub already: bool,
+}
+
+/// A running proxy: its addresses and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting; sessions in progress end with their clients.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until [`Running::stop`] or a fatal listener error.
+    pub fn stopper(&self) -> tokio_util::sync::CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Binds both listeners and starts serving. Fails with one line if an address is taken or
+/// the state file is unreadable.
+pub async fn start(config: Config) -> Result<Running, String> {
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}; pick another proxy.listen",
+            config.listen
+        )
+    })?;
+    let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {} for the admin API: {e}; pick another proxy.admin_listen",
+            config.admin_listen
+        )
+    })?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+    let shared = Shared::new(config)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let accept = {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = listener.accept() => match r {
+                        Ok((tcp, peer)) => {
+                            tokio::spawn(crate::session::serve(shared.clone(), tcp, peer));
+                        }
+                        Err(e) => {
+                            tracing::warn!("accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let admin_task = {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { crate::admin::serve(shared, admin, stop).await })
+    };
+    Ok(Running {
+        addr,
+        admin_addr,
+        shared,
+        stop,
+        tasks: vec![accept, admin_task],
+    })
+}
