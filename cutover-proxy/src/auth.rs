@@ -57,6 +57,11 @@ const SALT_LEN: usize = 16;
 /// Random bytes the server adds to the client's nonce (PostgreSQL's `SCRAM_RAW_NONCE_LEN`).
 const SERVER_NONCE_LEN: usize = 18;
 
+const NO_PLUS: &str = "channel binding (SCRAM-SHA-256-PLUS) is not offered; \
+    connect with channel_binding=prefer or disable";
+const NO_CHANNEL_BINDING: &str = "channel binding (gs2 flag p=) is not supported; \
+    connect with channel_binding=prefer or disable";
+
 /// Why a client was not authenticated.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -177,7 +182,7 @@ impl ScramServer {
             codec::parse_sasl_initial_response(body).map_err(|e| malformed(e.to_string()))?;
         match initial.mechanism {
             SCRAM_SHA_256 => {}
-            "SCRAM-SHA-256-PLUS" => return Err(unsupported("channel binding (SCRAM-SHA-256-PLUS) is not offered; connect with channel_binding=prefer or disable")),
+            "SCRAM-SHA-256-PLUS" => return Err(unsupported(NO_PLUS)),
             other => {
                 return Err(AuthError::Unsupported(format!(
                     "SASL mechanism {:?} is not offered; use {SCRAM_SHA_256}",
@@ -199,7 +204,7 @@ impl ScramServer {
         };
         match flag {
             "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(unsupported("channel binding (gs2 flag p=) is not supported; connect with channel_binding=prefer or disable")),
+            f if f.starts_with("p=") => return Err(unsupported(NO_CHANNEL_BINDING)),
             _ => return Err(malformed("gs2 channel binding flag is not n, y or p=")),
         }
         match authzid {
@@ -322,10 +327,11 @@ pub fn md5_salt() -> [u8; 4] {
 /// The response a client sends to AuthenticationMD5Password:
 /// `"md5" + hex(md5(hex(md5(password + user)) + salt))`.
 pub fn md5_response(user: &str, password: &str, salt: [u8; 4]) -> String {
-    let inner = hex(&Md5::new()
+    let inner = Md5::new()
         .chain_update(password)
         .chain_update(user)
-        .finalize());
+        .finalize();
+    let inner = hex(&inner);
     let outer = Md5::new().chain_update(inner).chain_update(salt).finalize();
     format!("md5{}", hex(&outer))
 }
