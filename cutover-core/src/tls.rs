@@ -175,4 +175,3 @@ pub fn client_config(cs: &ConnString) -> Result<rustls::ClientConfig, String> {
     };
     Ok(config)
 }
-

@@ -455,6 +455,16 @@ impl LocalCluster {
             .map(|_| ())
     }
 
+    /// Stops the server at once (as a crash would), keeping its files; [`LocalCluster::start_again`] brings it back.
+    pub fn halt(&self) -> Result<(), LocalError> {
+        self.pg_ctl(&["-w", "-m", "immediate", "stop"]).map(|_| ())
+    }
+
+    /// Starts a halted server again, on the same port.
+    pub fn start_again(&self) -> Result<(), LocalError> {
+        self.pg_ctl(&["-w", "-t", "60", "start"]).map(|_| ())
+    }
+
     /// Stops the server and removes its files.
     pub fn stop(&mut self) {
         if !self.stopped {
