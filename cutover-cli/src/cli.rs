@@ -53,8 +53,29 @@ pub enum Command {
     /// Database commands: sync, status, verify, cleanup.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Run the PG proxy applications connect through (point DATABASE_URL at it).
+    Proxy(ProxyArgs),
     /// Run the whole database move on two local clusters this command starts itself.
     Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// Listen here instead of proxy.listen.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+pub struct SwitchArgs {
+    /// Go on although application sessions reach the old primary without the proxy; the
+    /// fence ends them.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not start replication back into the old primary. A rollback would then lose every
+    /// write made after the switch.
+    #[arg(long)]
+    pub no_reverse: bool,
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +102,11 @@ pub enum DbCommand {
     Verify(VerifyArgs),
     /// Remove the subscription, slots and publication cutover created, on both sides.
     Cleanup(CleanupArgs),
+    /// Move the applications to the target through the proxy: pause, drain, fence, catch
+    /// up, sequences, reverse replication, switch, resume.
+    Switchover(SwitchArgs),
+    /// Move them back to the source the same way, losing nothing written on the target.
+    Rollback(SwitchArgs),
 }
 
 #[derive(Args, Debug)]

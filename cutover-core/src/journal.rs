@@ -5,6 +5,12 @@
 //! next run (and `cutover status`) knows where it stopped. Later procedures (switchover,
 //! traffic) write into the same two tables.
 //!
+//! Durability: write-ahead log with `synchronous = NORMAL`. A record is in the log file when
+//! the write returns, so a killed cutover (Ctrl-C, SIGKILL, a crash of its own) loses
+//! nothing; only a crash of the whole machine may lose the last records. Full syncs would
+//! put two disk flushes into every step of the switchover's pause, where each millisecond is
+//! a millisecond the applications wait.
+//!
 //! Invariant: nothing written here contains a secret. Callers hand over text that was built
 //! from redacting types; [`Journal`] does not try to guess.
 
@@ -106,6 +112,11 @@ CREATE TABLE IF NOT EXISTS steps (
     outcome TEXT
 );
 CREATE INDEX IF NOT EXISTS steps_by_name ON steps(step, id);
+CREATE TABLE IF NOT EXISTS facts (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
 ";
 
 impl Journal {
@@ -114,7 +125,7 @@ impl Journal {
             let conn = Connection::open(path)?;
             conn.busy_timeout(Duration::from_secs(10))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.execute_batch(SCHEMA)?;
             Ok(conn)
         };
@@ -176,6 +187,32 @@ impl Journal {
             ],
         )?;
         Ok(())
+    }
+
+    /// Remembers a fact that outlives the run that made it, such as what a fence revoked
+    /// (so any later run can undo it); `None` forgets it.
+    pub fn set_fact(&self, key: &str, value: Option<&str>) -> Result<(), JournalError> {
+        let conn = self.conn();
+        match value {
+            Some(v) => conn.execute(
+                "INSERT INTO facts (key, value, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+                params![key, v, now_ms()],
+            )?,
+            None => conn.execute("DELETE FROM facts WHERE key = ?1", params![key])?,
+        };
+        Ok(())
+    }
+
+    pub fn fact(&self, key: &str) -> Result<Option<String>, JournalError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT value FROM facts WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// The latest record of `step` across every run, if any.

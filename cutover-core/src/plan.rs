@@ -882,7 +882,11 @@ impl RawPlan {
         }
         match interpolate(raw, env) {
             Ok(v) if v.is_empty() => {
-                c.push(value.span(), field, "is empty; set the environment variable it names");
+                c.push(
+                    value.span(),
+                    field,
+                    "is empty; set the environment variable it names",
+                );
                 None
             }
             Ok(v) => Some(crate::secret::Secret::new(v)),
@@ -901,19 +905,24 @@ impl RawPlan {
 
     fn proxy(c: &mut Collector<'_>, p: &RawProxy, env: &dyn Env) -> Option<ProxySettings> {
         let before = c.problems.len();
-        let addr = |c: &mut Collector<'_>, field: &str, v: &Spanned<String>| {
-            match v.get_ref().parse::<std::net::SocketAddr>() {
+        let addr =
+            |c: &mut Collector<'_>, field: &str, v: &Spanned<String>| match v
+                .get_ref()
+                .parse::<std::net::SocketAddr>(
+            ) {
                 Ok(a) => Some(a),
                 Err(_) => {
                     c.push(
                         v.span(),
                         field,
-                        format!("\"{}\" is not an address; write it as \"127.0.0.1:6432\"", v.get_ref()),
+                        format!(
+                            "\"{}\" is not an address; write it as \"127.0.0.1:6432\"",
+                            v.get_ref()
+                        ),
                     );
                     None
                 }
-            }
-        };
+            };
         let listen = addr(c, "proxy.listen", &p.listen);
         let admin_listen = addr(c, "proxy.admin_listen", &p.admin_listen);
         if let Some(a) = admin_listen {
@@ -928,8 +937,17 @@ impl RawPlan {
         let admin_token = Self::secret(c, "proxy.admin_token", &p.admin_token, env);
         let path = |v: &Option<Spanned<String>>| v.as_ref().map(|s| PathBuf::from(s.get_ref()));
         if p.tls_cert.is_some() != p.tls_key.is_some() {
-            let span = p.tls_cert.as_ref().or(p.tls_key.as_ref()).map(|s| s.span()).unwrap_or(0..0);
-            c.push(span, "proxy.tls_cert", "tls_cert and tls_key go together; set both or neither");
+            let span = p
+                .tls_cert
+                .as_ref()
+                .or(p.tls_key.as_ref())
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            c.push(
+                span,
+                "proxy.tls_cert",
+                "tls_cert and tls_key go together; set both or neither",
+            );
         }
         if p.users.is_empty() {
             c.push(
@@ -966,8 +984,15 @@ impl RawPlan {
                     None
                 }
             };
-            if users.iter().any(|x: &ProxyUser| &x.name == u.name.get_ref()) {
-                c.push(u.name.span(), "proxy.users.name", format!("user {} is listed twice", u.name.get_ref()));
+            if users
+                .iter()
+                .any(|x: &ProxyUser| &x.name == u.name.get_ref())
+            {
+                c.push(
+                    u.name.span(),
+                    "proxy.users.name",
+                    format!("user {} is listed twice", u.name.get_ref()),
+                );
             }
             users.push(ProxyUser {
                 name: u.name.get_ref().clone(),

@@ -53,7 +53,7 @@ pub(crate) async fn serve(
     }
 }
 
-fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -69,24 +69,26 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     if same {
         Ok(())
     } else {
-        Err((
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "missing or wrong admin token; send Authorization: Bearer <proxy.admin_token>"})),
-        )
-            .into_response())
+        Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "missing or wrong admin token; send Authorization: Bearer <proxy.admin_token>"})),
+            )
+                .into_response(),
+        ))
     }
 }
 
 async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&shared, &headers) {
-        return r;
+        return *r;
     }
     Json(shared.status()).into_response()
 }
 
 async fn pause(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&shared, &headers) {
-        return r;
+        return *r;
     }
     shared.pause();
     tracing::info!("paused");
@@ -95,7 +97,7 @@ async fn pause(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respons
 
 async fn resume(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&shared, &headers) {
-        return r;
+        return *r;
     }
     shared.resume();
     tracing::info!("resumed");
@@ -113,7 +115,7 @@ async fn drain(
     Json(req): Json<DrainRequest>,
 ) -> Response {
     if let Err(r) = authorized(&shared, &headers) {
-        return r;
+        return *r;
     }
     let status = shared
         .wait_drained(Duration::from_millis(req.timeout_ms))
@@ -145,7 +147,7 @@ async fn switch(
     Json(req): Json<SwitchRequest>,
 ) -> Response {
     if let Err(r) = authorized(&shared, &headers) {
-        return r;
+        return *r;
     }
     match shared.switch(req.to, MOVE_TIMEOUT).await {
         Ok(report) => {

@@ -196,6 +196,8 @@ pub struct Shared {
     pub(crate) changed: Notify,
     pause: Mutex<PauseStats>,
     switching: tokio::sync::Mutex<()>,
+    /// SCRAM keys per user, derived once (4096 rounds of HMAC) and reused by every login.
+    scram: Mutex<HashMap<String, crate::auth::ScramSecret>>,
 }
 
 impl Shared {
@@ -215,6 +217,7 @@ impl Shared {
             changed: Notify::new(),
             pause: Mutex::new(PauseStats::default()),
             switching: tokio::sync::Mutex::new(()),
+            scram: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -241,6 +244,15 @@ impl Shared {
         self.sessions.lock().unwrap().remove(&id);
         self.cancel_keys.lock().unwrap().remove(&cancel);
         self.changed.notify_waiters();
+    }
+
+    pub(crate) fn scram_secret(&self, user: &str, password: &str) -> crate::auth::ScramSecret {
+        self.scram
+            .lock()
+            .unwrap()
+            .entry(user.to_string())
+            .or_insert_with(|| crate::auth::ScramSecret::new(password))
+            .clone()
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -503,4 +515,26 @@ pub async fn start(config: Config) -> Result<Running, String> {
         stop,
         tasks: vec![accept, admin_task],
     })
+}
+
+impl cutover_core::engine::Outcome for Status {
+    fn summary(&self) -> String {
+        format!("{} sessions idle", self.sessions.len())
+    }
+}
+
+impl cutover_core::engine::Outcome for SwitchReport {
+    fn summary(&self) -> String {
+        if self.failed.is_empty() {
+            format!("{} sessions moved to the {}", self.moved, self.active)
+        } else {
+            format!(
+                "{} sessions moved to the {}; {} not yet: {}",
+                self.moved,
+                self.active,
+                self.failed.len(),
+                self.failed.join(", ")
+            )
+        }
+    }
 }

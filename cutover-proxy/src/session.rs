@@ -182,7 +182,9 @@ async fn login(
             stream
                 .write_all(&build(|b| codec::auth_sasl(b, &["SCRAM-SHA-256"])))
                 .await?;
-            let mut scram = crate::auth::ScramServer::new(password.as_deref().unwrap_or(""));
+            let mut scram = crate::auth::ScramServer::with_secret(
+                shared.scram_secret(&user_name, password.as_deref().unwrap_or("")),
+            );
             let first = read_frame(&mut stream, &mut buf).await?;
             let server_first = match scram.client_first(first.body()) {
                 Ok(m) => m,
@@ -310,8 +312,10 @@ async fn login(
         flow: Flow::default(),
         prepared: Default::default(),
         inspection: None,
+        standby: None,
         held_since: None,
         last_view: view,
+        moved_in_pause: false,
     }))
 }
 
@@ -361,6 +365,7 @@ impl Flow {
 }
 
 /// What a check of an idle session found.
+#[derive(Clone)]
 struct Inspection {
     settings: Vec<(String, String)>,
     role: Option<String>,
@@ -392,8 +397,17 @@ struct Session {
     flow: Flow,
     prepared: std::collections::HashSet<String>,
     inspection: Option<Inspection>,
+    /// A connection to the other backend, opened and given this session's state while
+    /// paused, so that a switch only swaps connections.
+    standby: Option<(
+        state::Backend,
+        tokio::task::JoinHandle<Result<ServerConn, ServerError>>,
+    )>,
     held_since: Option<Instant>,
     last_view: SessionView,
+    /// Moved during this pause: no new check until the resume (a check now would only
+    /// delay the switch; a second switch in the same pause checks when it moves).
+    moved_in_pause: bool,
 }
 
 enum Step {
@@ -404,16 +418,15 @@ enum Step {
 impl Session {
     async fn run(&mut self) -> Result<(), SessionError> {
         let result = self.pump().await;
-        if let Err(e) = &result {
-            // Tell the client why, when the server side failed; a gone client hears nothing.
-            if let SessionError::Server(se) = e {
-                let msg = format!("the cutover proxy lost the database connection: {se}");
-                let mut out = std::mem::take(&mut self.to_client);
-                codec::error_response(&mut out, "FATAL", se.code(), &msg);
-                let _ = self.client_wr.write_all(&out).await;
-            }
+        // Tell the client why, when the server side failed; a gone client hears nothing.
+        if let Err(SessionError::Server(se)) = &result {
+            let msg = format!("the cutover proxy lost the database connection: {se}");
+            let mut out = std::mem::take(&mut self.to_client);
+            codec::error_response(&mut out, "FATAL", se.code(), &msg);
+            let _ = self.client_wr.write_all(&out).await;
         }
         let _ = self.client_wr.shutdown().await;
+        self.drop_standby();
         if let Some(live) = self.server.take() {
             live.into_conn().terminate().await;
         }
@@ -430,8 +443,11 @@ impl Session {
             }
             if !gate.paused {
                 self.inspection = None;
-            } else if idle && self.inspection.is_none() {
+                self.moved_in_pause = false;
+                self.drop_standby();
+            } else if idle && self.inspection.is_none() && !self.moved_in_pause {
                 self.inspect().await?;
+                self.start_standby(gate.active.other());
             }
             let pinned = self.inspection.as_ref().is_some_and(|i| i.pinned.is_some());
             let hold = gate.paused && self.flow.idle() && !pinned;
@@ -519,7 +535,9 @@ impl Session {
                 }
                 _ => self.flow.unsynced = true,
             }
-            self.inspection = None;
+            if self.inspection.take().is_some() {
+                self.drop_standby();
+            }
             self.to_server.extend_from_slice(&frame.raw);
         }
         Ok(Step::Go)
@@ -618,6 +636,37 @@ impl Session {
         }
     }
 
+    /// Opens the other backend's connection in the background while paused.
+    fn start_standby(&mut self, backend: state::Backend) {
+        let Some(inspection) = self.inspection.clone() else {
+            return;
+        };
+        if inspection.pinned.is_some() {
+            return;
+        }
+        self.drop_standby();
+        let url = self.shared.config.backend(backend).clone();
+        let (user, password, startup) = (
+            self.user.clone(),
+            self.password.clone(),
+            self.startup.clone(),
+        );
+        let handle = tokio::spawn(async move {
+            open_moved(&url, &user, password.as_ref(), &startup, &inspection).await
+        });
+        self.standby = Some((backend, handle));
+    }
+
+    fn drop_standby(&mut self) {
+        if let Some((_, handle)) = self.standby.take() {
+            tokio::spawn(async move {
+                if let Ok(Ok(conn)) = handle.await {
+                    conn.terminate().await;
+                }
+            });
+        }
+    }
+
     /// Moves this idle session to the gate's backend with its state.
     async fn migrate(&mut self, gate: Gate) -> Result<(), SessionError> {
         if self.inspection.is_none() {
@@ -630,67 +679,38 @@ impl Session {
             codec::error_response(&mut self.to_client, "FATAL", "57P01", &msg);
             return Err(SessionError::Client(msg));
         }
-        let backend = self.shared.config.backend(gate.active).clone();
-        let mut conn =
-            server::connect(&backend, &self.user, self.password.as_ref(), &self.startup).await?;
-        let mut replay = String::new();
-        if let Some(role) = &inspection.role {
-            replay.push_str(&format!(
-                "SELECT set_config('role', {}, false);",
-                literal(role)
-            ));
-        }
-        for (name, value) in &inspection.settings {
-            replay.push_str(&format!(
-                "SELECT set_config({}, {}, false);",
-                literal(name),
-                literal(value)
-            ));
-        }
-        for (_, statement, _, from_sql) in &inspection.statements {
-            if *from_sql {
-                replay.push_str(statement.trim_end_matches(';'));
-                replay.push(';');
-            }
-        }
-        if !replay.is_empty() {
-            conn.simple_query(&replay).await?;
-        }
-        let protocol: Vec<_> = inspection.statements.iter().filter(|s| !s.3).collect();
-        if !protocol.is_empty() {
-            let mut names: Vec<&String> = protocol.iter().flat_map(|s| s.2.iter()).collect();
-            names.sort();
-            names.dedup();
-            let mut oids = std::collections::HashMap::new();
-            if !names.is_empty() {
-                let list = names
-                    .iter()
-                    .map(|n| literal(n))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let rows = conn
-                    .simple_query(&format!(
-                        "SELECT t, t::regtype::oid::text FROM unnest(ARRAY[{list}]::text[]) t"
-                    ))
-                    .await?;
-                for r in rows {
-                    if let (Some(Some(n)), Some(Some(o))) = (r.first(), r.get(1)) {
-                        oids.insert(n.clone(), o.parse::<u32>().unwrap_or(0));
-                    }
+        let ready = match self.standby.take() {
+            Some((backend, handle)) if backend == gate.active => match handle.await {
+                Ok(Ok(conn)) => Some(conn),
+                Ok(Err(e)) => {
+                    tracing::debug!(
+                        "session {}: standby connection failed ({e}); trying again",
+                        self.id
+                    );
+                    None
                 }
+                Err(_) => None,
+            },
+            Some((_, handle)) => {
+                handle.abort();
+                None
             }
-            let mut out = BytesMut::new();
-            for (name, statement, types, _) in &protocol {
-                let t: Vec<u32> = types
-                    .iter()
-                    .map(|n| oids.get(n).copied().unwrap_or(0))
-                    .collect();
-                codec::parse(&mut out, name, statement, &t);
+            None => None,
+        };
+        let mut conn = match ready {
+            Some(c) => c,
+            None => {
+                let url = self.shared.config.backend(gate.active).clone();
+                open_moved(
+                    &url,
+                    &self.user,
+                    self.password.as_ref(),
+                    &self.startup,
+                    &inspection,
+                )
+                .await?
             }
-            codec::sync(&mut out);
-            conn.send(&out).await?;
-            conn.until_ready().await?;
-        }
+        };
         // Tell the client about parameters whose values changed.
         for (k, v) in conn.params.clone() {
             if self.reported.iter().any(|(n, old)| n == &k && old != &v) {
@@ -707,8 +727,81 @@ impl Session {
         self.epoch = gate.epoch;
         self.flow = Flow::default();
         self.inspection = None;
+        self.moved_in_pause = true;
+        self.publish(false);
         Ok(())
     }
+}
+
+/// Logs in to `url` and gives the new connection the session's state: role, settings,
+/// SQL-prepared statements, then every protocol-level prepared statement under its name.
+async fn open_moved(
+    url: &cutover_core::ConnString,
+    user: &str,
+    password: Option<&cutover_core::Secret>,
+    startup: &[(String, String)],
+    inspection: &Inspection,
+) -> Result<ServerConn, ServerError> {
+    let mut conn = server::connect(url, user, password, startup).await?;
+    let mut replay = String::new();
+    if let Some(role) = &inspection.role {
+        replay.push_str(&format!(
+            "SELECT set_config('role', {}, false);",
+            literal(role)
+        ));
+    }
+    for (name, value) in &inspection.settings {
+        replay.push_str(&format!(
+            "SELECT set_config({}, {}, false);",
+            literal(name),
+            literal(value)
+        ));
+    }
+    for (_, statement, _, from_sql) in &inspection.statements {
+        if *from_sql {
+            replay.push_str(statement.trim_end_matches(';'));
+            replay.push(';');
+        }
+    }
+    if !replay.is_empty() {
+        conn.simple_query(&replay).await?;
+    }
+    let protocol: Vec<_> = inspection.statements.iter().filter(|s| !s.3).collect();
+    if !protocol.is_empty() {
+        let mut names: Vec<&String> = protocol.iter().flat_map(|s| s.2.iter()).collect();
+        names.sort();
+        names.dedup();
+        let mut oids = std::collections::HashMap::new();
+        if !names.is_empty() {
+            let list = names
+                .iter()
+                .map(|n| literal(n))
+                .collect::<Vec<_>>()
+                .join(",");
+            let rows = conn
+                .simple_query(&format!(
+                    "SELECT t, t::regtype::oid::text FROM unnest(ARRAY[{list}]::text[]) t"
+                ))
+                .await?;
+            for r in rows {
+                if let (Some(Some(n)), Some(Some(o))) = (r.first(), r.get(1)) {
+                    oids.insert(n.clone(), o.parse::<u32>().unwrap_or(0));
+                }
+            }
+        }
+        let mut out = BytesMut::new();
+        for (name, statement, types, _) in &protocol {
+            let t: Vec<u32> = types
+                .iter()
+                .map(|n| oids.get(n).copied().unwrap_or(0))
+                .collect();
+            codec::parse(&mut out, name, statement, &t);
+        }
+        codec::sync(&mut out);
+        conn.send(&out).await?;
+        conn.until_ready().await?;
+    }
+    Ok(conn)
 }
 
 fn remember(list: &mut Vec<(String, String)>, name: &str, value: &str) {

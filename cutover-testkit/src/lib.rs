@@ -192,3 +192,15 @@ pub fn via_proxy(
     .expect("a well-formed proxy URL")
     .with_password(Some(password.clone()))
 }
+
+/// The URL text with its password, for an environment variable.
+pub fn url_text(c: &ConnString) -> String {
+    let pw = c
+        .password()
+        .map(|p| format!(":{}", p.expose()))
+        .unwrap_or_default();
+    format!(
+        "postgres://{}{pw}@{}:{}/{}?sslmode=disable",
+        c.user, c.host, c.port, c.dbname
+    )
+}

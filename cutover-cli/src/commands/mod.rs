@@ -5,7 +5,9 @@ mod cleanup;
 mod demo;
 mod init;
 mod journal;
+mod proxy;
 mod status;
+mod switchover;
 mod sync;
 mod verify;
 
@@ -27,6 +29,13 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Db(DbCommand::Status(args)) => status::run(&g, args).await,
         Command::Db(DbCommand::Verify(args)) => verify::run(&g, args).await,
         Command::Db(DbCommand::Cleanup(args)) => cleanup::run(&g, args).await,
+        Command::Db(DbCommand::Switchover(args)) => {
+            switchover::run(&g, args, cutover_runbook::Direction::Switchover).await
+        }
+        Command::Db(DbCommand::Rollback(args)) => {
+            switchover::run(&g, args, cutover_runbook::Direction::Rollback).await
+        }
+        Command::Proxy(args) => proxy::run(&g, args).await,
         Command::Demo(args) => demo::run(&g, args).await,
     };
     match result {

@@ -23,17 +23,7 @@ pub struct Env {
     pub secrets: Vec<String>,
 }
 
-/// The URL text with its password, for an environment variable.
-pub fn url_text(c: &ConnString) -> String {
-    let pw = c
-        .password()
-        .map(|p| format!(":{}", p.expose()))
-        .unwrap_or_default();
-    format!(
-        "postgres://{}{pw}@{}:{}/{}?sslmode=disable",
-        c.user, c.host, c.port, c.dbname
-    )
-}
+pub use cutover_testkit::url_text;
 
 impl Env {
     pub async fn native() -> Env {

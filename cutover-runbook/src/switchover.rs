@@ -1,0 +1,862 @@
+//! `db switchover` and `db rollback`: one procedure, two directions.
+//!
+//! The old primary is `from`, the new one `to`. In order, each a journaled step:
+//!
+//! 1. **preconditions** (nothing changes if they fail): the proxy answers and is on `from`;
+//!    the replication `from` → `to` exists, every table is ready, the lag is under
+//!    `switchover.max_lag_mib`; the reverse direction is possible (the role on `from` may
+//!    create a subscription); no application session on `from` bypasses the proxy (refused,
+//!    listed, unless forced). The fence marker table is put in place and published.
+//! 2. **pause** the proxy: new transactions wait.
+//! 3. **drain**: running transactions finish (timeout: abort). Sessions holding state that
+//!    cannot move must end first.
+//! 4. **fence** `from`: every write privilege on the moved tables and sequences revoked, what
+//!    was revoked written to the journal first (so any later run can undo it), then every
+//!    session that is not the proxy's ended.
+//! 5. **catch up**: a marker row written on `from` after the fence, awaited on `to`.
+//! 6. **sequences**: every sequence's `last_value`/`is_called` copied `from` → `to`.
+//! 7. **reverse**: the replication `from` → `to` is stopped (on PostgreSQL 15 it would loop
+//!    otherwise), then `to` → `from` started with no copy, so `from` keeps every later write.
+//!    If `to` was fenced by an earlier switch, that fence is lifted.
+//! 8. **switch** the proxy to `to`: **the point of no return**. The proxy writes its new
+//!    backend to disk before moving any session.
+//! 9. **resume**.
+//!
+//! Before the switch, any failure or interruption undoes what was done, newest first: the
+//! reverse replication stopped, the old direction started again (nothing was written on
+//! `from` since the fence, so nothing is missed), `to`'s fence restored, `from` unfenced,
+//! and the proxy resumed on `from`. A guard resumes the proxy from its `Drop` too, so a
+//! panic cannot leave clients paused. After the switch nothing is undone: the proxy stays
+//! on `to`, and going back is `db rollback`, the same procedure the other way round.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use cutover_core::engine::Steps;
+use cutover_core::{ConnString, Plan};
+use cutover_pg::fence::{self, Fence};
+use cutover_pg::inspect::{self, Sequence, Table};
+use cutover_pg::{connect, marker, replication, sequences, PgError, Side};
+use cutover_proxy::{AdminClient, Backend};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+/// Which way the database moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Source → target.
+    Switchover,
+    /// Target → source.
+    Rollback,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Switchover => "switchover",
+            Direction::Rollback => "rollback",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Go on although application sessions bypass the proxy (they are ended by the fence).
+    pub force: bool,
+    /// Switch without starting replication back into the old primary: no lossless rollback.
+    pub no_reverse: bool,
+    /// The roles applications log in as (the proxy's users); they must be able to read and
+    /// write every moved table on the new primary. The users of the proxy's sessions are
+    /// checked too.
+    pub app_roles: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Admin(#[from] cutover_proxy::admin::AdminError),
+    #[error(transparent)]
+    Journal(#[from] cutover_core::JournalError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("interrupted")]
+    Interrupted,
+    /// The procedure failed and so did part of its undo: a person must look.
+    #[error("{cause}; undoing it also failed: {undo}")]
+    Undo { cause: String, undo: String },
+}
+
+/// One end of a replication link: who publishes, who subscribes, and the names.
+#[derive(Clone, Debug)]
+struct Link {
+    publication: String,
+    subscription: String,
+    slot: String,
+}
+
+/// The two databases as this direction sees them.
+struct Ends {
+    from_side: Side,
+    to_side: Side,
+    from_url: ConnString,
+    to_url: ConnString,
+    /// How `from` reaches `to` for replication (the new direction).
+    to_replication_url: ConnString,
+    old: Link,
+    new: Link,
+    proxy_from: Backend,
+    proxy_to: Backend,
+}
+
+impl Ends {
+    fn of(plan: &Plan, direction: Direction) -> Ends {
+        let s = &plan.sync;
+        let forward = Link {
+            publication: s.publication(),
+            subscription: s.subscription(),
+            slot: s.slot(),
+        };
+        let reverse = Link {
+            publication: s.reverse_publication(),
+            subscription: s.reverse_subscription(),
+            slot: s.reverse_slot(),
+        };
+        match direction {
+            Direction::Switchover => Ends {
+                from_side: Side::Source,
+                to_side: Side::Target,
+                from_url: plan.source.url.clone(),
+                to_url: plan.target.url.clone(),
+                to_replication_url: plan.target.replication_url.clone(),
+                old: forward,
+                new: reverse,
+                proxy_from: Backend::Source,
+                proxy_to: Backend::Target,
+            },
+            Direction::Rollback => Ends {
+                from_side: Side::Target,
+                to_side: Side::Source,
+                from_url: plan.target.url.clone(),
+                to_url: plan.source.url.clone(),
+                to_replication_url: plan.source.replication_url.clone(),
+                old: reverse,
+                new: forward,
+                proxy_from: Backend::Target,
+                proxy_to: Backend::Source,
+            },
+        }
+    }
+}
+
+fn fence_key(side: Side) -> String {
+    format!("fence.{side}")
+}
+
+/// The fence an earlier switch left on the new primary, if any.
+fn to_fence_pending(plan: &Plan, e: &Ends) -> Result<Option<String>, SwitchError> {
+    let journal = cutover_core::Journal::open(&plan.journal_path())?;
+    Ok(journal.fact(&fence_key(e.to_side))?)
+}
+
+/// What a finished switch reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct SwitchSummary {
+    pub direction: Direction,
+    /// The proxy was already on the new primary; nothing was done.
+    pub already: bool,
+    pub active: Backend,
+    /// From pause to resume.
+    pub pause_ms: f64,
+    /// The longest a client request waited at the proxy during this pause.
+    pub longest_client_wait_ms: f64,
+    pub sessions_moved: usize,
+    pub fence_lsn: Option<String>,
+    pub sequences: usize,
+    pub reverse_replication: bool,
+    pub steps: Vec<StepTime>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepTime {
+    pub step: String,
+    pub ms: f64,
+}
+
+/// What has been done before the switch, to be undone on failure.
+#[derive(Default)]
+struct Undo {
+    from_fenced: Option<Fence>,
+    to_unfenced: Option<Fence>,
+    old_stopped: bool,
+    new_started: bool,
+}
+
+/// Resumes the proxy when dropped unless released: errors, panics and cancellation alike.
+struct PausedProxy {
+    admin: AdminClient,
+    armed: bool,
+}
+
+impl PausedProxy {
+    async fn release(mut self) -> Result<(), SwitchError> {
+        self.armed = false;
+        self.admin.resume().await?;
+        Ok(())
+    }
+}
+
+impl Drop for PausedProxy {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.admin.resume_blocking() {
+                tracing::error!("could not resume the proxy: {e}; resume it with `curl -X POST -H 'Authorization: Bearer ...' http://{}/resume`", self.admin.addr);
+            }
+        }
+    }
+}
+
+struct Pre {
+    tables_from: Vec<Table>,
+    tables_to: Vec<Table>,
+    sequences: Vec<Sequence>,
+    /// What the fence will revoke, read before the pause. A grant made in between makes
+    /// the fence fail its own check and the switch stop, never a fence with a hole.
+    fence: Fence,
+}
+
+/// Runs the switch. `interrupt` resolves when the user asks to stop (Ctrl-C): before the
+/// point of no return that undoes everything; after it, it is ignored.
+pub async fn run(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    admin: &AdminClient,
+    direction: Direction,
+    options: &Options,
+    interrupt: impl Future<Output = ()>,
+) -> Result<SwitchSummary, SwitchError> {
+    let e = Ends::of(plan, direction);
+    let name = direction.name();
+    let times = Mutex::new(Vec::<StepTime>::new());
+    let from = connect(&e.from_url, e.from_side).await?;
+    let to = connect(&e.to_url, e.to_side).await?;
+
+    // 1. Preconditions.
+    let t = Instant::now();
+    let status = admin.status().await?;
+    if status.active == e.proxy_to {
+        steps.skip(
+            &format!("{name}.preconditions"),
+            &format!("the proxy is already on the {}", e.to_side),
+        )?;
+        return Ok(SwitchSummary {
+            direction,
+            already: true,
+            active: status.active,
+            pause_ms: 0.0,
+            longest_client_wait_ms: 0.0,
+            sessions_moved: 0,
+            fence_lsn: None,
+            sequences: 0,
+            reverse_replication: false,
+            steps: vec![],
+        });
+    }
+    let pre = steps
+        .run(
+            &format!("{name}.preconditions"),
+            &format!(
+                "check the proxy, the replication {} -> {}, the lag and the sessions on the {}",
+                e.from_side, e.to_side, e.from_side
+            ),
+            || preconditions(plan, &e, &from, &to, admin, options),
+        )
+        .await
+        .map_err(|p: SwitchError| p)?;
+    push_time(&times, "preconditions", t);
+
+    // 2. Pause.
+    let paused_at = Instant::now();
+    steps
+        .run(
+            &format!("{name}.pause"),
+            "hold new transactions at the proxy",
+            || async { admin.pause().await.map(|_| ()).map_err(SwitchError::from) },
+        )
+        .await?;
+    let guard = PausedProxy {
+        admin: admin.clone(),
+        armed: true,
+    };
+    push_time(&times, "pause", paused_at);
+
+    let undo = Mutex::new(Undo::default());
+    let marker_id = cutover_core::journal::now_ms();
+    let before_switch = async {
+        let t = Instant::now();
+        let drain_timeout = plan.switchover.drain_timeout;
+        let drained = steps
+            .run(
+                &format!("{name}.drain"),
+                &format!(
+                    "wait up to {}s for running transactions",
+                    drain_timeout.as_secs()
+                ),
+                || async {
+                    admin.drain(drain_timeout).await.map_err(|err| match err {
+                        cutover_proxy::admin::AdminError::Refused { message, .. } => {
+                            SwitchError::Refused(format!(
+                                "{message}; nothing was changed, the proxy resumed on the {}",
+                                e.from_side
+                            ))
+                        }
+                        other => other.into(),
+                    })
+                },
+            )
+            .await?;
+        push_time(&times, "drain", t);
+        let proxy_pids = drained.server_pids(e.proxy_from);
+
+        let t = Instant::now();
+        let plan_of_fence = pre.fence.clone();
+        let fence_text = serde_json::to_string(&plan_of_fence).expect("a fence serializes");
+        let journal = steps.journal();
+        let fenced = steps
+            .run(
+                &format!("{name}.fence"),
+                &format!(
+                    "revoke {} write privileges on the {} and end every session that is not the proxy's",
+                    plan_of_fence.revoked.len(),
+                    e.from_side
+                ),
+                || async {
+                    journal.set_fact(&fence_key(e.from_side), Some(&fence_text))?;
+                    undo.lock().unwrap().from_fenced = Some(plan_of_fence.clone());
+                    fence::apply_fence(&from, e.from_side, &plan_of_fence).await?;
+                    let others = fence::other_sessions(&from, e.from_side, &proxy_pids).await?;
+                    let pids: Vec<i32> = others.iter().map(|s| s.pid).collect();
+                    let ended = fence::terminate(&from, e.from_side, &pids).await?;
+                    Ok::<_, SwitchError>(format!(
+                        "{} privileges revoked, {ended} sessions ended",
+                        plan_of_fence.revoked.len()
+                    ))
+                },
+            )
+            .await?;
+        let _ = fenced;
+        push_time(&times, "fence", t);
+
+        let t = Instant::now();
+        let lsn = steps
+            .run(
+                &format!("{name}.catch_up"),
+                &format!(
+                    "write a marker on the {} after the fence and wait for it on the {}",
+                    e.from_side, e.to_side
+                ),
+                || async {
+                    let lsn = marker::write(&from, e.from_side, marker_id).await?;
+                    marker::wait(&to, e.to_side, marker_id, plan.switchover.catch_up_timeout)
+                        .await?;
+                    Ok::<_, SwitchError>(lsn)
+                },
+            )
+            .await?;
+        push_time(&times, "catch_up", t);
+
+        let t = Instant::now();
+        let copied = steps
+            .run(
+                &format!("{name}.sequences"),
+                &format!(
+                    "copy {} sequences {} -> {}",
+                    pre.sequences.len(),
+                    e.from_side,
+                    e.to_side
+                ),
+                || async {
+                    let v = sequences::copy_sequences(
+                        &from,
+                        e.from_side,
+                        &to,
+                        e.to_side,
+                        &pre.sequences,
+                    )
+                    .await?;
+                    Ok::<_, SwitchError>(format!("{} sequences copied", v.len()))
+                },
+            )
+            .await?;
+        let _ = copied;
+        push_time(&times, "sequences", t);
+
+        let t = Instant::now();
+        steps
+            .run(
+                &format!("{name}.reverse"),
+                &format!(
+                    "stop {} and start {} ({} -> {})",
+                    e.old.subscription, e.new.subscription, e.to_side, e.from_side
+                ),
+                || async {
+                    // Disabled now, dropped after the resume: nothing is left for it to
+                    // apply, and the drop (which reaches the other server) stays out of the pause.
+                    to.batch_execute(&format!(
+                        "ALTER SUBSCRIPTION {} DISABLE",
+                        cutover_pg::ident(&e.old.subscription)
+                    ))
+                    .await
+                    .map_err(|err| PgError::sql(e.to_side, "disable the subscription", err))?;
+                    undo.lock().unwrap().old_stopped = true;
+                    if options.no_reverse {
+                        return Ok::<_, SwitchError>(format!(
+                            "{} stopped; no replication back (--no-reverse)",
+                            e.old.subscription
+                        ));
+                    }
+                    undo.lock().unwrap().new_started = true;
+                    let mut tables = pre.tables_to.clone();
+                    tables.push(marker::table());
+                    replication::start_replication(
+                        &to,
+                        e.to_side,
+                        &e.to_replication_url,
+                        &from,
+                        e.from_side,
+                        &e.new.publication,
+                        &e.new.subscription,
+                        &e.new.slot,
+                        &tables,
+                    )
+                    .await?;
+                    Ok(format!(
+                        "{} disabled, {} started",
+                        e.old.subscription, e.new.subscription
+                    ))
+                },
+            )
+            .await?;
+        push_time(&times, "reverse", t);
+
+        if let Some(text) = journal.fact(&fence_key(e.to_side))? {
+            let t = Instant::now();
+            let earlier: Fence = serde_json::from_str(&text).map_err(|err| {
+                SwitchError::Refused(format!("the journal's fence of the {}: {err}", e.to_side))
+            })?;
+            steps
+                .run(
+                    &format!("{name}.unfence"),
+                    &format!(
+                        "give the {} back its {} write privileges",
+                        e.to_side,
+                        earlier.revoked.len()
+                    ),
+                    || async {
+                        fence::unfence(&to, e.to_side, &earlier).await?;
+                        undo.lock().unwrap().to_unfenced = Some(earlier.clone());
+                        journal.set_fact(&fence_key(e.to_side), None)?;
+                        Ok::<_, SwitchError>(())
+                    },
+                )
+                .await?;
+            push_time(&times, "unfence", t);
+        }
+        Ok::<_, SwitchError>(lsn)
+    };
+
+    let outcome = tokio::select! {
+        r = before_switch => r,
+        _ = interrupt => Err(SwitchError::Interrupted),
+    };
+    let lsn = match outcome {
+        Ok(lsn) => lsn,
+        Err(cause) => {
+            let undone = undo_all(steps, &e, &from, &to, &undo, name).await;
+            let resumed = guard.release().await;
+            return Err(match (undone, resumed) {
+                (Ok(()), Ok(())) => cause,
+                (Err(u), _) => SwitchError::Undo {
+                    cause: cause.to_string(),
+                    undo: u,
+                },
+                (Ok(()), Err(r)) => SwitchError::Undo {
+                    cause: cause.to_string(),
+                    undo: format!("resume the proxy: {r}"),
+                },
+            });
+        }
+    };
+
+    // 8. The point of no return.
+    let t = Instant::now();
+    let switched = steps
+        .run(
+            &format!("{name}.switch"),
+            &format!(
+                "move every proxy session to the {} (point of no return)",
+                e.to_side
+            ),
+            || async {
+                match admin.switch(e.proxy_to).await {
+                    Ok(r) => Ok(r),
+                    Err(err) => {
+                        // The answer may have been lost after the proxy switched.
+                        match admin.status().await {
+                            Ok(s) if s.active == e.proxy_to => Ok(cutover_proxy::SwitchReport {
+                                active: s.active,
+                                epoch: s.epoch,
+                                moved: s.sessions.len(),
+                                failed: vec![],
+                                already: false,
+                            }),
+                            _ => Err(SwitchError::from(err)),
+                        }
+                    }
+                }
+            },
+        )
+        .await;
+    let report = match switched {
+        Ok(r) => r,
+        Err(cause) => {
+            let undone = undo_all(steps, &e, &from, &to, &undo, name).await;
+            let resumed = guard.release().await;
+            return Err(match (undone, resumed) {
+                (Ok(()), Ok(())) => cause,
+                (Err(u), _) => SwitchError::Undo {
+                    cause: cause.to_string(),
+                    undo: u,
+                },
+                (Ok(()), Err(r)) => SwitchError::Undo {
+                    cause: cause.to_string(),
+                    undo: format!("resume the proxy: {r}"),
+                },
+            });
+        }
+    };
+    push_time(&times, "switch", t);
+
+    let t = Instant::now();
+    steps
+        .run(
+            &format!("{name}.resume"),
+            "let the held transactions go on",
+            || async { guard.release().await },
+        )
+        .await?;
+    push_time(&times, "resume", t);
+    let pause_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    steps
+        .run(
+            &format!("{name}.retire"),
+            &format!(
+                "drop {} and its slot on the {}",
+                e.old.subscription, e.from_side
+            ),
+            || async {
+                replication::stop_subscription(&to, e.to_side, &e.old.subscription).await?;
+                Ok::<_, SwitchError>(())
+            },
+        )
+        .await?;
+    push_time(&times, "retire", t);
+    let after = admin.status().await?;
+    Ok(SwitchSummary {
+        direction,
+        already: false,
+        active: report.active,
+        pause_ms,
+        longest_client_wait_ms: after.pause.last_pause_longest_hold_ms,
+        sessions_moved: report.moved,
+        fence_lsn: Some(lsn),
+        sequences: pre.sequences.len(),
+        reverse_replication: !options.no_reverse,
+        steps: times.into_inner().unwrap(),
+    })
+}
+
+fn push_time(times: &Mutex<Vec<StepTime>>, step: &str, started: Instant) {
+    times.lock().unwrap().push(StepTime {
+        step: step.to_string(),
+        ms: started.elapsed().as_secs_f64() * 1000.0,
+    });
+}
+
+async fn preconditions(
+    plan: &Plan,
+    e: &Ends,
+    from: &Client,
+    to: &Client,
+    admin: &AdminClient,
+    options: &Options,
+) -> Result<Pre, SwitchError> {
+    let status = admin.status().await?;
+    if status.active != e.proxy_from {
+        return Err(SwitchError::Refused(format!(
+            "the proxy is on the {}, not the {}",
+            status.active, e.proxy_from
+        )));
+    }
+    // The old direction: there, ready, caught up enough.
+    let sub = to
+        .query_opt(
+            "SELECT s.subenabled,
+                    (SELECT count(*) FROM pg_subscription_rel r WHERE r.srsubid = s.oid AND r.srsubstate <> 'r')
+               FROM pg_subscription s
+              WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&e.old.subscription],
+        )
+        .await
+        .map_err(|err| PgError::sql(e.to_side, "read the subscription", err))?;
+    let Some(sub) = sub else {
+        return Err(SwitchError::Refused(match e.to_side {
+            Side::Target => format!(
+                "the target has no subscription {}: nothing follows the source; run `cutover db sync` first",
+                e.old.subscription
+            ),
+            Side::Source => format!(
+                "the source has no subscription {}: nothing carries the target's writes back, so a rollback would lose them; it is made by `cutover db switchover` (without --no-reverse)",
+                e.old.subscription
+            ),
+        }));
+    };
+    let (enabled, not_ready): (bool, i64) = (sub.get(0), sub.get(1));
+    if !enabled {
+        return Err(SwitchError::Refused(format!(
+            "subscription {} on the {} is disabled; enable it (ALTER SUBSCRIPTION {} ENABLE) and let it catch up",
+            e.old.subscription, e.to_side, e.old.subscription
+        )));
+    }
+    if not_ready > 0 {
+        return Err(SwitchError::Refused(format!(
+            "{not_ready} tables are still being copied into the {}; wait until `cutover db status` shows every table ready",
+            e.to_side
+        )));
+    }
+    let lag = from
+        .query_opt(
+            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&e.old.slot],
+        )
+        .await
+        .map_err(|err| PgError::sql(e.from_side, "read the replication slot", err))?;
+    let Some(lag) = lag else {
+        return Err(SwitchError::Refused(format!(
+            "the {} has no replication slot {}; the subscription is not following it",
+            e.from_side, e.old.slot
+        )));
+    };
+    let lag: i64 = lag.get(0);
+    if lag as u64 > plan.switchover.max_lag_bytes {
+        return Err(SwitchError::Refused(format!(
+            "the {} is {} bytes behind, over switchover.max_lag_mib ({} MiB); wait for it to catch up (`cutover db status --watch`)",
+            e.to_side,
+            lag,
+            plan.switchover.max_lag_bytes / (1024 * 1024)
+        )));
+    }
+    if !options.no_reverse {
+        replication::can_subscribe(from, e.from_side).await.map_err(|err| {
+            SwitchError::Refused(format!(
+                "{err}; or pass --no-reverse to switch without replication back (a rollback would then lose the writes made after the switch)"
+            ))
+        })?;
+    }
+    // Nobody writes to `from` behind the proxy's back.
+    let proxy_pids = status.server_pids(e.proxy_from);
+    let others: Vec<_> = fence::other_sessions(from, e.from_side, &proxy_pids)
+        .await?
+        .into_iter()
+        .filter(|s| !s.application_name.starts_with("cutover"))
+        .collect();
+    if !others.is_empty() && !options.force {
+        let list: Vec<String> = others
+            .iter()
+            .map(|s| {
+                format!(
+                    "pid {} user {} from {} ({})",
+                    s.pid,
+                    s.user,
+                    s.client_addr.as_deref().unwrap_or("local socket"),
+                    if s.application_name.is_empty() {
+                        "no application_name"
+                    } else {
+                        &s.application_name
+                    }
+                )
+            })
+            .collect();
+        return Err(SwitchError::Refused(format!(
+            "{} sessions on the {} do not go through the proxy: {}; point them at the proxy, or pass --force to end them at the fence",
+            others.len(),
+            e.from_side,
+            list.join("; ")
+        )));
+    }
+    let tables_from = inspect::tables(from, e.from_side, &plan.sync).await?;
+    let tables_to = inspect::tables(to, e.to_side, &plan.sync).await?;
+    let sequences = inspect::sequences(from, e.from_side, &plan.sync).await?;
+    // The applications can work on the new primary (pg_dump's copy carries no grants). A
+    // side fenced by an earlier switch gets its exact grants back before the switch.
+    if to_fence_pending(plan, e)?.is_none() {
+        let mut roles: Vec<String> = options.app_roles.clone();
+        roles.extend(status.sessions.iter().map(|s| s.user.clone()));
+        roles.sort();
+        roles.dedup();
+        let names: Vec<String> = tables_to.iter().map(|t| t.qualified()).collect();
+        let seqs: Vec<String> = inspect::sequences(to, e.to_side, &plan.sync)
+            .await?
+            .iter()
+            .map(|s| cutover_pg::qualified(&s.schema, &s.name))
+            .collect();
+        let rows = to
+            .query(
+                "SELECT u.role, coalesce(string_agg(t.name, ', ' ORDER BY t.name), '')
+                   FROM unnest($1::text[]) u(role)
+                   LEFT JOIN unnest($2::text[]) t(name)
+                     ON EXISTS (SELECT 1 FROM pg_roles WHERE rolname = u.role)
+                    AND NOT (has_table_privilege(u.role, t.name, 'SELECT') AND has_table_privilege(u.role, t.name, 'INSERT')
+                             AND has_table_privilege(u.role, t.name, 'UPDATE') AND has_table_privilege(u.role, t.name, 'DELETE'))
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = u.role) OR t.name IS NOT NULL
+                  GROUP BY u.role
+                  UNION ALL
+                 SELECT u.role, string_agg(q.name, ', ' ORDER BY q.name)
+                   FROM unnest($1::text[]) u(role), unnest($3::text[]) q(name)
+                  WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = u.role)
+                    AND NOT has_sequence_privilege(u.role, q.name, 'USAGE')
+                  GROUP BY u.role",
+                &[&roles, &names, &seqs],
+            )
+            .await
+            .map_err(|err| PgError::sql(e.to_side, "check the applications' privileges", err))?;
+        if !rows.is_empty() {
+            let list: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    let (role, what): (String, String) = (r.get(0), r.get(1));
+                    if what.is_empty() {
+                        format!(
+                            "role {role} does not exist (CREATE ROLE {role} LOGIN PASSWORD ...)"
+                        )
+                    } else {
+                        format!("role {role} cannot read and write {what}")
+                    }
+                })
+                .collect();
+            return Err(SwitchError::Refused(format!(
+                "the applications could not work on the {}: {}; grant it there, e.g. GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO <role>; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO <role>",
+                e.to_side,
+                list.join("; ")
+            )));
+        }
+    }
+    marker::ensure(from, e.from_side).await?;
+    marker::ensure(to, e.to_side).await?;
+    marker::publish(
+        from,
+        e.from_side,
+        &e.old.publication,
+        to,
+        e.to_side,
+        &e.old.subscription,
+    )
+    .await?;
+    let fence = fence::plan_fence(from, e.from_side, &tables_from, &sequences).await?;
+    Ok(Pre {
+        tables_from,
+        tables_to,
+        sequences,
+        fence,
+    })
+}
+
+impl cutover_core::engine::Outcome for Pre {
+    fn summary(&self) -> String {
+        format!(
+            "{} tables, {} sequences",
+            self.tables_from.len(),
+            self.sequences.len()
+        )
+    }
+}
+
+/// Undoes, newest first, what was done before the switch. Every part is tried; the
+/// failures are joined into one message that says what is left to do by hand.
+async fn undo_all(
+    steps: &Steps<'_>,
+    e: &Ends,
+    from: &Client,
+    to: &Client,
+    undo: &Mutex<Undo>,
+    name: &str,
+) -> Result<(), String> {
+    let (from_fenced, to_unfenced, old_stopped, new_started) = {
+        let u = undo.lock().unwrap();
+        (
+            u.from_fenced.clone(),
+            u.to_unfenced.clone(),
+            u.old_stopped,
+            u.new_started,
+        )
+    };
+    let journal = steps.journal();
+    let mut failures = vec![];
+    let step = format!("{name}.undo");
+    let r = steps
+        .run(&step, "undo what was done before the switch", || async {
+            if new_started {
+                if let Err(err) =
+                    replication::stop_subscription(from, e.from_side, &e.new.subscription).await
+                {
+                    failures.push(format!("stop {}: {err}", e.new.subscription));
+                }
+            }
+            if old_stopped {
+                // Nothing was written on `from` since the fence: enabled again, it misses nothing.
+                if let Err(err) = to
+                    .batch_execute(&format!(
+                        "ALTER SUBSCRIPTION {} ENABLE",
+                        cutover_pg::ident(&e.old.subscription)
+                    ))
+                    .await
+                {
+                    failures.push(format!("enable {} again: {err}", e.old.subscription));
+                }
+            }
+            if let Some(f) = &to_unfenced {
+                let text = serde_json::to_string(f).expect("a fence serializes");
+                if let Err(err) = journal.set_fact(&fence_key(e.to_side), Some(&text)) {
+                    failures.push(format!("journal: {err}"));
+                }
+                if let Err(err) = fence::apply_fence(to, e.to_side, f).await {
+                    failures.push(format!("fence the {} again: {err}", e.to_side));
+                }
+            }
+            if let Some(f) = &from_fenced {
+                match fence::unfence(from, e.from_side, f).await {
+                    Ok(()) => {
+                        if let Err(err) = journal.set_fact(&fence_key(e.from_side), None) {
+                            failures.push(format!("journal: {err}"));
+                        }
+                    }
+                    Err(err) => failures.push(format!(
+                        "unfence the {}: {err} (the revoked privileges are in the journal; run the command again to retry)",
+                        e.from_side
+                    )),
+                }
+            }
+            if failures.is_empty() {
+                Ok(format!("the {} takes writes again", e.from_side))
+            } else {
+                Err(SwitchError::Refused(failures.join("; ")))
+            }
+        })
+        .await;
+    r.map(|_: String| ()).map_err(|err| err.to_string())
+}

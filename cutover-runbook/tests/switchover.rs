@@ -1,0 +1,283 @@
+//! Switchover and rollback under real pgbench load through the proxy: pgbench must end
+//! with zero failed transactions and no aborted client, every transaction it reports must
+//! be on the new primary, and its sequences must be ahead of every value used.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cutover_core::engine::{StepEvent, Steps};
+use cutover_core::{Journal, Plan};
+use cutover_pg::{connect, pgbench, Side};
+use cutover_proxy::{AdminClient, Backend, Running};
+use cutover_runbook::{Direction, Options};
+use cutover_testkit::{scram_user, via_proxy, Pair};
+
+struct Fixture {
+    pair: Pair,
+    _dir: tempfile::TempDir,
+    plan: Plan,
+    proxy: Running,
+    admin: AdminClient,
+    proxy_url: cutover_core::ConnString,
+}
+
+async fn fixture() -> Fixture {
+    let pair = Pair::native().await;
+    let pw = pair.app_role("app").await;
+    let app_source = pair
+        .source
+        .cluster
+        .url_as("app", Some(pw.clone()), &pair.source.db);
+    let out = cutover_pg::connect::client_program("pgbench", Some(&app_source))
+        .args(["-i", "-s", "1", "-q"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.source
+        .exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
+        .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = BTreeMap::new();
+    env.insert(
+        "SRC".to_string(),
+        cutover_testkit::url_text(&pair.source.url()),
+    );
+    env.insert(
+        "DST".to_string(),
+        cutover_testkit::url_text(&pair.target.url()),
+    );
+    let text = cutover_core::plan::template("${SRC}", "${DST}");
+    let plan = cutover_core::plan::parse(&text, &dir.path().join("cutover.toml"), &env).unwrap();
+    let journal = Journal::open(&plan.journal_path()).unwrap();
+    let run = journal.begin_run("db sync").unwrap();
+    let steps = Steps::new(&journal, run, &|_| {});
+    cutover_pg::sync::sync(&plan, &steps, &|_| {})
+        .await
+        .unwrap();
+    // pg_dump's copy carries no grants: the platform's roles are set up by hand.
+    pair.target
+        .exec("GRANT ALL ON ALL TABLES IN SCHEMA public TO app; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app")
+        .await;
+
+    let config = pair.proxy_config(vec![scram_user("app", &pw)], dir.path());
+    let admin_token = config.admin_token.clone();
+    let proxy = cutover_proxy::start(config).await.unwrap();
+    let admin = AdminClient::new(proxy.admin_addr, admin_token);
+    let proxy_url = via_proxy(proxy.addr, "app", &pw, &pair.source.db);
+    Fixture {
+        pair,
+        _dir: dir,
+        plan,
+        proxy,
+        admin,
+        proxy_url,
+    }
+}
+
+impl Fixture {
+    async fn switch(&self, direction: Direction) -> Result<cutover_runbook::SwitchSummary, String> {
+        self.switch_watching(direction, &|_| {}).await
+    }
+
+    async fn switch_watching(
+        &self,
+        direction: Direction,
+        observer: &(dyn Fn(&StepEvent<'_>) + Send + Sync),
+    ) -> Result<cutover_runbook::SwitchSummary, String> {
+        let journal = Journal::open(&self.plan.journal_path()).unwrap();
+        let run = journal.begin_run(direction.name()).unwrap();
+        let steps = Steps::new(&journal, run, observer);
+        let options = Options {
+            app_roles: vec!["app".into()],
+            ..Default::default()
+        };
+        cutover_runbook::run(
+            &self.plan,
+            &steps,
+            &self.admin,
+            direction,
+            &options,
+            std::future::pending(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    fn load(&self, mode: &str, seconds: u32) -> tokio::process::Child {
+        let t = seconds.to_string();
+        pgbench::start(
+            &self.proxy_url,
+            &["-n", "-c", "16", "-j", "16", "-T", &t, "-M", mode],
+        )
+        .unwrap()
+    }
+}
+
+async fn count(pg: &cutover_testkit::Pg, sql: &str) -> i64 {
+    pg.value(sql).await.unwrap().parse().unwrap()
+}
+
+async fn switch_and_roll_back_under(mode: &str) {
+    let f = fixture().await;
+
+    // Switchover in the middle of the load.
+    let load = f.load(mode, 8);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let summary = f.switch(Direction::Switchover).await.unwrap();
+    eprintln!("switchover under -M {mode}: {summary:?}");
+    assert_eq!(summary.active, Backend::Target);
+    let verdict = pgbench::finish(load).await.unwrap();
+    assert!(verdict.clean(), "{verdict:?}");
+    assert!(verdict.processed > 0);
+    let on_target = count(&f.pair.target, "SELECT count(*) FROM pgbench_history").await;
+    assert_eq!(
+        on_target as u64, verdict.processed,
+        "every reported transaction is on the target"
+    );
+    let seq = count(
+        &f.pair.target,
+        "SELECT last_value FROM pgbench_history_id_seq",
+    )
+    .await;
+    let max = count(
+        &f.pair.target,
+        "SELECT coalesce(max(id), 0) FROM pgbench_history",
+    )
+    .await;
+    assert!(
+        seq >= max,
+        "the sequence ({seq}) is ahead of every id used ({max})"
+    );
+    // The source is fenced: the application role cannot write there.
+    let app = connect(
+        &f.pair
+            .source
+            .cluster
+            .url_as("app", f.proxy_url.password().cloned(), &f.pair.source.db),
+        Side::Source,
+    )
+    .await
+    .unwrap();
+    let e = app
+        .batch_execute(
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, now())",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e:?}");
+
+    // Rollback in the middle of a second load: nothing written on the target is lost.
+    let load = f.load(mode, 8);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let summary = f.switch(Direction::Rollback).await.unwrap();
+    eprintln!("rollback under -M {mode}: {summary:?}");
+    assert_eq!(summary.active, Backend::Source);
+    let second = pgbench::finish(load).await.unwrap();
+    assert!(second.clean(), "{second:?}");
+    let on_source = count(&f.pair.source, "SELECT count(*) FROM pgbench_history").await;
+    assert_eq!(on_source as u64, verdict.processed + second.processed);
+    let seq = count(
+        &f.pair.source,
+        "SELECT last_value FROM pgbench_history_id_seq",
+    )
+    .await;
+    let max = count(&f.pair.source, "SELECT max(id) FROM pgbench_history").await;
+    assert!(
+        seq >= max,
+        "the source's sequence ({seq}) is ahead of every id used ({max})"
+    );
+    // And the source takes the application's writes again.
+    app.batch_execute(
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, now())",
+    )
+    .await
+    .unwrap();
+    f.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_and_rollback_with_prepared_statements() {
+    switch_and_roll_back_under("prepared").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_and_rollback_with_the_extended_protocol() {
+    switch_and_roll_back_under("extended").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_and_rollback_with_simple_queries() {
+    switch_and_roll_back_under("simple").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stops_before_the_switch_leaves_the_source_serving() {
+    let f = fixture().await;
+    let load = f.load("prepared", 6);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let halted = Mutex::new(false);
+    let target = &f.pair.target.cluster;
+    let observer = |ev: &StepEvent<'_>| {
+        if let StepEvent::Started { step, .. } = ev {
+            if *step == "switchover.fence" && !*halted.lock().unwrap() {
+                target.halt().unwrap();
+                *halted.lock().unwrap() = true;
+            }
+        }
+    };
+    let e = f
+        .switch_watching(Direction::Switchover, &observer)
+        .await
+        .unwrap_err();
+    assert!(e.contains("target"), "{e}");
+    let verdict = pgbench::finish(load).await.unwrap();
+    assert!(verdict.clean(), "{verdict:?}");
+    let status = f.admin.status().await.unwrap();
+    assert_eq!(status.active, Backend::Source);
+    assert!(!status.paused);
+    // The source is unfenced: the application writes there directly too.
+    let app = connect(
+        &f.pair
+            .source
+            .cluster
+            .url_as("app", f.proxy_url.password().cloned(), &f.pair.source.db),
+        Side::Source,
+    )
+    .await
+    .unwrap();
+    app.batch_execute(
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, now())",
+    )
+    .await
+    .unwrap();
+    let journal = Journal::open(&f.plan.journal_path()).unwrap();
+    assert_eq!(journal.fact("fence.source").unwrap(), None);
+    f.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_never_ends_times_the_drain_out_and_changes_nothing() {
+    let mut f = fixture().await;
+    f.plan.switchover.drain_timeout = Duration::from_secs(1);
+    let stuck = connect(&f.proxy_url, Side::Source).await.unwrap();
+    stuck.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let load = f.load("extended", 5);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let e = f.switch(Direction::Switchover).await.unwrap_err();
+    assert!(e.contains("transaction in progress"), "{e}");
+    let verdict = pgbench::finish(load).await.unwrap();
+    assert!(verdict.clean(), "{verdict:?}");
+    let status = f.admin.status().await.unwrap();
+    assert_eq!(status.active, Backend::Source);
+    assert!(!status.paused);
+    // The stuck transaction was never cut: it commits.
+    stuck.batch_execute("COMMIT").await.unwrap();
+    f.proxy.stop().await;
+}
