@@ -18,7 +18,30 @@ fn demo_runs_to_an_equal_verification() {
     assert_eq!(s["tables"], 9);
     assert_eq!(s["tables_equal"], 9);
     assert!(s["writes_during_copy"].as_i64().unwrap() > 0, "{stdout}");
-    assert_eq!(s["removed"].as_array().unwrap().len(), 3, "{stdout}");
+    let sw = &s["switchover"];
+    assert_eq!(sw["failed_transactions"], 0, "{stdout}");
+    assert_eq!(sw["aborted_clients"], 0, "{stdout}");
+    assert!(sw["transactions"].as_u64().unwrap() > 0, "{stdout}");
+    assert!(sw["sessions_moved"].as_u64().unwrap() > 0, "{stdout}");
+    assert!(
+        sw["errors_during_copy"].as_array().unwrap().is_empty(),
+        "{stdout}"
+    );
+    // After the switch the source follows the target: cleanup removes that direction.
+    let removed: Vec<&str> = s["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        removed.contains(&"subscription cutover_rev_sub (source)"),
+        "{removed:?}"
+    );
+    assert!(
+        removed.contains(&"publication cutover_pub (source)"),
+        "{removed:?}"
+    );
     assert!(stderr.contains("✓ copy"), "{stderr}");
     // The clusters' passwords are "cut" and 24 hex digits; none may show.
     for text in [&stdout, &stderr] {

@@ -23,7 +23,11 @@ pub struct Removed {
     pub name: String,
 }
 
-async fn drop_subscription(target: &Client, name: &str) -> Result<Option<u32>, PgError> {
+async fn drop_subscription(
+    target: &Client,
+    side: Side,
+    name: &str,
+) -> Result<Option<u32>, PgError> {
     let Some(oid) = subscription_oid(target, name).await? else {
         return Ok(None);
     };
@@ -31,20 +35,25 @@ async fn drop_subscription(target: &Client, name: &str) -> Result<Option<u32>, P
     target
         .batch_execute(&format!("ALTER SUBSCRIPTION {q} DISABLE"))
         .await
-        .ctx(Side::Target, "disable the subscription")?;
+        .ctx(side, "disable the subscription")?;
     target
         .batch_execute(&format!("ALTER SUBSCRIPTION {q} SET (slot_name = NONE)"))
         .await
-        .ctx(Side::Target, "detach the subscription from its slot")?;
+        .ctx(side, "detach the subscription from its slot")?;
     target
         .batch_execute(&format!("DROP SUBSCRIPTION {q}"))
         .await
-        .ctx(Side::Target, "drop the subscription")?;
+        .ctx(side, "drop the subscription")?;
     Ok(Some(oid))
 }
 
 /// Drops a slot on the source, ending the walsender that still holds it if need be.
 pub async fn drop_slot(source: &Client, slot: &str) -> Result<bool, PgError> {
+    drop_slot_on(source, Side::Source, slot).await
+}
+
+/// Drops a slot on either side, ending the walsender that still holds it if need be.
+pub async fn drop_slot_on(source: &Client, side: Side, slot: &str) -> Result<bool, PgError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let row = source
@@ -53,7 +62,7 @@ pub async fn drop_slot(source: &Client, slot: &str) -> Result<bool, PgError> {
                 &[&slot],
             )
             .await
-            .ctx(Side::Source, "look for the replication slot")?;
+            .ctx(side, "look for the replication slot")?;
         let Some(row) = row else { return Ok(false) };
         let (active, pid): (bool, Option<i32>) = (row.get(0), row.get(1));
         if !active {
@@ -64,12 +73,12 @@ pub async fn drop_slot(source: &Client, slot: &str) -> Result<bool, PgError> {
                 Ok(_) => Ok(true),
                 // Became active again, or vanished in between: look again.
                 Err(e) if Instant::now() < deadline && e.code().is_some() => continue,
-                Err(e) => Err(PgError::sql(Side::Source, "drop the replication slot", e)),
+                Err(e) => Err(PgError::sql(side, "drop the replication slot", e)),
             };
         }
         if Instant::now() > deadline {
             return Err(PgError::Refused(format!(
-                "replication slot {slot} on the source stays in use (pid {}); stop the client using it and run `cutover db cleanup` again",
+                "replication slot {slot} on the {side} stays in use (pid {}); stop the client using it and run `cutover db cleanup` again",
                 pid.unwrap_or(0)
             )));
         }
@@ -90,73 +99,119 @@ pub async fn find(plan: &Plan) -> Result<Vec<Removed>, PgError> {
 }
 
 /// Everything of cutover's on both sides, in the order it must go: subscriptions (which hold
-/// slots), then slots, then the publication.
+/// slots), then slots, then publications, then the fence marker tables. Both directions: the
+/// forward one `db sync` made and the reverse one a switchover made.
 async fn find_on(plan: &Plan, source: &Client, target: &Client) -> Result<Vec<Removed>, PgError> {
     let mut found = vec![];
-    let sub = plan.sync.subscription();
-    let sub_oid = subscription_oid(target, &sub).await?;
+    let s = &plan.sync;
+    let on = |side: Side| if side == Side::Source { source } else { target };
     // The probe: a sync killed between creating and dropping it leaves it (it has no slot).
-    for name in [sub, crate::preflight_gate::probe_name(plan)] {
-        if subscription_oid(target, &name).await?.is_some() {
+    let subscriptions = [
+        (Side::Target, s.subscription()),
+        (Side::Target, crate::preflight_gate::probe_name(plan)),
+        (Side::Source, s.reverse_subscription()),
+    ];
+    let mut sync_patterns = vec![];
+    for (side, name) in subscriptions {
+        if let Some(oid) = subscription_oid(on(side), &name).await? {
+            // Table-sync slots are named pg_<subscription oid>_sync_<table oid>_<system id>,
+            // on the other side.
+            sync_patterns.push((side, format!("pg\\_{oid}\\_sync\\_%")));
             found.push(Removed {
-                side: Side::Target,
+                side,
                 kind: "subscription",
                 name,
             });
         }
     }
-    // Table-sync slots are named pg_<subscription oid>_sync_<table oid>_<system id>.
-    let pattern = match sub_oid {
-        Some(oid) => format!("pg\\_{oid}\\_sync\\_%"),
-        None => String::from("-"),
-    };
-    let rows = source
-        .query(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1 OR slot_name LIKE $2 ORDER BY 1",
-            &[&plan.sync.slot(), &pattern],
-        )
-        .await
-        .ctx(Side::Source, "list replication slots")?;
-    for r in rows {
-        found.push(Removed {
-            side: Side::Source,
-            kind: "replication slot",
-            name: r.get(0),
-        });
+    for (side, slot) in [(Side::Source, s.slot()), (Side::Target, s.reverse_slot())] {
+        let pattern = sync_patterns
+            .iter()
+            .find(|(sub_side, _)| *sub_side != side)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| "-".into());
+        let rows = on(side)
+            .query(
+                "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1 OR slot_name LIKE $2 ORDER BY 1",
+                &[&slot, &pattern],
+            )
+            .await
+            .ctx(side, "list replication slots")?;
+        for r in rows {
+            found.push(Removed {
+                side,
+                kind: "replication slot",
+                name: r.get(0),
+            });
+        }
     }
-    let publication = plan.sync.publication();
-    let exists = source
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .ctx(Side::Source, "look for the publication")?;
-    if exists.is_some() {
-        found.push(Removed {
-            side: Side::Source,
-            kind: "publication",
-            name: publication,
-        });
+    for (side, publication) in [
+        (Side::Source, s.publication()),
+        (Side::Target, s.reverse_publication()),
+    ] {
+        let exists = on(side)
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .ctx(side, "look for the publication")?;
+        if exists.is_some() {
+            found.push(Removed {
+                side,
+                kind: "publication",
+                name: publication,
+            });
+        }
+    }
+    for side in [Side::Source, Side::Target] {
+        let exists = on(side)
+            .query_one("SELECT to_regclass('cutover.marker') IS NOT NULL", &[])
+            .await
+            .ctx(side, "look for the fence marker table")?;
+        if exists.get::<_, bool>(0) {
+            found.push(Removed {
+                side,
+                kind: "table",
+                name: "cutover.marker".into(),
+            });
+        }
     }
     Ok(found)
 }
 
-/// Removes the subscriptions, the slots and the publication. Idempotent: what is already gone
-/// is not listed.
+/// Removes the subscriptions, the slots, the publications and the marker tables.
+/// Idempotent: what is already gone is not listed.
 pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
     let source = connect(&plan.source.url, Side::Source).await?;
     let target = connect(&plan.target.url, Side::Target).await?;
+    let on = |side: Side| {
+        if side == Side::Source {
+            &source
+        } else {
+            &target
+        }
+    };
     let mut removed = vec![];
     for item in find_on(plan, &source, &target).await? {
+        let client = on(item.side);
         let gone = match item.kind {
-            "subscription" => drop_subscription(&target, &item.name).await?.is_some(),
-            "replication slot" => drop_slot(&source, &item.name).await?,
-            _ => {
-                source
+            "subscription" => drop_subscription(client, item.side, &item.name)
+                .await?
+                .is_some(),
+            "replication slot" => drop_slot_on(client, item.side, &item.name).await?,
+            "publication" => {
+                client
                     .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&item.name)))
                     .await
-                    .ctx(Side::Source, "drop the publication")?;
+                    .ctx(item.side, "drop the publication")?;
+                true
+            }
+            _ => {
+                client
+                    .batch_execute("DROP TABLE IF EXISTS cutover.marker")
+                    .await
+                    .ctx(item.side, "drop the fence marker table")?;
                 true
             }
         };

@@ -564,28 +564,47 @@ impl Session {
 
     /// Shares this session's state with the admin API when it changed.
     fn publish(&mut self, held: bool) {
+        let (pid, key) = self
+            .server
+            .as_ref()
+            .map(|s| (s.pid, s.key))
+            .unwrap_or((0, 0));
+        let tx = if self.flow.tx == 0 {
+            'I'
+        } else {
+            self.flow.tx as char
+        };
+        let pinned = self.inspection.as_ref().and_then(|i| i.pinned.as_deref());
+        let v = &self.last_view;
+        if v.backend == Some(self.backend)
+            && v.epoch == self.epoch
+            && v.server_pid == pid
+            && v.server_key == key
+            && v.busy == !self.flow.idle()
+            && v.tx == tx
+            && v.held == held
+            && v.inspected == self.inspection.is_some()
+            && v.pinned.as_deref() == pinned
+            && v.prepared == self.prepared.len()
+        {
+            return;
+        }
         let view = SessionView {
             backend: Some(self.backend),
             epoch: self.epoch,
-            server_pid: self.server.as_ref().map(|s| s.pid).unwrap_or(0),
-            server_key: self.server.as_ref().map(|s| s.key).unwrap_or(0),
+            server_pid: pid,
+            server_key: key,
             busy: !self.flow.idle(),
-            tx: if self.flow.tx == 0 {
-                'I'
-            } else {
-                self.flow.tx as char
-            },
+            tx,
             held,
             inspected: self.inspection.is_some(),
-            pinned: self.inspection.as_ref().and_then(|i| i.pinned.clone()),
+            pinned: pinned.map(str::to_string),
             prepared: self.prepared.len(),
             ..self.last_view.clone()
         };
-        if view != self.last_view {
-            *self.cell.view.lock().unwrap() = view.clone();
-            self.last_view = view;
-            self.shared.changed.notify_waiters();
-        }
+        *self.cell.view.lock().unwrap() = view.clone();
+        self.last_view = view;
+        self.shared.changed.notify_waiters();
     }
 
     /// Reads what the session holds on its server: run only while idle.

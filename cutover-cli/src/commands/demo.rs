@@ -71,11 +71,27 @@ struct Summary {
     bytes: i64,
     writes_during_copy: i64,
     time_to_synced_ms: u64,
-    lag_bytes_at_end: i64,
+    /// The load through the proxy while the database switched.
+    switchover: SwitchFigures,
     verification: &'static str,
     tables_equal: usize,
     removed: Vec<String>,
     journal: String,
+}
+
+#[derive(Serialize)]
+struct SwitchFigures {
+    transactions: u64,
+    failed_transactions: u64,
+    aborted_clients: usize,
+    /// The longest a client request waited at the proxy.
+    longest_client_pause_ms: f64,
+    /// From pause to resume.
+    pause_ms: f64,
+    sessions_moved: usize,
+    steps: Vec<cutover_runbook::switchover::StepTime>,
+    /// Errors pgbench reported during the copy (it ran through the proxy too).
+    errors_during_copy: Vec<String>,
 }
 
 async fn pgbench_init(url: &ConnString, scale: u32) -> anyhow::Result<()> {
@@ -92,25 +108,17 @@ async fn pgbench_init(url: &ConnString, scale: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the write load: pgbench's TPC-B-like transactions at `rate` per second.
-fn start_load(url: &ConnString, rate: u32) -> anyhow::Result<tokio::process::Child> {
-    let mut cmd = cutover_pg::connect::client_program("pgbench", Some(url));
-    cmd.args([
-        "-n",
-        "-c",
-        "2",
-        "-j",
-        "1",
-        "-R",
-        &rate.to_string(),
-        "-T",
-        "3600",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .kill_on_drop(true);
-    cmd.spawn().context("start pgbench")
+/// Starts the write load through the proxy: pgbench's TPC-B-like transactions at `rate`
+/// per second, for `seconds`.
+fn start_load(url: &ConnString, rate: u32, seconds: u32) -> anyhow::Result<tokio::process::Child> {
+    let (r, t) = (rate.to_string(), seconds.to_string());
+    let child = cutover_pg::pgbench::start(
+        url,
+        &[
+            "-n", "-c", "8", "-j", "2", "-M", "prepared", "-R", &r, "-T", &t,
+        ],
+    )?;
+    Ok(child)
 }
 
 async fn stop_load(child: &mut tokio::process::Child) {
@@ -128,15 +136,29 @@ async fn stop_load(child: &mut tokio::process::Child) {
     }
 }
 
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 fn plan_for(
     dir: &Path,
     source: &ConnString,
     target: &ConnString,
     source_pw: &str,
     target_pw: &str,
+    app_pw: &str,
 ) -> anyhow::Result<Plan> {
-    let text =
+    let mut text =
         cutover_core::plan::template("${CUTOVER_DEMO_SOURCE_URL}", "${CUTOVER_DEMO_TARGET_URL}");
+    text.push_str(&format!(
+        "\n[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n\
+         admin_token = \"${{CUTOVER_DEMO_ADMIN_TOKEN}}\"\n\n[[proxy.users]]\nname = \"app\"\n\
+         password = \"${{CUTOVER_DEMO_APP_PASSWORD}}\"\n",
+        free_port()?,
+        free_port()?
+    ));
     let path = dir.join("cutover.toml");
     std::fs::write(&path, &text)?;
     let url = |c: &ConnString, pw: &str| {
@@ -153,6 +175,11 @@ fn plan_for(
     env.insert(
         "CUTOVER_DEMO_TARGET_URL".to_string(),
         url(target, target_pw),
+    );
+    env.insert("CUTOVER_DEMO_APP_PASSWORD".to_string(), app_pw.to_string());
+    env.insert(
+        "CUTOVER_DEMO_ADMIN_TOKEN".to_string(),
+        cutover_pg::local::random_password(),
     );
     // For `--keep`: the variables the plan refers to, in a file only its owner can read, so
     // the user can run cutover against the kept clusters without a password being printed.
@@ -178,34 +205,54 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
     eprintln!(
-        "starting two local PostgreSQL clusters (source: wal_level=logical; target: empty)..."
+        "starting two local PostgreSQL clusters (wal_level=logical on both: the target replicates back after the switch)..."
     );
     let (source, target) = tokio::join!(
         LocalCluster::start(ClusterOptions {
             wal_level: WalLevel::Logical,
             ..Default::default()
         }),
-        LocalCluster::start(ClusterOptions::default())
+        LocalCluster::start(ClusterOptions {
+            wal_level: WalLevel::Logical,
+            ..Default::default()
+        })
     );
     let (source, target) = (source?, target?);
-    output::hide_in_logs([source.password().clone(), target.password().clone()]);
-    for c in [&source, &target] {
-        connect(&c.url("postgres"), Side::Source)
-            .await?
-            .batch_execute("CREATE DATABASE shop")
-            .await?;
+    // The application's role, on both platforms, with one password; not a superuser.
+    let app_pw = cutover_core::Secret::new(cutover_pg::local::random_password());
+    output::hide_in_logs([
+        source.password().clone(),
+        target.password().clone(),
+        app_pw.clone(),
+    ]);
+    for (c, side) in [(&source, Side::Source), (&target, Side::Target)] {
+        let admin = connect(&c.url("postgres"), side).await?;
+        for sql in [
+            format!(
+                "CREATE ROLE app LOGIN PASSWORD {}",
+                cutover_pg::literal(app_pw.expose())
+            ),
+            "CREATE DATABASE shop OWNER app".to_string(),
+        ] {
+            admin
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| cutover_pg::PgError::sql(side, "prepare the demo database", e))?;
+        }
     }
     let (src_url, dst_url) = (source.url("shop"), target.url("shop"));
+    let app_src = source.url_as("app", Some(app_pw.clone()), "shop");
     eprintln!("source {src_url}\ntarget {dst_url}");
     eprintln!(
-        "loading demo data (pgbench scale {} and a shop schema)...",
+        "loading demo data as the application's role (pgbench scale {} and a shop schema)...",
         args.scale
     );
-    pgbench_init(&src_url, args.scale).await?;
-    connect(&src_url, Side::Source)
+    pgbench_init(&app_src, args.scale).await?;
+    connect(&app_src, Side::Source)
         .await?
         .batch_execute(SHOP_SCHEMA)
-        .await?;
+        .await
+        .map_err(|e| cutover_pg::PgError::sql(Side::Source, "load the shop schema", e))?;
 
     let dir = tempfile::Builder::new().prefix("cutover-demo-").tempdir()?;
     let plan = plan_for(
@@ -214,11 +261,12 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
         &dst_url,
         source.password().expose(),
         target.password().expose(),
+        app_pw.expose(),
     )?;
     // On Ctrl-C or SIGTERM the clusters are still stopped and removed (their Drop runs).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let summary = tokio::select! {
-        s = migrate(g, &args, &plan, &src_url) => s?,
+        s = migrate(g, &args, &plan, &src_url, &app_pw) => s?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the demo clusters are stopped and removed"),
         _ = term.recv() => anyhow::bail!("terminated; the demo clusters are stopped and removed"),
     };
@@ -235,13 +283,17 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
         );
         eprintln!("  . {k}/demo.env    # the URLs the plan refers to (readable by you only)");
         eprintln!("  cutover --plan {k}/cutover.toml status");
+        eprintln!("  cutover --plan {k}/cutover.toml proxy    # then db rollback / db switchover");
         eprintln!("  cutover --plan {k}/cutover.toml check");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
     }
-    Ok(if summary.verification == "equal" {
+    let clean = summary.switchover.failed_transactions == 0
+        && summary.switchover.aborted_clients == 0
+        && summary.switchover.errors_during_copy.is_empty();
+    Ok(if summary.verification == "equal" && clean {
         0
     } else {
         1
@@ -253,6 +305,7 @@ async fn migrate(
     args: &DemoArgs,
     plan: &Plan,
     src_url: &ConnString,
+    app_pw: &cutover_core::Secret,
 ) -> anyhow::Result<Summary> {
     let report = cutover_pg::preflight::check(plan).await?;
     eprintln!("\ncutover check:");
@@ -273,12 +326,33 @@ async fn migrate(
         connect(src_url, Side::Source)
             .await?
             .batch_execute("ALTER TABLE public.pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
-            .await?;
+            .await
+            .map_err(|e| cutover_pg::PgError::sql(Side::Source, "add a primary key", e))?;
     }
 
-    let mut load = start_load(src_url, args.rate)?;
+    // The application reaches the database through the proxy from here on.
+    let proxy_config = cutover_proxy::Config::from_plan(plan).map_err(anyhow::Error::msg)?;
+    let admin = cutover_proxy::AdminClient::new(
+        proxy_config.admin_listen,
+        proxy_config.admin_token.clone(),
+    );
+    let proxy = cutover_proxy::start(proxy_config)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let via_proxy = ConnString::parse(&format!(
+        "postgres://app@{}:{}/shop?sslmode=disable",
+        proxy.addr.ip(),
+        proxy.addr.port()
+    ))?
+    .with_password(Some(app_pw.clone()));
     eprintln!(
-        "\nwrite load running on the source ({} transactions/s) during the copy\n",
+        "\nproxy on {} (admin API on {})",
+        proxy.addr, proxy.admin_addr
+    );
+
+    let copy_load = start_load(&via_proxy, args.rate, 3600)?;
+    eprintln!(
+        "write load through the proxy ({} transactions/s) during the copy\n",
         args.rate
     );
     let journal = Journal::open(&plan.journal_path())?;
@@ -290,10 +364,11 @@ async fn migrate(
     let synced = cutover_pg::sync::sync(plan, &steps, &show).await;
     bars.finish();
     journal.end_run(run, if synced.is_ok() { "ok" } else { "failed" })?;
+    let mut copy_load = copy_load;
     let synced = match synced {
         Ok(s) => s,
         Err(e) => {
-            stop_load(&mut load).await;
+            stop_load(&mut copy_load).await;
             return Err(e.into());
         }
     };
@@ -302,7 +377,6 @@ async fn migrate(
         "\nall tables ready after {}; the subscription keeps following",
         output::millis(time_to_synced.as_millis() as u64)
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let status = cutover_pg::status::status(plan, Duration::from_secs(1)).await?;
     eprintln!(
         "db status under load: lag {}, apply rate {}/s",
@@ -314,14 +388,74 @@ async fn migrate(
             .unwrap_or_default(),
         output::bytes(status.apply_rate_bps.unwrap_or(0.0) as i64)
     );
-    stop_load(&mut load).await;
+    // The copy's load ends (pgbench cannot be asked for a summary mid-run; what it said on
+    // stderr is kept), and a timed one runs across the switchover.
+    stop_load(&mut copy_load).await;
+    let copy_out = copy_load.wait_with_output().await?;
+    let errors_during_copy: Vec<String> = String::from_utf8_lossy(&copy_out.stderr)
+        .lines()
+        .filter(|l| l.contains("error") || l.contains("aborted"))
+        .map(str::to_string)
+        .collect();
     let writes: i64 = connect(src_url, Side::Source)
         .await?
         .query_one("SELECT count(*) FROM public.pgbench_history", &[])
         .await?
         .get(0);
-    let lag = cutover_pg::status::wait_caught_up(plan, Duration::from_secs(120)).await?;
+    connect(&plan.target.url, Side::Target)
+        .await?
+        .batch_execute(
+            "GRANT USAGE ON SCHEMA public, shop TO app;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, shop TO app;
+             GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public, shop TO app",
+        )
+        .await
+        .map_err(|e| {
+            cutover_pg::PgError::sql(Side::Target, "grant the application's privileges", e)
+        })?;
+    eprintln!("granted the application's role its privileges on the target (the schema copy carries none)");
 
+    let load = start_load(&via_proxy, args.rate.max(50) * 2, 10)?;
+    eprintln!("\nswitching over in the middle of a 10 s load through the proxy...");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let run = journal.begin_run("demo: db switchover")?;
+    let steps = Steps::new(&journal, run, &step_printer);
+    let options = cutover_runbook::Options {
+        app_roles: vec!["app".into()],
+        ..Default::default()
+    };
+    let switched = cutover_runbook::run(
+        plan,
+        &steps,
+        &admin,
+        cutover_runbook::Direction::Switchover,
+        &options,
+        std::future::pending(),
+    )
+    .await;
+    journal.end_run(run, if switched.is_ok() { "ok" } else { "failed" })?;
+    let verdict = cutover_pg::pgbench::finish(load).await?;
+    let switched = switched?;
+    eprintln!(
+        "switched: {} sessions moved, paused {:.0} ms, longest client wait {:.0} ms; pgbench: {} transactions, {} failed",
+        switched.sessions_moved,
+        switched.pause_ms,
+        switched.longest_client_wait_ms,
+        verdict.processed,
+        verdict.failed
+    );
+
+    // The source follows the target now; once it has everything, both must be equal.
+    let target = connect(&plan.target.url, Side::Target).await?;
+    let at = cutover_pg::fence::wal_position(&target, Side::Target).await?;
+    cutover_pg::replication::wait_applied(
+        &target,
+        Side::Target,
+        &plan.sync.reverse_slot(),
+        &at,
+        Duration::from_secs(120),
+    )
+    .await?;
     let run = journal.begin_run("demo: db verify")?;
     let steps = Steps::new(&journal, run, &step_printer);
     let verify_args = VerifyArgs { tables: vec![] };
@@ -338,6 +472,7 @@ async fn migrate(
     if !g.json {
         eprintln!("\n{}", super::verify::render(&report));
     }
+    proxy.stop().await;
     let run = journal.begin_run("demo: db cleanup")?;
     let removed = cutover_pg::cleanup::cleanup(plan).await?;
     journal.end_run(run, "ok")?;
@@ -347,7 +482,16 @@ async fn migrate(
         bytes: synced.bytes,
         writes_during_copy: writes,
         time_to_synced_ms: time_to_synced.as_millis() as u64,
-        lag_bytes_at_end: lag,
+        switchover: SwitchFigures {
+            transactions: verdict.processed,
+            failed_transactions: verdict.failed,
+            aborted_clients: verdict.aborted.len(),
+            longest_client_pause_ms: switched.longest_client_wait_ms,
+            pause_ms: switched.pause_ms,
+            sessions_moved: switched.sessions_moved,
+            steps: switched.steps,
+            errors_during_copy,
+        },
         verification: if report.equal { "equal" } else { "DIFFERENT" },
         tables_equal: report.tables.iter().filter(|t| t.equal).count(),
         removed: removed
@@ -371,7 +515,18 @@ fn print_summary(s: &Summary) {
         "  time to synced    {}",
         output::millis(s.time_to_synced_ms)
     );
-    println!("  lag at the end    {}", output::bytes(s.lag_bytes_at_end));
+    let w = &s.switchover;
+    println!(
+        "  switchover        {} transactions through the proxy across it, {} failed, {} clients aborted",
+        w.transactions, w.failed_transactions, w.aborted_clients
+    );
+    println!(
+        "  client pause      longest {:.0} ms (proxy paused {:.0} ms, {} sessions moved)",
+        w.longest_client_pause_ms, w.pause_ms, w.sessions_moved
+    );
+    if !w.errors_during_copy.is_empty() {
+        println!("  errors in copy    {}", w.errors_during_copy.join("; "));
+    }
     println!(
         "  verification      {} ({} of {} tables equal)",
         s.verification, s.tables_equal, s.tables

@@ -59,7 +59,30 @@ pub async fn verify(
         .await
         .map_err(|e| cutover_pg::PgError::sql(Side::Source, "look for the slot", e))?
         .is_some();
-    let catch_up = has_slot.then(|| CatchUp { slot: slot.clone() });
+    // After a switchover the target is the primary and the source follows it through the
+    // reverse slot on the target: compare from the target then.
+    let target = cutover_pg::connect(&plan.target.url, Side::Target).await?;
+    let reverse = plan.sync.reverse_slot();
+    let reversed = !has_slot
+        && target
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&reverse],
+            )
+            .await
+            .map_err(|e| cutover_pg::PgError::sql(Side::Target, "look for the slot", e))?
+            .is_some();
+    let catch_up = if reversed {
+        Some(CatchUp { slot: reverse })
+    } else {
+        has_slot.then(|| CatchUp { slot: slot.clone() })
+    };
+    let (writer, follower) = if reversed {
+        tracing::info!("the target is the primary: comparing from it");
+        (&plan.target.url, &plan.source.url)
+    } else {
+        (&plan.source.url, &plan.target.url)
+    };
     let options = VerifyOptions {
         chunk_rows: plan.verify.chunk_rows,
         parallel: plan.verify.parallel,
@@ -71,8 +94,8 @@ pub async fn verify(
         }
     };
     cutover_pg::verify::verify(
-        &plan.source.url,
-        &plan.target.url,
+        writer,
+        follower,
         &tables,
         &options,
         catch_up.as_ref(),
