@@ -1203,4 +1203,40 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_proxy_section_is_checked_whole() {
+        let mut e = env();
+        e.insert("TOKEN".into(), "s3cret-token".into());
+        e.insert("APP_PW".into(), "app-pw".into());
+        let good = "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${DST}\"\n\
+                    [proxy]\nadmin_token = \"${TOKEN}\"\n[[proxy.users]]\nname = \"app\"\npassword = \"${APP_PW}\"\n";
+        let plan = parse(good, Path::new("p.toml"), &e).unwrap();
+        let p = plan.proxy().unwrap();
+        assert_eq!(p.listen.port(), 6432);
+        assert_eq!(p.user("app").unwrap().auth, ClientAuth::ScramSha256);
+        assert_eq!(plan.proxy_state_path(), Path::new("p.proxy.json"));
+        let json = serde_json::to_string(&plan).unwrap();
+        assert!(
+            !json.contains("s3cret-token") && !json.contains("app-pw"),
+            "{json}"
+        );
+        assert!(plan.secrets().iter().any(|s| s.expose() == "s3cret-token"));
+
+        let bad = "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${DST}\"\n\
+                   [proxy]\nadmin_listen = \"0.0.0.0:6433\"\nadmin_token = \"inline\"\n\
+                   [[proxy.users]]\nname = \"app\"\nauth = \"kerberos\"\n";
+        let err = parse(bad, Path::new("p.toml"), &e).unwrap_err();
+        let text = err.to_string();
+        for want in ["loopback", "inline", "kerberos", "no password"] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        let none = parse(
+            "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${DST}\"\n",
+            Path::new("p.toml"),
+            &e,
+        )
+        .unwrap();
+        assert!(none.proxy().unwrap_err().contains("no [proxy] section"));
+    }
 }

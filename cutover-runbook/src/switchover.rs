@@ -670,11 +670,7 @@ async fn preconditions(
     }
     // Nobody writes to `from` behind the proxy's back.
     let proxy_pids = status.server_pids(e.proxy_from);
-    let others: Vec<_> = fence::other_sessions(from, e.from_side, &proxy_pids)
-        .await?
-        .into_iter()
-        .filter(|s| !s.application_name.starts_with("cutover"))
-        .collect();
+    let others = fence::other_sessions(from, e.from_side, &proxy_pids).await?;
     if !others.is_empty() && !options.force {
         let list: Vec<String> = others
             .iter()

@@ -1,0 +1,226 @@
+//! `cutover proxy`, `db switchover` and `db rollback` as a user runs them: the real binary,
+//! a proxy in its own process, and a client that keeps its session across both switches.
+//! A proxy restarted after the switch stays on the target. Bad input changes nothing.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::Env;
+use cutover_pg::{connect, Side};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// Adds a [proxy] section and the variables it names; returns the client port.
+fn with_proxy(env: &mut Env, app_pw: &str) -> (u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let mut plan = std::fs::read_to_string(env.plan()).unwrap();
+    plan.push_str(&format!(
+        "\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         admin_token = \"${{ADMIN_TOKEN}}\"\n\n[[proxy.users]]\nname = \"app\"\npassword = \"${{APP_PW}}\"\n"
+    ));
+    std::fs::write(env.plan(), plan).unwrap();
+    let token = cutover_pg::local::random_password();
+    env.vars.push(("ADMIN_TOKEN".into(), token.clone()));
+    env.vars.push(("APP_PW".into(), app_pw.into()));
+    env.secrets.push(token);
+    env.secrets.push(app_pw.into());
+    (port, admin)
+}
+
+async fn start_proxy(env: &Env, port: u16) -> Proxy {
+    let child = env
+        .command(&["proxy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Proxy(child);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the proxy did not start listening on {port}");
+}
+
+async fn port_of(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_and_rollback_from_the_command_line() {
+    let mut env = Env::native().await;
+    let pw = env.pair.app_role("app").await;
+    env.pair
+        .source
+        .exec(
+            "CREATE TABLE public.items (id bigserial PRIMARY KEY, v text);
+             ALTER TABLE public.items OWNER TO app;
+             INSERT INTO public.items (v) SELECT 'v' || g FROM generate_series(1, 100) g;",
+        )
+        .await;
+    let (port, _) = with_proxy(&mut env, pw.expose());
+
+    // Without a running proxy a switchover refuses and changes nothing.
+    let run = env.run(&["db", "sync"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    env.pair
+        .target
+        .exec("GRANT ALL ON ALL TABLES IN SCHEMA public TO app; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app")
+        .await;
+    let run = env.run(&["db", "switchover"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("cannot reach the cutover proxy")
+            && run.stderr.contains("cutover proxy"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+
+    let proxy = start_proxy(&env, port).await;
+    let app = cutover_testkit::via_proxy(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "app",
+        &pw,
+        &env.pair.source.db,
+    );
+    let client = connect(&app, Side::Source).await.unwrap();
+    let insert = client
+        .prepare("INSERT INTO public.items (v) VALUES ($1) RETURNING id")
+        .await
+        .unwrap();
+    client.query_one(&insert, &[&"before"]).await.unwrap();
+    assert_eq!(
+        port_of(&client).await,
+        env.pair.source.cluster.port() as i32
+    );
+
+    let run = env.run(&["--json", "db", "switchover"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let s: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(s["active"], "target");
+    assert_eq!(s["sessions_moved"], 1);
+    assert!(run.stderr.contains("switchover.switch"), "{}", run.stderr);
+    // The same session, the same prepared statement, now on the target.
+    let id: i64 = client.query_one(&insert, &[&"after"]).await.unwrap().get(0);
+    assert!(id > 101, "the sequence moved with the data: {id}");
+    assert_eq!(
+        port_of(&client).await,
+        env.pair.target.cluster.port() as i32
+    );
+
+    // A restarted proxy stays on the target.
+    drop(proxy);
+    let proxy = start_proxy(&env, port).await;
+    let again = connect(&app, Side::Source).await.unwrap();
+    assert_eq!(port_of(&again).await, env.pair.target.cluster.port() as i32);
+    // A second switchover has nothing to do.
+    let run = env.run(&["db", "switchover"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("already on the target"),
+        "{}",
+        run.stdout
+    );
+
+    // Rollback: the write made on the target is on the source.
+    let run = env.run(&["db", "rollback"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(port_of(&again).await, env.pair.source.cluster.port() as i32);
+    let n = env
+        .pair
+        .source
+        .value("SELECT count(*) FROM public.items WHERE v = 'after'")
+        .await;
+    assert_eq!(n.as_deref(), Some("1"));
+    again
+        .execute("INSERT INTO public.items (v) VALUES ('back')", &[])
+        .await
+        .unwrap();
+    let run = env.run(&["status"]);
+    assert!(run.stdout.contains("db rollback"), "{}", run.stdout);
+    env.assert_journal_clean();
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_bypasses_the_proxy_is_listed_and_nothing_changes() {
+    let mut env = Env::native().await;
+    let pw = env.pair.app_role("app").await;
+    env.pair
+        .source
+        .exec("CREATE TABLE public.t (id int PRIMARY KEY); ALTER TABLE public.t OWNER TO app;")
+        .await;
+    let (port, _) = with_proxy(&mut env, pw.expose());
+    assert_eq!(env.run(&["db", "sync"]).code, 0);
+    env.pair
+        .target
+        .exec("GRANT ALL ON ALL TABLES IN SCHEMA public TO app")
+        .await;
+    let _proxy = start_proxy(&env, port).await;
+    let direct = env
+        .pair
+        .source
+        .cluster
+        .url_as("app", Some(pw.clone()), &env.pair.source.db);
+    let bypass = connect(&direct, Side::Source).await.unwrap();
+    let run = env.run(&["db", "switchover"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("do not go through the proxy") && run.stderr.contains("user app"),
+        "{}",
+        run.stderr
+    );
+    // Nothing was fenced: the bypassing session still writes.
+    bypass
+        .execute("INSERT INTO public.t VALUES (1)", &[])
+        .await
+        .unwrap();
+}
+
+#[test]
+fn proxy_without_a_proxy_section_says_how_to_add_one() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let env = rt.block_on(Env::native());
+    for args in [
+        &["proxy"][..],
+        &["db", "switchover"][..],
+        &["db", "rollback"][..],
+    ] {
+        let run = env.run(args);
+        assert_eq!(run.code, 1, "{args:?}");
+        assert!(
+            run.stderr.contains("has no [proxy] section"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    }
+}
