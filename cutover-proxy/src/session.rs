@@ -580,7 +580,7 @@ impl Session {
             && v.epoch == self.epoch
             && v.server_pid == pid
             && v.server_key == key
-            && v.busy == !self.flow.idle()
+            && v.busy != self.flow.idle()
             && v.tx == tx
             && v.held == held
             && v.inspected == self.inspection.is_some()
