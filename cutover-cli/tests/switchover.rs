@@ -48,18 +48,19 @@ fn with_proxy(env: &mut Env, app_pw: &str) -> (u16, u16) {
 }
 
 async fn start_proxy(env: &Env, port: u16) -> Proxy {
-    let child = env
-        .command(&["proxy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let proxy = Proxy(
+        env.command(&["proxy"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Proxy(child);
+            return proxy;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
