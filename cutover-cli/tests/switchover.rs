@@ -137,6 +137,13 @@ async fn switchover_and_rollback_from_the_command_line() {
         env.pair.target.cluster.port() as i32
     );
 
+    // db status follows the reverse direction now.
+    let run = env.run(&["db", "status"]);
+    assert!(
+        run.stdout.contains("direction     reverse"),
+        "{}",
+        run.stdout
+    );
     // A restarted proxy stays on the target.
     drop(proxy);
     let proxy = start_proxy(&env, port).await;

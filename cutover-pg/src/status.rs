@@ -46,6 +46,10 @@ pub struct SubscriptionState {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
+    /// "forward" (the target follows the source) or, after a switchover, "reverse" (the
+    /// source follows the target; then "source" in the fields below means the primary, the
+    /// target).
+    pub direction: &'static str,
     pub source_lsn: String,
     pub slot: Option<SlotState>,
     pub subscription: Option<SubscriptionState>,
@@ -126,20 +130,59 @@ async fn subscription(target: &Client, name: &str) -> Result<Option<Subscription
 pub async fn status(plan: &Plan, interval: Duration) -> Result<Status, PgError> {
     let source = connect(&plan.source.url, Side::Source).await?;
     let target = connect(&plan.target.url, Side::Target).await?;
-    let slot = plan.sync.slot();
-    let (first, _, _) = sample(&source, &slot).await?;
+    // After a switchover the source follows the target through the reverse slot.
+    let forward = source
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&plan.sync.slot()],
+        )
+        .await
+        .ctx(Side::Source, "look for the replication slot")?
+        .is_some();
+    let reverse = !forward
+        && target
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&plan.sync.reverse_slot()],
+            )
+            .await
+            .ctx(Side::Target, "look for the reverse replication slot")?
+            .is_some();
+    let (primary, follower, slot, sub_name, primary_side) = if reverse {
+        (
+            &target,
+            &source,
+            plan.sync.reverse_slot(),
+            plan.sync.reverse_subscription(),
+            Side::Target,
+        )
+    } else {
+        (
+            &source,
+            &target,
+            plan.sync.slot(),
+            plan.sync.subscription(),
+            Side::Source,
+        )
+    };
+    let (first, _, _) = sample(primary, &slot).await?;
     tokio::time::sleep(interval).await;
-    let (second, lsn, slot_state) = sample(&source, &slot).await?;
-    let sub = subscription(&target, &plan.sync.subscription()).await?;
-    let tables = inspect::tables(&source, Side::Source, &plan.sync).await?;
+    let (second, lsn, slot_state) = sample(primary, &slot).await?;
+    let sub = subscription(follower, &sub_name).await?;
+    let tables = inspect::tables(primary, primary_side, &plan.sync).await?;
     let progress = if sub.is_some() {
-        table_progress(&target, &plan.sync.subscription(), &tables).await?
+        table_progress(follower, &sub_name, &tables).await?
     } else {
         vec![]
     };
-    Ok(assemble(
-        plan, &first, &second, lsn, slot_state, sub, progress,
-    ))
+    let mut status = assemble(plan, &first, &second, lsn, slot_state, sub, progress);
+    if reverse {
+        status.direction = "reverse";
+        status
+            .warnings
+            .retain(|w| !w.contains("run `cutover db sync`"));
+    }
+    Ok(status)
 }
 
 fn assemble(
@@ -196,6 +239,7 @@ fn assemble(
         }
     }
     Status {
+        direction: "forward",
         source_lsn,
         slot,
         subscription,

@@ -61,8 +61,16 @@ fn render(s: &Status) -> String {
         Some(e) => output::millis((e * 1000.0) as u64),
         None => "- (not gaining)".to_string(),
     };
+    if s.direction == "reverse" {
+        out.push_str("direction     reverse: the target is the primary, the source follows it (ready for `cutover db rollback`)\n");
+    }
     out.push_str(&format!(
-        "lag           {lag} (source WAL at {})\n",
+        "lag           {lag} ({} WAL at {})\n",
+        if s.direction == "reverse" {
+            "target"
+        } else {
+            "source"
+        },
         s.source_lsn
     ));
     out.push_str(&format!("retained WAL  {retained}\n"));
