@@ -30,7 +30,7 @@
 //! on `to`, and going back is `db rollback`, the same procedure the other way round.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cutover_core::engine::Steps;
@@ -99,6 +99,7 @@ struct Link {
 }
 
 /// The two databases as this direction sees them.
+#[derive(Clone)]
 struct Ends {
     from_side: Side,
     to_side: Side,
@@ -195,10 +196,17 @@ struct Undo {
     new_started: bool,
 }
 
-/// Resumes the proxy when dropped unless released: errors, panics and cancellation alike.
+/// Undoes and resumes the proxy when dropped unless released: a panic or a cancelled
+/// future (the caller gave up on the run) leaves the old primary unfenced and serving,
+/// exactly as an error does.
 struct PausedProxy {
     admin: AdminClient,
     armed: bool,
+    undo: Arc<Mutex<Undo>>,
+    ends: Ends,
+    journal: std::path::PathBuf,
+    run: cutover_core::journal::RunId,
+    name: &'static str,
 }
 
 impl PausedProxy {
@@ -212,6 +220,38 @@ impl PausedProxy {
 impl Drop for PausedProxy {
     fn drop(&mut self) {
         if self.armed {
+            let (undo, ends, journal, run, name) = (
+                self.undo.clone(),
+                self.ends.clone(),
+                self.journal.clone(),
+                self.run,
+                self.name,
+            );
+            let undone = std::thread::spawn(move || -> Result<(), String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async {
+                    let journal =
+                        cutover_core::Journal::open(&journal).map_err(|e| e.to_string())?;
+                    let steps = Steps::new(&journal, run, &|_| {});
+                    let from = connect(&ends.from_url, ends.from_side)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let to = connect(&ends.to_url, ends.to_side)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    undo_all(&steps, &ends, &from, &to, &undo, name).await
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the undo panicked".into()));
+            if let Err(e) = undone {
+                tracing::error!(
+                    "undoing the interrupted switch: {e}; run the command again to finish the undo"
+                );
+            }
             if let Err(e) = self.admin.resume_blocking() {
                 tracing::error!("could not resume the proxy: {e}; resume it with `curl -X POST -H 'Authorization: Bearer ...' http://{}/resume`", self.admin.addr);
             }
@@ -248,10 +288,26 @@ pub async fn run(
     let t = Instant::now();
     let status = admin.status().await?;
     if status.active == e.proxy_to {
-        steps.skip(
-            &format!("{name}.preconditions"),
-            &format!("the proxy is already on the {}", e.to_side),
-        )?;
+        // Switched already, perhaps by a run that died after the point of no return:
+        // finish what it left (resume, retire the old direction).
+        if status.paused || subscription_exists(&to, e.to_side, &e.old.subscription).await? {
+            steps
+                .run(
+                    &format!("{name}.finish"),
+                    "finish a switch that an earlier run made but did not complete",
+                    || async {
+                        admin.resume().await?;
+                        replication::stop_subscription(&to, e.to_side, &e.old.subscription).await?;
+                        Ok::<_, SwitchError>("resumed; the old direction is dropped".to_string())
+                    },
+                )
+                .await?;
+        } else {
+            steps.skip(
+                &format!("{name}.preconditions"),
+                &format!("the proxy is already on the {}", e.to_side),
+            )?;
+        }
         return Ok(SwitchSummary {
             direction,
             already: true,
@@ -265,6 +321,7 @@ pub async fn run(
             steps: vec![],
         });
     }
+    recover(steps, &e, &from, &to, admin, name, status.paused).await?;
     let pre = steps
         .run(
             &format!("{name}.preconditions"),
@@ -287,13 +344,18 @@ pub async fn run(
             || async { admin.pause().await.map(|_| ()).map_err(SwitchError::from) },
         )
         .await?;
+    let undo = Arc::new(Mutex::new(Undo::default()));
     let guard = PausedProxy {
         admin: admin.clone(),
         armed: true,
+        undo: undo.clone(),
+        ends: e.clone(),
+        journal: plan.journal_path(),
+        run: steps.run_id(),
+        name,
     };
     push_time(&times, "pause", paused_at);
 
-    let undo = Mutex::new(Undo::default());
     let marker_id = cutover_core::journal::now_ms();
     let before_switch = async {
         let t = Instant::now();
@@ -780,6 +842,79 @@ impl cutover_core::engine::Outcome for Pre {
             self.sequences.len()
         )
     }
+}
+
+async fn subscription_exists(client: &Client, side: Side, name: &str) -> Result<bool, SwitchError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_subscription WHERE subname = $1
+                AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&name],
+        )
+        .await
+        .map_err(|err| PgError::sql(side, "look for the subscription", err))?
+        .is_some())
+}
+
+/// A run that died before the switch (killed, machine lost) can leave the old primary
+/// fenced, the proxy paused, the old direction disabled and the reverse one started. The
+/// proxy is still on `from`, so all of that is undone before anything else.
+async fn recover(
+    steps: &Steps<'_>,
+    e: &Ends,
+    from: &Client,
+    to: &Client,
+    admin: &AdminClient,
+    name: &str,
+    paused: bool,
+) -> Result<(), SwitchError> {
+    let journal = steps.journal();
+    let fenced = journal.fact(&fence_key(e.from_side))?;
+    let new_started = subscription_exists(from, e.from_side, &e.new.subscription).await?;
+    let old_disabled = to
+        .query_opt(
+            "SELECT 1 FROM pg_subscription WHERE subname = $1 AND NOT subenabled
+                AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&e.old.subscription],
+        )
+        .await
+        .map_err(|err| PgError::sql(e.to_side, "look for the subscription", err))?
+        .is_some();
+    if fenced.is_none() && !new_started && !old_disabled && !paused {
+        return Ok(());
+    }
+    steps
+        .run(
+            &format!("{name}.recover"),
+            "undo what an earlier run left before its switch",
+            || async {
+                if new_started {
+                    replication::stop_subscription(from, e.from_side, &e.new.subscription).await?;
+                }
+                if old_disabled {
+                    to.batch_execute(&format!(
+                        "ALTER SUBSCRIPTION {} ENABLE",
+                        cutover_pg::ident(&e.old.subscription)
+                    ))
+                    .await
+                    .map_err(|err| PgError::sql(e.to_side, "enable the subscription", err))?;
+                }
+                if let Some(text) = &fenced {
+                    let f: Fence = serde_json::from_str(text).map_err(|err| {
+                        SwitchError::Refused(format!(
+                            "the journal's fence of the {}: {err}",
+                            e.from_side
+                        ))
+                    })?;
+                    fence::unfence(from, e.from_side, &f).await?;
+                    journal.set_fact(&fence_key(e.from_side), None)?;
+                }
+                admin.resume().await?;
+                Ok::<_, SwitchError>(format!("the {} takes writes again", e.from_side))
+            },
+        )
+        .await?;
+    Ok(())
 }
 
 /// Undoes, newest first, what was done before the switch. Every part is tried; the

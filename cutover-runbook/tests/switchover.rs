@@ -281,3 +281,98 @@ async fn a_transaction_that_never_ends_times_the_drain_out_and_changes_nothing()
     stuck.batch_execute("COMMIT").await.unwrap();
     f.proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_panics_after_the_fence_is_undone_by_its_guard() {
+    use futures_util::FutureExt;
+    let f = fixture().await;
+    let load = f.load("prepared", 6);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let observer = |ev: &StepEvent<'_>| {
+        if let StepEvent::Started { step, .. } = ev {
+            if *step == "switchover.catch_up" {
+                panic!("a bug in the middle of the switch");
+            }
+        }
+    };
+    let panicked =
+        std::panic::AssertUnwindSafe(f.switch_watching(Direction::Switchover, &observer))
+            .catch_unwind()
+            .await;
+    assert!(panicked.is_err());
+    let status = f.admin.status().await.unwrap();
+    assert_eq!(status.active, Backend::Source);
+    assert!(!status.paused, "the guard resumed the proxy");
+    let journal = Journal::open(&f.plan.journal_path()).unwrap();
+    assert_eq!(
+        journal.fact("fence.source").unwrap(),
+        None,
+        "the guard unfenced the source"
+    );
+    let verdict = pgbench::finish(load).await.unwrap();
+    assert!(verdict.clean(), "{verdict:?}");
+    // And a new run goes through.
+    let load = f.load("prepared", 5);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    f.switch(Direction::Switchover).await.unwrap();
+    assert!(pgbench::finish(load).await.unwrap().clean());
+    f.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_after_the_fence_is_recovered_by_the_next_one() {
+    let f = fixture().await;
+    let load = f.load("extended", 8);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // What a run killed (SIGKILL) right after its fence leaves: the proxy paused, the
+    // source fenced (and the fence in the journal), the forward subscription disabled.
+    f.admin.pause().await.unwrap();
+    f.admin.drain(Duration::from_secs(10)).await.unwrap();
+    let source = f.pair.source.client().await;
+    let tables = cutover_pg::inspect::tables(&source, Side::Source, &f.plan.sync)
+        .await
+        .unwrap();
+    let seqs = cutover_pg::inspect::sequences(&source, Side::Source, &f.plan.sync)
+        .await
+        .unwrap();
+    let fence = cutover_pg::fence::plan_fence(&source, Side::Source, &tables, &seqs)
+        .await
+        .unwrap();
+    let journal = Journal::open(&f.plan.journal_path()).unwrap();
+    journal
+        .set_fact(
+            "fence.source",
+            Some(&serde_json::to_string(&fence).unwrap()),
+        )
+        .unwrap();
+    cutover_pg::fence::apply_fence(&source, Side::Source, &fence)
+        .await
+        .unwrap();
+    f.pair
+        .target
+        .exec(&format!(
+            "ALTER SUBSCRIPTION {} DISABLE",
+            f.plan.sync.subscription()
+        ))
+        .await;
+    drop(source);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The next run undoes that first, then switches.
+    let summary = f.switch(Direction::Switchover).await.unwrap();
+    assert_eq!(summary.active, Backend::Target);
+    let verdict = pgbench::finish(load).await.unwrap();
+    assert!(verdict.clean(), "{verdict:?}");
+    let on_target = count(&f.pair.target, "SELECT count(*) FROM pgbench_history").await;
+    assert_eq!(on_target as u64, verdict.processed);
+    let steps: Vec<String> = journal
+        .timeline()
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.steps.into_iter().map(|s| s.step))
+        .collect();
+    assert!(
+        steps.contains(&"switchover.recover".to_string()),
+        "{steps:?}"
+    );
+    f.proxy.stop().await;
+}
