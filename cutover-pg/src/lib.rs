@@ -6,6 +6,7 @@ pub mod connect;
 pub mod copy;
 pub mod error;
 pub mod fence;
+pub mod grants;
 pub mod inspect;
 pub mod local;
 pub mod marker;

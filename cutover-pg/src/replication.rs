@@ -433,3 +433,69 @@ pub async fn can_subscribe(subscriber: &Client, side: Side) -> Result<(), PgErro
          connect to the {side} as a role that can, or use trigger mode (sync.mode = \"trigger\")"
     )))
 }
+
+/// What a subscription is doing, for the switchover's preconditions.
+#[derive(Clone, Debug)]
+pub struct SubscriptionInfo {
+    pub enabled: bool,
+    /// Tables not yet in state `r` (ready).
+    pub not_ready: i64,
+}
+
+/// The subscription `name` in this database, if any.
+pub async fn subscription_info(
+    client: &Client,
+    side: Side,
+    name: &str,
+) -> Result<Option<SubscriptionInfo>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT s.subenabled,
+                    (SELECT count(*) FROM pg_subscription_rel r WHERE r.srsubid = s.oid AND r.srsubstate <> 'r')
+               FROM pg_subscription s
+              WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&name],
+        )
+        .await
+        .ctx(side, "read the subscription")?;
+    Ok(row.map(|r| SubscriptionInfo {
+        enabled: r.get(0),
+        not_ready: r.get(1),
+    }))
+}
+
+/// Bytes between the server's WAL position and what the slot's subscriber confirmed; `None`
+/// when there is no such slot.
+pub async fn slot_lag(client: &Client, side: Side, slot: &str) -> Result<Option<i64>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ctx(side, "read the replication slot")?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Enables or disables a subscription. Disabling is how the switchover stops the old
+/// direction inside its pause: instant, and undone by enabling it again.
+pub async fn set_enabled(
+    client: &Client,
+    side: Side,
+    name: &str,
+    enabled: bool,
+) -> Result<(), PgError> {
+    let verb = if enabled { "ENABLE" } else { "DISABLE" };
+    client
+        .batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", ident(name)))
+        .await
+        .ctx(
+            side,
+            if enabled {
+                "enable the subscription"
+            } else {
+                "disable the subscription"
+            },
+        )
+}

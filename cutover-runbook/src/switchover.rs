@@ -467,12 +467,7 @@ pub async fn run(
                 || async {
                     // Disabled now, dropped after the resume: nothing is left for it to
                     // apply, and the drop (which reaches the other server) stays out of the pause.
-                    to.batch_execute(&format!(
-                        "ALTER SUBSCRIPTION {} DISABLE",
-                        cutover_pg::ident(&e.old.subscription)
-                    ))
-                    .await
-                    .map_err(|err| PgError::sql(e.to_side, "disable the subscription", err))?;
+                    replication::set_enabled(&to, e.to_side, &e.old.subscription, false).await?;
                     undo.lock().unwrap().old_stopped = true;
                     if options.no_reverse {
                         return Ok::<_, SwitchError>(format!(
@@ -665,16 +660,7 @@ async fn preconditions(
         )));
     }
     // The old direction: there, ready, caught up enough.
-    let sub = to
-        .query_opt(
-            "SELECT s.subenabled,
-                    (SELECT count(*) FROM pg_subscription_rel r WHERE r.srsubid = s.oid AND r.srsubstate <> 'r')
-               FROM pg_subscription s
-              WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&e.old.subscription],
-        )
-        .await
-        .map_err(|err| PgError::sql(e.to_side, "read the subscription", err))?;
+    let sub = replication::subscription_info(to, e.to_side, &e.old.subscription).await?;
     let Some(sub) = sub else {
         return Err(SwitchError::Refused(match e.to_side {
             Side::Target => format!(
@@ -687,7 +673,7 @@ async fn preconditions(
             ),
         }));
     };
-    let (enabled, not_ready): (bool, i64) = (sub.get(0), sub.get(1));
+    let (enabled, not_ready) = (sub.enabled, sub.not_ready);
     if !enabled {
         return Err(SwitchError::Refused(format!(
             "subscription {} on the {} is disabled; enable it (ALTER SUBSCRIPTION {} ENABLE) and let it catch up",
@@ -700,21 +686,13 @@ async fn preconditions(
             e.to_side
         )));
     }
-    let lag = from
-        .query_opt(
-            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
-               FROM pg_replication_slots WHERE slot_name = $1",
-            &[&e.old.slot],
-        )
-        .await
-        .map_err(|err| PgError::sql(e.from_side, "read the replication slot", err))?;
+    let lag = replication::slot_lag(from, e.from_side, &e.old.slot).await?;
     let Some(lag) = lag else {
         return Err(SwitchError::Refused(format!(
             "the {} has no replication slot {}; the subscription is not following it",
             e.from_side, e.old.slot
         )));
     };
-    let lag: i64 = lag.get(0);
     if lag as u64 > plan.switchover.max_lag_bytes {
         return Err(SwitchError::Refused(format!(
             "the {} is {} bytes behind, over switchover.max_lag_mib ({} MiB); wait for it to catch up (`cutover db status --watch`)",
@@ -773,31 +751,11 @@ async fn preconditions(
             .iter()
             .map(|s| cutover_pg::qualified(&s.schema, &s.name))
             .collect();
-        let rows = to
-            .query(
-                "SELECT u.role, coalesce(string_agg(t.name, ', ' ORDER BY t.name), '')
-                   FROM unnest($1::text[]) u(role)
-                   LEFT JOIN unnest($2::text[]) t(name)
-                     ON EXISTS (SELECT 1 FROM pg_roles WHERE rolname = u.role)
-                    AND NOT (has_table_privilege(u.role, t.name, 'SELECT') AND has_table_privilege(u.role, t.name, 'INSERT')
-                             AND has_table_privilege(u.role, t.name, 'UPDATE') AND has_table_privilege(u.role, t.name, 'DELETE'))
-                  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = u.role) OR t.name IS NOT NULL
-                  GROUP BY u.role
-                  UNION ALL
-                 SELECT u.role, string_agg(q.name, ', ' ORDER BY q.name)
-                   FROM unnest($1::text[]) u(role), unnest($3::text[]) q(name)
-                  WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = u.role)
-                    AND NOT has_sequence_privilege(u.role, q.name, 'USAGE')
-                  GROUP BY u.role",
-                &[&roles, &names, &seqs],
-            )
-            .await
-            .map_err(|err| PgError::sql(e.to_side, "check the applications' privileges", err))?;
+        let rows = cutover_pg::grants::missing(to, e.to_side, &roles, &names, &seqs).await?;
         if !rows.is_empty() {
             let list: Vec<String> = rows
                 .iter()
-                .map(|r| {
-                    let (role, what): (String, String) = (r.get(0), r.get(1));
+                .map(|(role, what)| {
                     if what.is_empty() {
                         format!(
                             "role {role} does not exist (CREATE ROLE {role} LOGIN PASSWORD ...)"
@@ -845,14 +803,8 @@ impl cutover_core::engine::Outcome for Pre {
 }
 
 async fn subscription_exists(client: &Client, side: Side, name: &str) -> Result<bool, SwitchError> {
-    Ok(client
-        .query_opt(
-            "SELECT 1 FROM pg_subscription WHERE subname = $1
-                AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&name],
-        )
-        .await
-        .map_err(|err| PgError::sql(side, "look for the subscription", err))?
+    Ok(replication::subscription_info(client, side, name)
+        .await?
         .is_some())
 }
 
@@ -871,15 +823,9 @@ async fn recover(
     let journal = steps.journal();
     let fenced = journal.fact(&fence_key(e.from_side))?;
     let new_started = subscription_exists(from, e.from_side, &e.new.subscription).await?;
-    let old_disabled = to
-        .query_opt(
-            "SELECT 1 FROM pg_subscription WHERE subname = $1 AND NOT subenabled
-                AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&e.old.subscription],
-        )
-        .await
-        .map_err(|err| PgError::sql(e.to_side, "look for the subscription", err))?
-        .is_some();
+    let old_disabled = replication::subscription_info(to, e.to_side, &e.old.subscription)
+        .await?
+        .is_some_and(|s| !s.enabled);
     if fenced.is_none() && !new_started && !old_disabled && !paused {
         return Ok(());
     }
@@ -892,12 +838,7 @@ async fn recover(
                     replication::stop_subscription(from, e.from_side, &e.new.subscription).await?;
                 }
                 if old_disabled {
-                    to.batch_execute(&format!(
-                        "ALTER SUBSCRIPTION {} ENABLE",
-                        cutover_pg::ident(&e.old.subscription)
-                    ))
-                    .await
-                    .map_err(|err| PgError::sql(e.to_side, "enable the subscription", err))?;
+                    replication::set_enabled(to, e.to_side, &e.old.subscription, true).await?;
                 }
                 if let Some(text) = &fenced {
                     let f: Fence = serde_json::from_str(text).map_err(|err| {
@@ -950,12 +891,7 @@ async fn undo_all(
             }
             if old_stopped {
                 // Nothing was written on `from` since the fence: enabled again, it misses nothing.
-                if let Err(err) = to
-                    .batch_execute(&format!(
-                        "ALTER SUBSCRIPTION {} ENABLE",
-                        cutover_pg::ident(&e.old.subscription)
-                    ))
-                    .await
+                if let Err(err) = replication::set_enabled(to, e.to_side, &e.old.subscription, true).await
                 {
                     failures.push(format!("enable {} again: {err}", e.old.subscription));
                 }
