@@ -304,6 +304,22 @@ pub enum CopyMethod {
     Subscription,
 }
 
+impl Default for SyncSettings {
+    /// The settings of a plan that sets none.
+    fn default() -> Self {
+        SyncSettings {
+            mode: Mode::Native,
+            schemas: vec![],
+            exclude_tables: vec![],
+            copy_schema: true,
+            name: "cutover".into(),
+            ready_timeout: default_ready_timeout(),
+            copy: CopyMethod::Parallel,
+            copy_jobs: 4,
+        }
+    }
+}
+
 impl SyncSettings {
     pub fn publication(&self) -> String {
         format!("{}_pub", self.name)

@@ -332,7 +332,7 @@ async fn worker(
 pub async fn copy_tables(
     source_url: &ConnString,
     target_url: &ConnString,
-    snapshot: &SnapshotSlot,
+    snapshot: &str,
     tables: &[Table],
     jobs: usize,
     counters: &[TableCounters],
@@ -348,7 +348,7 @@ pub async fn copy_tables(
     source
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            literal(&snapshot.snapshot)
+            literal(snapshot)
         ))
         .await
         .ctx(Side::Source, "import the copy snapshot")?;
@@ -378,7 +378,7 @@ pub async fn copy_tables(
     }
     let queue = Mutex::new(VecDeque::from(parts));
     let workers = (0..jobs.max(1).min(count.max(1)))
-        .map(|_| worker(source_url, target_url, &snapshot.snapshot, &queue, counters));
+        .map(|_| worker(source_url, target_url, snapshot, &queue, counters));
     futures_util::future::try_join_all(workers).await?;
     source
         .batch_execute("COMMIT")

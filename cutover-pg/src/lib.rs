@@ -18,6 +18,7 @@ pub mod schema;
 pub mod sequences;
 pub mod status;
 pub mod sync;
+pub mod trigger;
 pub mod verify;
 
 pub use connect::{connect, ident, literal, qualified};

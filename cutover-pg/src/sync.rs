@@ -660,7 +660,7 @@ async fn parallel_copy(
                 let work = copy::copy_tables(
                     &plan.source.url,
                     &plan.target.url,
-                    &snapshot,
+                    &snapshot.snapshot,
                     tables,
                     plan.sync.copy_jobs,
                     &counters,
