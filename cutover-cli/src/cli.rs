@@ -67,6 +67,13 @@ pub struct ProxyArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct FollowArgs {
+    /// Serve GET /health (JSON: batches, changes, retries, last error, idle time) here.
+    #[arg(long)]
+    pub health: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args, Debug)]
 pub struct SwitchArgs {
     /// Go on although application sessions reach the old primary without the proxy; the
     /// fence ends them.
@@ -102,6 +109,9 @@ pub enum DbCommand {
     Verify(VerifyArgs),
     /// Remove the subscription, slots and publication cutover created, on both sides.
     Cleanup(CleanupArgs),
+    /// Trigger mode: apply the source's captured changes to the target until stopped
+    /// (SIGTERM or Ctrl-C), fit for a service manager.
+    Follow(FollowArgs),
     /// Move the applications to the target through the proxy: pause, drain, fence, catch
     /// up, sequences, reverse replication, switch, resume.
     Switchover(SwitchArgs),
@@ -114,6 +124,9 @@ pub struct SyncArgs {
     /// Check and show what would be done; create nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Trigger mode: return after the copy instead of following (then run `cutover db follow`).
+    #[arg(long)]
+    pub no_follow: bool,
 }
 
 #[derive(Args, Debug)]

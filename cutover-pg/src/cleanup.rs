@@ -165,6 +165,21 @@ async fn find_on(plan: &Plan, source: &Client, target: &Client) -> Result<Vec<Re
         }
     }
     for side in [Side::Source, Side::Target] {
+        let capture = on(side)
+            .query_one(
+                "SELECT to_regclass('cutover.changes') IS NOT NULL OR to_regclass('cutover.applied') IS NOT NULL
+                        OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'cutover_capture')",
+                &[],
+            )
+            .await
+            .ctx(side, "look for the change capture")?;
+        if capture.get::<_, bool>(0) {
+            found.push(Removed {
+                side,
+                kind: "change capture",
+                name: "cutover.changes, cutover.applied and the capture triggers".into(),
+            });
+        }
         let exists = on(side)
             .query_one("SELECT to_regclass('cutover.marker') IS NOT NULL", &[])
             .await
@@ -200,6 +215,7 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
                 .await?
                 .is_some(),
             "replication slot" => drop_slot_on(client, item.side, &item.name).await?,
+            "change capture" => crate::trigger::remove_capture(client, item.side).await?,
             "publication" => {
                 client
                     .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&item.name)))
@@ -218,6 +234,12 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
         if gone {
             removed.push(item);
         }
+    }
+    // The schema goes once it is empty (it may hold what a user put there: then it stays).
+    for side in [Side::Source, Side::Target] {
+        let _ = on(side)
+            .batch_execute("DROP SCHEMA IF EXISTS cutover RESTRICT")
+            .await;
     }
     Ok(removed)
 }

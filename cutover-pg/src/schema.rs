@@ -159,8 +159,10 @@ pub async fn dump(
         .into_iter()
         .filter(|l| !l.contains(" COMMENT - EXTENSION "))
         .collect();
+    // Trigger mode's own capture triggers stay on the side they capture.
     let (keys, rest): (Vec<String>, Vec<String>) = entries(&post)
         .into_iter()
+        .filter(|l| !is_capture_trigger(l))
         .partition(|l| is_key_entry(l, &oids, &names));
     let write = |name: &str, lines: &[String]| -> Result<PathBuf, PgError> {
         let path = dir.path().join(name);
@@ -245,9 +247,27 @@ pub async fn object_counts(
     Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
 }
 
+/// A `pg_restore -l` line of one of trigger mode's capture triggers.
+fn is_capture_trigger(line: &str) -> bool {
+    line.contains(" TRIGGER ")
+        && line
+            .split_whitespace()
+            .any(|w| w == "cutover_capture" || w == "cutover_capture_truncate")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaves_the_capture_triggers_out() {
+        assert!(super::is_capture_trigger(
+            "3351; 2620 16600 TRIGGER public accounts cutover_capture owner"
+        ));
+        assert!(!super::is_capture_trigger(
+            "3351; 2620 16600 TRIGGER public accounts audit owner"
+        ));
+    }
 
     #[test]
     fn picks_keys_out_of_post_data() {

@@ -540,7 +540,7 @@ impl Applier {
         let (batch, next) = result?;
         self.position = next;
         self.batches += 1;
-        if self.batches % 50 == 0 {
+        if self.batches.is_multiple_of(50) {
             self.prune().await?;
         }
         let _ = fs;

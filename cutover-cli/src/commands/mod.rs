@@ -3,6 +3,7 @@
 mod check;
 mod cleanup;
 mod demo;
+mod follow;
 mod init;
 mod journal;
 mod proxy;
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Db(DbCommand::Status(args)) => status::run(&g, args).await,
         Command::Db(DbCommand::Verify(args)) => verify::run(&g, args).await,
         Command::Db(DbCommand::Cleanup(args)) => cleanup::run(&g, args).await,
+        Command::Db(DbCommand::Follow(args)) => follow::run(&g, args).await,
         Command::Db(DbCommand::Switchover(args)) => {
             switchover::run(&g, args, cutover_runbook::Direction::Switchover).await
         }

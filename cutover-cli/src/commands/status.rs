@@ -14,6 +14,9 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<i32> {
     } else {
         std::time::Duration::from_secs(1)
     };
+    if plan.sync.mode == cutover_core::Mode::Trigger {
+        return trigger_status(g, &plan, args.watch).await;
+    }
     loop {
         let status = tokio::select! {
             s = cutover_pg::status::status(&plan, interval) => s?,
@@ -113,4 +116,48 @@ fn render(s: &Status) -> String {
         out.push_str(&format!("warning: {w}\n"));
     }
     out
+}
+
+/// Trigger mode: the backlog in changes and the age of the oldest unapplied one.
+async fn trigger_status(g: &Global, plan: &cutover_core::Plan, watch: bool) -> anyhow::Result<i32> {
+    let link = super::follow::current_link(plan).await?;
+    loop {
+        let origin = cutover_pg::connect(&link.origin, link.origin_side).await?;
+        let follower = cutover_pg::connect(&link.follower, link.follower_side).await?;
+        let b = cutover_pg::trigger::backlog(&origin, &follower, &link).await?;
+        if g.json {
+            let v = serde_json::json!({"mode": "trigger", "link": link.name, "backlog": b});
+            if watch {
+                println!("{v}");
+            } else {
+                output::json(&v)?;
+            }
+        } else {
+            if watch && std::io::stdout().is_terminal() {
+                print!("\x1b[2J\x1b[H");
+            }
+            println!(
+                "trigger mode, {} -> {}\nbacklog       {} changes{}\napplied       {} changes so far",
+                link.origin_side,
+                link.follower_side,
+                b.changes,
+                b.oldest_age_seconds
+                    .map(|a| format!(", oldest {a:.1} s old"))
+                    .unwrap_or_default(),
+                b.applied_changes
+            );
+            if b.oldest_age_seconds.unwrap_or(0.0) > 60.0 {
+                println!(
+                    "warning: changes wait for more than a minute; is `cutover db follow` running?"
+                );
+            }
+        }
+        if !watch {
+            return Ok(0);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(plan.status.refresh) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+        }
+    }
 }

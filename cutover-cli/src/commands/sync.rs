@@ -30,6 +30,9 @@ pub async fn run(g: &Global, args: SyncArgs) -> anyhow::Result<i32> {
     journal.end_run(run, if result.is_ok() { "ok" } else { "failed" })?;
     let summary = result?;
     print_summary(g, &plan, &summary)?;
+    if plan.sync.mode == cutover_core::Mode::Trigger && !args.no_follow {
+        return super::follow::follow_until_stopped(g, &plan, None).await;
+    }
     Ok(0)
 }
 
@@ -49,10 +52,14 @@ fn print_summary(g: &Global, plan: &cutover_core::Plan, s: &SyncSummary) -> anyh
             ""
         }
     );
-    println!(
-        "subscription {} keeps following the source; watch it with `cutover db status --watch`",
-        plan.sync.subscription()
-    );
+    if plan.sync.mode == cutover_core::Mode::Trigger {
+        println!("the copy is done; the source's changes are applied from here on (`cutover db follow` continues after a stop)");
+    } else {
+        println!(
+            "subscription {} keeps following the source; watch it with `cutover db status --watch`",
+            plan.sync.subscription()
+        );
+    }
     Ok(())
 }
 

@@ -1,0 +1,137 @@
+//! `cutover db follow`: trigger mode's applier in the foreground, for a service manager.
+//! Stops cleanly on SIGTERM or Ctrl-C (the batch in progress either commits with its
+//! position or not at all); `--health ADDR` serves `GET /health` as JSON.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cutover_core::{Mode, Plan};
+use cutover_pg::connect;
+use cutover_pg::trigger::{self, FollowEvent};
+use serde::Serialize;
+
+use crate::cli::{FollowArgs, Global};
+
+#[derive(Clone, Debug, Default, Serialize)]
+struct Health {
+    link: String,
+    batches: u64,
+    changes: u64,
+    retries: u64,
+    last_error: Option<String>,
+    /// Seconds since the last batch that applied something.
+    idle_seconds: Option<f64>,
+    #[serde(skip)]
+    last_applied: Option<Instant>,
+}
+
+pub async fn run(g: &Global, args: FollowArgs) -> anyhow::Result<i32> {
+    let plan = super::load_plan(&g.plan)?;
+    follow_until_stopped(g, &plan, args.health).await
+}
+
+/// The link to follow now: the reverse one once a switchover made it, else the forward one.
+pub async fn current_link(plan: &Plan) -> anyhow::Result<trigger::Link> {
+    if plan.sync.mode != Mode::Trigger {
+        anyhow::bail!(
+            "db follow is trigger mode's applier and this plan uses sync.mode = \"native\", where the target's subscription follows by itself; watch it with `cutover db status`"
+        );
+    }
+    Ok(cutover_pg::sync::forward_link(plan))
+}
+
+pub async fn follow_until_stopped(
+    g: &Global,
+    plan: &Plan,
+    health_addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<i32> {
+    let link = current_link(plan).await?;
+    let origin = connect(&link.origin, link.origin_side).await?;
+    let tables = cutover_pg::inspect::tables(&origin, link.origin_side, &plan.sync).await?;
+    drop(origin);
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            stop.cancel();
+        });
+    }
+    let health = Arc::new(Mutex::new(Health {
+        link: link.name.clone(),
+        ..Default::default()
+    }));
+    if let Some(addr) = health_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot serve health on {addr}: {e}; pick another --health address")
+        })?;
+        let h = health.clone();
+        let app = axum::Router::new().route(
+            "/health",
+            axum::routing::get(move || {
+                let h = h.clone();
+                async move {
+                    let mut v = h.lock().unwrap().clone();
+                    v.idle_seconds = v.last_applied.map(|t| t.elapsed().as_secs_f64());
+                    axum::Json(v)
+                }
+            }),
+        );
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+    }
+    eprintln!(
+        "following the {} into the {} (trigger mode, link {}); stop with Ctrl-C or SIGTERM",
+        link.origin_side, link.follower_side, link.name
+    );
+    let json = g.json;
+    let last_line = Mutex::new(Instant::now() - Duration::from_secs(10));
+    let pending = Mutex::new((0u64, 0u64));
+    let on_event = |e: FollowEvent| {
+        if json {
+            if let Ok(line) = serde_json::to_string(&e) {
+                println!("{line}");
+            }
+        }
+        let mut h = health.lock().unwrap();
+        match &e {
+            FollowEvent::Applied { batch, .. } => {
+                h.batches += 1;
+                h.changes += batch.changes;
+                h.last_applied = Some(Instant::now());
+                let mut p = pending.lock().unwrap();
+                p.0 += 1;
+                p.1 += batch.changes;
+                let mut last = last_line.lock().unwrap();
+                if !json && last.elapsed() >= Duration::from_secs(5) {
+                    eprintln!("applied {} changes in {} batches", p.1, p.0);
+                    *p = (0, 0);
+                    *last = Instant::now();
+                }
+            }
+            FollowEvent::Retrying { error } => {
+                h.retries += 1;
+                h.last_error = Some(error.clone());
+                if !json {
+                    eprintln!("retrying after: {error}");
+                }
+            }
+        }
+    };
+    trigger::follow(&link, &tables, Duration::from_millis(100), stop, &on_event).await?;
+    eprintln!(
+        "stopped; the position is on the {}: `cutover db follow` continues from it",
+        link.follower_side
+    );
+    Ok(0)
+}

@@ -1,0 +1,129 @@
+//! Trigger mode from the command line on a Heroku-like source (wal_level=replica, a role
+//! that is neither superuser nor replication): db sync copies, db follow applies under
+//! writes and reports health, db status shows the backlog, db verify finds them equal, a
+//! SIGTERM stops it cleanly, and db cleanup removes the capture.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::Env;
+use cutover_pg::{connect, Side};
+use cutover_testkit::Pair;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_follow_verify_and_cleanup_without_replication_privileges() {
+    let pair = Pair::heroku_like().await;
+    let owner = pair.source.role("owner", "NOSUPERUSER NOREPLICATION").await;
+    pair.source
+        .exec("GRANT CREATE ON SCHEMA public TO owner")
+        .await;
+    let source = connect(&owner, Side::Source).await.unwrap();
+    source
+        .batch_execute(
+            "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL, price numeric(10,2));
+             CREATE TABLE lines (item bigint REFERENCES items(id) ON DELETE CASCADE, n int, qty int, PRIMARY KEY (item, n));
+             INSERT INTO items (name, price) SELECT 'item ' || g, g * 1.5 FROM generate_series(1, 3000) g;
+             INSERT INTO lines SELECT i, n, n FROM generate_series(1, 3000) i, generate_series(1, 3) n;",
+        )
+        .await
+        .unwrap();
+    let mut env = Env::from_pair(pair);
+    let target = env.pair.target.url();
+    env.set_urls(&owner, &target);
+    let plan = std::fs::read_to_string(env.plan()).unwrap();
+    std::fs::write(
+        env.plan(),
+        plan.replace("mode = \"native\"", "mode = \"trigger\""),
+    )
+    .unwrap();
+
+    let run = env.run(&["db", "sync", "--no-follow"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("capture"), "{}", run.stderr);
+
+    let health_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{health_port}");
+    let mut follow = env
+        .command(&["db", "follow", "--health", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    source
+        .batch_execute(
+            "UPDATE items SET price = price + 1 WHERE id % 7 = 0;
+             DELETE FROM items WHERE id % 11 = 0;
+             INSERT INTO items (name, price) SELECT 'new ' || g, g FROM generate_series(1, 200) g;
+             UPDATE lines SET qty = qty * 10 WHERE n = 2;",
+        )
+        .await
+        .unwrap();
+    let mut caught_up = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let run = env.run(&["--json", "db", "status"]);
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+        if v["backlog"]["changes"] == 0 && v["backlog"]["applied_changes"].as_i64().unwrap_or(0) > 0
+        {
+            caught_up = true;
+            break;
+        }
+    }
+    assert!(caught_up, "the follower applied the backlog");
+    let health = reqwest_get(&addr).await;
+    assert!(health.contains("\"changes\""), "{health}");
+    let run = env.run(&["db", "verify"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follow.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = follow.wait().unwrap();
+    assert!(status.success(), "db follow stops cleanly on SIGTERM");
+    let mut err = String::new();
+    use std::io::Read;
+    follow
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    env.assert_no_secret(&err);
+
+    let run = env.run(&["db", "cleanup"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("change capture"), "{}", run.stdout);
+    let left = env
+        .pair
+        .source
+        .value("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'cutover%'")
+        .await;
+    assert_eq!(left.as_deref(), Some("0"));
+    // The source's writes still work with the capture gone.
+    source
+        .batch_execute("INSERT INTO items (name) VALUES ('after cleanup')")
+        .await
+        .unwrap();
+}
+
+/// GET /health over a plain socket.
+async fn reqwest_get(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
