@@ -465,6 +465,31 @@ pub fn forward_link(plan: &Plan) -> crate::trigger::Link {
     }
 }
 
+/// The reverse trigger-mode link a switchover starts: the target followed... by the source.
+pub fn reverse_link(plan: &Plan) -> crate::trigger::Link {
+    crate::trigger::Link {
+        name: format!("{}_reverse", plan.sync.name),
+        origin: plan.target.url.clone(),
+        origin_side: Side::Target,
+        follower: plan.source.url.clone(),
+        follower_side: Side::Source,
+    }
+}
+
+/// The trigger-mode link in force: the reverse one while the source holds its position
+/// (after a switchover), else the forward one.
+pub async fn current_link(plan: &Plan) -> Result<crate::trigger::Link, PgError> {
+    let reverse = reverse_link(plan);
+    let source = connect(&plan.source.url, Side::Source).await?;
+    if crate::trigger::position(&source, Side::Source, &reverse.name)
+        .await?
+        .is_some()
+    {
+        return Ok(reverse);
+    }
+    Ok(forward_link(plan))
+}
+
 /// `db sync` in trigger mode: schema, capture triggers, the copy from one exported snapshot
 /// (its snapshot is the applier's first position), keys, the rest of the schema. The
 /// caller then follows with [`crate::trigger::follow`].

@@ -424,6 +424,10 @@ async fn parents_first(
     Ok(order)
 }
 
+/// The `application_name` of the applier's sessions: a switchover knows them as
+/// cutover's own, not as applications writing around the proxy.
+pub const APPLIER_NAME: &str = "cutover-follow";
+
 /// One direction of trigger-mode replication.
 #[derive(Clone, Debug)]
 pub struct Link {
@@ -501,8 +505,13 @@ pub struct Applier {
 impl Applier {
     /// Connects both sides and reads the position; `tables` as the origin lists them.
     pub async fn open(link: &Link, tables: &[Table]) -> Result<Applier, PgError> {
-        let origin = connect(&link.origin, link.origin_side).await?;
-        let follower = connect(&link.follower, link.follower_side).await?;
+        let named = |c: &ConnString| {
+            let mut c = c.clone();
+            c.application_name = Some(APPLIER_NAME.into());
+            c
+        };
+        let origin = connect(&named(&link.origin), link.origin_side).await?;
+        let follower = connect(&named(&link.follower), link.follower_side).await?;
         for c in [&origin, &follower] {
             c.batch_execute("SET statement_timeout = 0; SET lock_timeout = '10s'")
                 .await
@@ -528,8 +537,9 @@ impl Applier {
     }
 
     /// Applies every change committed since the position, in one follower transaction that
-    /// also records the new position.
-    pub async fn apply_once(&mut self) -> Result<Batch, PgError> {
+    /// also records the new position. `None` when the link was retired (its position row
+    /// removed by a switchover): nothing is applied then.
+    pub async fn apply_once(&mut self) -> Result<Option<Batch>, PgError> {
         let (os, fs) = (self.link.origin_side, self.link.follower_side);
         self.origin
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -537,17 +547,19 @@ impl Applier {
             .ctx(os, "open the batch's snapshot")?;
         let result = self.apply_in_snapshot().await;
         let _ = self.origin.batch_execute("COMMIT").await;
-        let (batch, next) = result?;
+        let Some((batch, next)) = result? else {
+            return Ok(None);
+        };
         self.position = next;
         self.batches += 1;
         if self.batches.is_multiple_of(50) {
             self.prune().await?;
         }
         let _ = fs;
-        Ok(batch)
+        Ok(Some(batch))
     }
 
-    async fn apply_in_snapshot(&mut self) -> Result<(Batch, String), PgError> {
+    async fn apply_in_snapshot(&mut self) -> Result<Option<(Batch, String)>, PgError> {
         let (os, fs) = (self.link.origin_side, self.link.follower_side);
         let next: String = self
             .origin
@@ -570,8 +582,15 @@ impl Applier {
             ..Default::default()
         };
         if rows.is_empty() {
-            // Nothing new: keep the position (writing it would cost a follower commit per poll).
-            return Ok((batch, self.position.clone()));
+            // Nothing new: keep the position (writing it would cost a follower commit per
+            // poll), but notice a retired link.
+            if position(&self.follower, fs, &self.link.name)
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            return Ok(Some((batch, self.position.clone())));
         }
         let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut truncated: BTreeSet<String> = BTreeSet::new();
@@ -626,6 +645,33 @@ impl Applier {
             .transaction()
             .await
             .ctx(fs, "begin the batch")?;
+        // A fenced follower (the old primary after a switchover, where the applications'
+        // role, often the owner itself, lost its write privileges) is written by granting the
+        // owner what it lacks inside this transaction and revoking it before the commit: no
+        // other session ever sees the grant.
+        let touched: Vec<String> = self
+            .shapes
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                upserts.contains_key(i) || deletes.contains_key(i) || truncated.contains(&s.display)
+            })
+            .map(|(_, s)| s.qualified.clone())
+            .collect();
+        let lacking = tx
+            .query(
+                "SELECT t, p FROM unnest($1::text[]) t, unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) p
+                  WHERE NOT has_table_privilege(t, p)",
+                &[&touched],
+            )
+            .await
+            .ctx(fs, "check the applier's privileges")?;
+        let lacking: Vec<(String, String)> = lacking.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for (t, p) in &lacking {
+            tx.batch_execute(&format!("GRANT {p} ON {t} TO CURRENT_USER"))
+                .await
+                .ctx(fs, "lift the fence for the applier inside its transaction")?;
+        }
         if !truncated.is_empty() {
             let list: Vec<String> = truncated
                 .iter()
@@ -661,17 +707,27 @@ impl Applier {
                 .ctx(fs, "apply deletes")?;
             }
         }
-        tx.execute(
-            "INSERT INTO cutover.applied (link, position, changes, batches) VALUES ($1, $2, $3, 1)
-             ON CONFLICT (link) DO UPDATE SET position = excluded.position,
-                 changes = cutover.applied.changes + excluded.changes,
-                 batches = cutover.applied.batches + 1, updated_at = now()",
-            &[&self.link.name, &next, &(batch.changes as i64)],
-        )
-        .await
-        .ctx(fs, "record the position")?;
+        for (t, p) in &lacking {
+            tx.batch_execute(&format!("REVOKE {p} ON {t} FROM CURRENT_USER"))
+                .await
+                .ctx(fs, "restore the fence")?;
+        }
+        let updated = tx
+            .execute(
+                "UPDATE cutover.applied SET position = $2, changes = changes + $3,
+                        batches = batches + 1, updated_at = now()
+                  WHERE link = $1",
+                &[&self.link.name, &next, &(batch.changes as i64)],
+            )
+            .await
+            .ctx(fs, "record the position")?;
+        if updated == 0 {
+            // Retired while this batch ran: roll it back, the link is over.
+            drop(tx);
+            return Ok(None);
+        }
         tx.commit().await.ctx(fs, "commit the batch")?;
-        Ok((batch, next))
+        Ok(Some((batch, next)))
     }
 
     /// Drops log rows every transaction of which the follower has.
@@ -739,6 +795,13 @@ pub async fn follow(
 ) -> Result<(), PgError> {
     let mut backoff = Duration::from_millis(200);
     while !stop.is_cancelled() {
+        // A switchover may retire the link while it is reconnecting.
+        if let Ok(f) = connect(&link.follower, link.follower_side).await {
+            if position(&f, link.follower_side, &link.name).await.ok() == Some(None) {
+                on_event(FollowEvent::Retired);
+                return Ok(());
+            }
+        }
         let mut applier = match Applier::open(link, tables).await {
             Ok(a) => a,
             Err(e) if e.retry() == crate::Retry::Transient => {
@@ -762,11 +825,15 @@ pub async fn follow(
                 r = applier.apply_once() => r,
             };
             match r {
-                Ok(b) if b.changes > 0 => on_event(FollowEvent::Applied {
+                Ok(None) => {
+                    on_event(FollowEvent::Retired);
+                    return Ok(());
+                }
+                Ok(Some(b)) if b.changes > 0 => on_event(FollowEvent::Applied {
                     batch: b,
                     ms: started.elapsed().as_secs_f64() * 1000.0,
                 }),
-                Ok(_) => {
+                Ok(Some(_)) => {
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(poll) => {}
@@ -799,6 +866,69 @@ impl Applier {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum FollowEvent {
-    Applied { batch: Batch, ms: f64 },
-    Retrying { error: String },
+    Applied {
+        batch: Batch,
+        ms: f64,
+    },
+    Retrying {
+        error: String,
+    },
+    /// A switchover retired this link; the other direction takes over.
+    Retired,
+}
+
+/// Whether user triggers (the capture triggers among them) fire on `tables`: off on the
+/// side that follows, so applied rows are neither captured again nor fire the
+/// application's own triggers a second time; on for the primary.
+pub async fn set_user_triggers(
+    client: &Client,
+    side: Side,
+    tables: &[Table],
+    enabled: bool,
+) -> Result<(), PgError> {
+    let verb = if enabled { "ENABLE" } else { "DISABLE" };
+    let sql: String = tables
+        .iter()
+        .map(|t| format!("ALTER TABLE {} {verb} TRIGGER USER;", t.qualified()))
+        .collect();
+    client
+        .batch_execute(&format!("BEGIN;{sql}COMMIT;"))
+        .await
+        .ctx(side, "switch the tables' triggers")
+}
+
+/// Starts the link `origin` → `follower` with no copy: the capture on the origin (whose
+/// tables hold what the follower holds, as after a fenced catch-up), and the position
+/// taken now. Idempotent.
+pub async fn start_link(
+    origin: &Client,
+    follower: &Client,
+    link: &Link,
+    origin_tables: &[Table],
+) -> Result<(), PgError> {
+    install_capture(origin, link.origin_side, origin_tables).await?;
+    let now: String = origin
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await
+        .ctx(link.origin_side, "read the position")?
+        .get(0);
+    if position(follower, link.follower_side, &link.name)
+        .await?
+        .is_none()
+    {
+        set_position(follower, link.follower_side, &link.name, &now).await?;
+    }
+    Ok(())
+}
+
+/// Ends a link: its position row goes, which a running applier notices and stops.
+pub async fn retire(follower: &Client, side: Side, link: &str) -> Result<bool, PgError> {
+    if position(follower, side, link).await?.is_none() {
+        return Ok(false);
+    }
+    follower
+        .execute("DELETE FROM cutover.applied WHERE link = $1", &[&link])
+        .await
+        .ctx(side, "retire the link")?;
+    Ok(true)
 }

@@ -219,7 +219,11 @@ async fn initial_copy(s: &Setup) {
 async fn drain(s: &Setup) {
     let mut applier = trigger::Applier::open(&s.link, &s.tables).await.unwrap();
     for _ in 0..200 {
-        let b = applier.apply_once().await.unwrap();
+        let b = applier
+            .apply_once()
+            .await
+            .unwrap()
+            .expect("the link is live");
         if b.changes == 0 {
             return;
         }

@@ -111,6 +111,11 @@ struct Ends {
     new: Link,
     proxy_from: Backend,
     proxy_to: Backend,
+    /// Trigger mode: the links of its own applier instead of subscriptions.
+    trigger: bool,
+    sync: cutover_core::plan::SyncSettings,
+    old_t: cutover_pg::trigger::Link,
+    new_t: cutover_pg::trigger::Link,
 }
 
 impl Ends {
@@ -126,8 +131,17 @@ impl Ends {
             subscription: s.reverse_subscription(),
             slot: s.reverse_slot(),
         };
+        let trigger = plan.sync.mode == cutover_core::Mode::Trigger;
+        let (fwd_t, rev_t) = (
+            cutover_pg::sync::forward_link(plan),
+            cutover_pg::sync::reverse_link(plan),
+        );
         match direction {
             Direction::Switchover => Ends {
+                trigger,
+                sync: plan.sync.clone(),
+                old_t: fwd_t,
+                new_t: rev_t,
                 from_side: Side::Source,
                 to_side: Side::Target,
                 from_url: plan.source.url.clone(),
@@ -139,6 +153,10 @@ impl Ends {
                 proxy_to: Backend::Target,
             },
             Direction::Rollback => Ends {
+                trigger,
+                sync: plan.sync.clone(),
+                old_t: rev_t,
+                new_t: fwd_t,
                 from_side: Side::Target,
                 to_side: Side::Source,
                 from_url: plan.target.url.clone(),
@@ -175,7 +193,9 @@ pub struct SwitchSummary {
     /// The longest a client request waited at the proxy during this pause.
     pub longest_client_wait_ms: f64,
     pub sessions_moved: usize,
-    pub fence_lsn: Option<String>,
+    /// Native mode: the WAL position the fence marker was written at. Trigger mode: what
+    /// the catch-up applied after the fence.
+    pub fence_position: Option<String>,
     pub sequences: usize,
     pub reverse_replication: bool,
     pub steps: Vec<StepTime>,
@@ -194,6 +214,7 @@ struct Undo {
     to_unfenced: Option<Fence>,
     old_stopped: bool,
     new_started: bool,
+    triggers_swapped: bool,
 }
 
 /// Undoes and resumes the proxy when dropped unless released: a panic or a cancelled
@@ -290,15 +311,22 @@ pub async fn run(
     if status.active == e.proxy_to {
         // Switched already, perhaps by a run that died after the point of no return:
         // finish what it left (resume, retire the old direction).
-        if status.paused || subscription_exists(&to, e.to_side, &e.old.subscription).await? {
+        let old_there = if e.trigger {
+            cutover_pg::trigger::position(&to, e.to_side, &e.old_t.name)
+                .await?
+                .is_some()
+        } else {
+            subscription_exists(&to, e.to_side, &e.old.subscription).await?
+        };
+        if status.paused || old_there {
             steps
                 .run(
                     &format!("{name}.finish"),
                     "finish a switch that an earlier run made but did not complete",
                     || async {
                         admin.resume().await?;
-                        replication::stop_subscription(&to, e.to_side, &e.old.subscription).await?;
-                        Ok::<_, SwitchError>("resumed; the old direction is dropped".to_string())
+                        retire_old(&e, &to).await?;
+                        Ok::<_, SwitchError>("resumed; the old direction is retired".to_string())
                     },
                 )
                 .await?;
@@ -315,7 +343,7 @@ pub async fn run(
             pause_ms: 0.0,
             longest_client_wait_ms: 0.0,
             sessions_moved: 0,
-            fence_lsn: None,
+            fence_position: None,
             sequences: 0,
             reverse_replication: false,
             steps: vec![],
@@ -421,6 +449,14 @@ pub async fn run(
                     e.from_side, e.to_side
                 ),
                 || async {
+                    if e.trigger {
+                        return trigger_catch_up(
+                            &e,
+                            &pre.tables_from,
+                            plan.switchover.catch_up_timeout,
+                        )
+                        .await;
+                    }
                     let lsn = marker::write(&from, e.from_side, marker_id).await?;
                     marker::wait(&to, e.to_side, marker_id, plan.switchover.catch_up_timeout)
                         .await?;
@@ -429,6 +465,32 @@ pub async fn run(
             )
             .await?;
         push_time(&times, "catch_up", t);
+
+        // The new primary takes writes again (its own earlier fence lifted) before anything
+        // is written to it: the sequences, the reverse link's position.
+        if let Some(text) = journal.fact(&fence_key(e.to_side))? {
+            let t = Instant::now();
+            let earlier: Fence = serde_json::from_str(&text).map_err(|err| {
+                SwitchError::Refused(format!("the journal's fence of the {}: {err}", e.to_side))
+            })?;
+            steps
+                .run(
+                    &format!("{name}.unfence"),
+                    &format!(
+                        "give the {} back its {} write privileges",
+                        e.to_side,
+                        earlier.revoked.len()
+                    ),
+                    || async {
+                        fence::unfence(&to, e.to_side, &earlier).await?;
+                        undo.lock().unwrap().to_unfenced = Some(earlier.clone());
+                        journal.set_fact(&fence_key(e.to_side), None)?;
+                        Ok::<_, SwitchError>(())
+                    },
+                )
+                .await?;
+            push_time(&times, "unfence", t);
+        }
 
         let t = Instant::now();
         let copied = steps
@@ -465,6 +527,38 @@ pub async fn run(
                     e.old.subscription, e.new.subscription, e.to_side, e.from_side
                 ),
                 || async {
+                    if e.trigger {
+                        // The new primary's triggers fire (its capture among them); the old
+                        // one's stop (its applied rows are neither captured nor events).
+                        undo.lock().unwrap().triggers_swapped = true;
+                        cutover_pg::trigger::set_user_triggers(
+                            &to,
+                            e.to_side,
+                            &pre.tables_to,
+                            true,
+                        )
+                        .await?;
+                        cutover_pg::trigger::set_user_triggers(
+                            &from,
+                            e.from_side,
+                            &pre.tables_from,
+                            false,
+                        )
+                        .await?;
+                        if options.no_reverse {
+                            return Ok(format!(
+                                "{} stops; no replication back (--no-reverse)",
+                                e.old_t.name
+                            ));
+                        }
+                        undo.lock().unwrap().new_started = true;
+                        cutover_pg::trigger::start_link(&to, &from, &e.new_t, &pre.tables_to)
+                            .await?;
+                        return Ok(format!(
+                            "capture on the {}, link {} started",
+                            e.to_side, e.new_t.name
+                        ));
+                    }
                     // Disabled now, dropped after the resume: nothing is left for it to
                     // apply, and the drop (which reaches the other server) stays out of the pause.
                     replication::set_enabled(&to, e.to_side, &e.old.subscription, false).await?;
@@ -499,29 +593,6 @@ pub async fn run(
             .await?;
         push_time(&times, "reverse", t);
 
-        if let Some(text) = journal.fact(&fence_key(e.to_side))? {
-            let t = Instant::now();
-            let earlier: Fence = serde_json::from_str(&text).map_err(|err| {
-                SwitchError::Refused(format!("the journal's fence of the {}: {err}", e.to_side))
-            })?;
-            steps
-                .run(
-                    &format!("{name}.unfence"),
-                    &format!(
-                        "give the {} back its {} write privileges",
-                        e.to_side,
-                        earlier.revoked.len()
-                    ),
-                    || async {
-                        fence::unfence(&to, e.to_side, &earlier).await?;
-                        undo.lock().unwrap().to_unfenced = Some(earlier.clone());
-                        journal.set_fact(&fence_key(e.to_side), None)?;
-                        Ok::<_, SwitchError>(())
-                    },
-                )
-                .await?;
-            push_time(&times, "unfence", t);
-        }
         Ok::<_, SwitchError>(lsn)
     };
 
@@ -611,14 +682,18 @@ pub async fn run(
     steps
         .run(
             &format!("{name}.retire"),
-            &format!(
-                "drop {} and its slot on the {}",
-                e.old.subscription, e.from_side
-            ),
-            || async {
-                replication::stop_subscription(&to, e.to_side, &e.old.subscription).await?;
-                Ok::<_, SwitchError>(())
+            &if e.trigger {
+                format!(
+                    "retire link {} (a running `db follow` moves to the other direction)",
+                    e.old_t.name
+                )
+            } else {
+                format!(
+                    "drop {} and its slot on the {}",
+                    e.old.subscription, e.from_side
+                )
             },
+            || async { retire_old(&e, &to).await },
         )
         .await?;
     push_time(&times, "retire", t);
@@ -630,7 +705,7 @@ pub async fn run(
         pause_ms,
         longest_client_wait_ms: after.pause.last_pause_longest_hold_ms,
         sessions_moved: report.moved,
-        fence_lsn: Some(lsn),
+        fence_position: Some(lsn),
         sequences: pre.sequences.len(),
         reverse_replication: !options.no_reverse,
         steps: times.into_inner().unwrap(),
@@ -659,58 +734,68 @@ async fn preconditions(
             status.active, e.proxy_from
         )));
     }
-    // The old direction: there, ready, caught up enough.
-    let sub = replication::subscription_info(to, e.to_side, &e.old.subscription).await?;
-    let Some(sub) = sub else {
-        return Err(SwitchError::Refused(match e.to_side {
-            Side::Target => format!(
-                "the target has no subscription {}: nothing follows the source; run `cutover db sync` first",
-                e.old.subscription
-            ),
-            Side::Source => format!(
-                "the source has no subscription {}: nothing carries the target's writes back, so a rollback would lose them; it is made by `cutover db switchover` (without --no-reverse)",
-                e.old.subscription
-            ),
-        }));
-    };
-    let (enabled, not_ready) = (sub.enabled, sub.not_ready);
-    if !enabled {
-        return Err(SwitchError::Refused(format!(
-            "subscription {} on the {} is disabled; enable it (ALTER SUBSCRIPTION {} ENABLE) and let it catch up",
-            e.old.subscription, e.to_side, e.old.subscription
-        )));
-    }
-    if not_ready > 0 {
-        return Err(SwitchError::Refused(format!(
-            "{not_ready} tables are still being copied into the {}; wait until `cutover db status` shows every table ready",
-            e.to_side
-        )));
-    }
-    let lag = replication::slot_lag(from, e.from_side, &e.old.slot).await?;
-    let Some(lag) = lag else {
-        return Err(SwitchError::Refused(format!(
-            "the {} has no replication slot {}; the subscription is not following it",
-            e.from_side, e.old.slot
-        )));
-    };
-    if lag as u64 > plan.switchover.max_lag_bytes {
-        return Err(SwitchError::Refused(format!(
-            "the {} is {} bytes behind, over switchover.max_lag_mib ({} MiB); wait for it to catch up (`cutover db status --watch`)",
-            e.to_side,
-            lag,
-            plan.switchover.max_lag_bytes / (1024 * 1024)
-        )));
-    }
-    if !options.no_reverse {
-        replication::can_subscribe(from, e.from_side).await.map_err(|err| {
-            SwitchError::Refused(format!(
-                "{err}; or pass --no-reverse to switch without replication back (a rollback would then lose the writes made after the switch)"
-            ))
-        })?;
+    if e.trigger {
+        trigger_preconditions(e, from, to).await?;
+    } else {
+        // The old direction: there, ready, caught up enough.
+        let sub = replication::subscription_info(to, e.to_side, &e.old.subscription).await?;
+        let Some(sub) = sub else {
+            return Err(SwitchError::Refused(match e.to_side {
+                Side::Target => format!(
+                    "the target has no subscription {}: nothing follows the source; run `cutover db sync` first",
+                    e.old.subscription
+                ),
+                Side::Source => format!(
+                    "the source has no subscription {}: nothing carries the target's writes back, so a rollback would lose them; it is made by `cutover db switchover` (without --no-reverse)",
+                    e.old.subscription
+                ),
+            }));
+        };
+        let (enabled, not_ready) = (sub.enabled, sub.not_ready);
+        if !enabled {
+            return Err(SwitchError::Refused(format!(
+                "subscription {} on the {} is disabled; enable it (ALTER SUBSCRIPTION {} ENABLE) and let it catch up",
+                e.old.subscription, e.to_side, e.old.subscription
+            )));
+        }
+        if not_ready > 0 {
+            return Err(SwitchError::Refused(format!(
+                "{not_ready} tables are still being copied into the {}; wait until `cutover db status` shows every table ready",
+                e.to_side
+            )));
+        }
+        let lag = replication::slot_lag(from, e.from_side, &e.old.slot).await?;
+        let Some(lag) = lag else {
+            return Err(SwitchError::Refused(format!(
+                "the {} has no replication slot {}; the subscription is not following it",
+                e.from_side, e.old.slot
+            )));
+        };
+        if lag as u64 > plan.switchover.max_lag_bytes {
+            return Err(SwitchError::Refused(format!(
+                "the {} is {} bytes behind, over switchover.max_lag_mib ({} MiB); wait for it to catch up (`cutover db status --watch`)",
+                e.to_side,
+                lag,
+                plan.switchover.max_lag_bytes / (1024 * 1024)
+            )));
+        }
+        if !options.no_reverse {
+            replication::can_subscribe(from, e.from_side).await.map_err(|err| {
+                SwitchError::Refused(format!(
+                    "{err}; or pass --no-reverse to switch without replication back (a rollback would then lose the writes made after the switch)"
+                ))
+            })?;
+        }
     }
     // Nobody writes to `from` behind the proxy's back.
     let proxy_pids = status.server_pids(e.proxy_from);
-    let others = fence::other_sessions(from, e.from_side, &proxy_pids).await?;
+    // Trigger mode's applier reads the old primary; it is ours, and the fence's
+    // terminations only make it reconnect.
+    let others: Vec<_> = fence::other_sessions(from, e.from_side, &proxy_pids)
+        .await?
+        .into_iter()
+        .filter(|s| !(e.trigger && s.application_name == cutover_pg::trigger::APPLIER_NAME))
+        .collect();
     if !others.is_empty() && !options.force {
         let list: Vec<String> = others
             .iter()
@@ -772,17 +857,19 @@ async fn preconditions(
             )));
         }
     }
-    marker::ensure(from, e.from_side).await?;
-    marker::ensure(to, e.to_side).await?;
-    marker::publish(
-        from,
-        e.from_side,
-        &e.old.publication,
-        to,
-        e.to_side,
-        &e.old.subscription,
-    )
-    .await?;
+    if !e.trigger {
+        marker::ensure(from, e.from_side).await?;
+        marker::ensure(to, e.to_side).await?;
+        marker::publish(
+            from,
+            e.from_side,
+            &e.old.publication,
+            to,
+            e.to_side,
+            &e.old.subscription,
+        )
+        .await?;
+    }
     let fence = fence::plan_fence(from, e.from_side, &tables_from, &sequences).await?;
     Ok(Pre {
         tables_from,
@@ -799,6 +886,86 @@ impl cutover_core::engine::Outcome for Pre {
             self.tables_from.len(),
             self.sequences.len()
         )
+    }
+}
+
+/// Changes waiting beyond which a trigger-mode switch does not start: the catch-up inside
+/// the pause would be long.
+const MAX_BACKLOG: i64 = 50_000;
+
+async fn trigger_preconditions(e: &Ends, from: &Client, to: &Client) -> Result<(), SwitchError> {
+    if cutover_pg::trigger::position(to, e.to_side, &e.old_t.name)
+        .await?
+        .is_none()
+    {
+        return Err(SwitchError::Refused(match e.to_side {
+            Side::Target => format!(
+                "the target follows nothing yet (no position for {}); run `cutover db sync`",
+                e.old_t.name
+            ),
+            Side::Source => format!(
+                "the source does not follow the target (no position for {}); it is started by `cutover db switchover` (without --no-reverse)",
+                e.old_t.name
+            ),
+        }));
+    }
+    let backlog = cutover_pg::trigger::backlog(from, to, &e.old_t).await?;
+    if backlog.changes > MAX_BACKLOG {
+        return Err(SwitchError::Refused(format!(
+            "{} changes wait to be applied to the {} (more than {MAX_BACKLOG}); let `cutover db follow` catch up first (`cutover db status`)",
+            backlog.changes, e.to_side
+        )));
+    }
+    Ok(())
+}
+
+/// Ends the old direction after the switch: the subscription and its slot, or the trigger
+/// link's position (a running `db follow` notices and follows the new direction).
+async fn retire_old(e: &Ends, to: &Client) -> Result<(), SwitchError> {
+    if e.trigger {
+        cutover_pg::trigger::retire(to, e.to_side, &e.old_t.name).await?;
+    } else {
+        replication::stop_subscription(to, e.to_side, &e.old.subscription).await?;
+    }
+    Ok(())
+}
+
+/// Trigger mode: back to "`from` is the primary": its triggers on, `to`'s off.
+async fn swap_back_triggers(e: &Ends, from: &Client, to: &Client) -> Result<(), PgError> {
+    let from_tables = cutover_pg::inspect::tables(from, e.from_side, &e.sync).await?;
+    let to_tables = cutover_pg::inspect::tables(to, e.to_side, &e.sync).await?;
+    cutover_pg::trigger::set_user_triggers(to, e.to_side, &to_tables, false).await?;
+    cutover_pg::trigger::set_user_triggers(from, e.from_side, &from_tables, true).await
+}
+
+/// Trigger mode's catch-up after the fence: one batch applies every change the old
+/// primary committed (its snapshot is taken after the fence); the next must find none.
+async fn trigger_catch_up(
+    e: &Ends,
+    tables_from: &[Table],
+    timeout: std::time::Duration,
+) -> Result<String, SwitchError> {
+    let started = Instant::now();
+    let mut applier = cutover_pg::trigger::Applier::open(&e.old_t, tables_from).await?;
+    let mut applied = 0u64;
+    loop {
+        let Some(batch) = applier.apply_once().await? else {
+            return Err(SwitchError::Refused(format!(
+                "link {} was retired while the switch waited for it",
+                e.old_t.name
+            )));
+        };
+        if batch.changes == 0 {
+            return Ok(format!("{applied} changes applied after the fence"));
+        }
+        applied += batch.changes;
+        if started.elapsed() > timeout {
+            return Err(SwitchError::Refused(format!(
+                "the {} did not apply the writes made before the fence within {}s",
+                e.to_side,
+                timeout.as_secs()
+            )));
+        }
     }
 }
 
@@ -822,7 +989,13 @@ async fn recover(
 ) -> Result<(), SwitchError> {
     let journal = steps.journal();
     let fenced = journal.fact(&fence_key(e.from_side))?;
-    let new_started = subscription_exists(from, e.from_side, &e.new.subscription).await?;
+    let new_started = if e.trigger {
+        cutover_pg::trigger::position(from, e.from_side, &e.new_t.name)
+            .await?
+            .is_some()
+    } else {
+        subscription_exists(from, e.from_side, &e.new.subscription).await?
+    };
     let old_disabled = replication::subscription_info(to, e.to_side, &e.old.subscription)
         .await?
         .is_some_and(|s| !s.enabled);
@@ -834,7 +1007,10 @@ async fn recover(
             &format!("{name}.recover"),
             "undo what an earlier run left before its switch",
             || async {
-                if new_started {
+                if new_started && e.trigger {
+                    cutover_pg::trigger::retire(from, e.from_side, &e.new_t.name).await?;
+                    swap_back_triggers(e, from, to).await?;
+                } else if new_started {
                     replication::stop_subscription(from, e.from_side, &e.new.subscription).await?;
                 }
                 if old_disabled {
@@ -868,13 +1044,14 @@ async fn undo_all(
     undo: &Mutex<Undo>,
     name: &str,
 ) -> Result<(), String> {
-    let (from_fenced, to_unfenced, old_stopped, new_started) = {
+    let (from_fenced, to_unfenced, old_stopped, new_started, triggers_swapped) = {
         let u = undo.lock().unwrap();
         (
             u.from_fenced.clone(),
             u.to_unfenced.clone(),
             u.old_stopped,
             u.new_started,
+            u.triggers_swapped,
         )
     };
     let journal = steps.journal();
@@ -882,7 +1059,20 @@ async fn undo_all(
     let step = format!("{name}.undo");
     let r = steps
         .run(&step, "undo what was done before the switch", || async {
-            if new_started {
+            if e.trigger {
+                if new_started {
+                    if let Err(err) =
+                        cutover_pg::trigger::retire(from, e.from_side, &e.new_t.name).await
+                    {
+                        failures.push(format!("retire {}: {err}", e.new_t.name));
+                    }
+                }
+                if triggers_swapped {
+                    if let Err(err) = swap_back_triggers(e, from, to).await {
+                        failures.push(format!("triggers: {err}"));
+                    }
+                }
+            } else if new_started {
                 if let Err(err) =
                     replication::stop_subscription(from, e.from_side, &e.new.subscription).await
                 {

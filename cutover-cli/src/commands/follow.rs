@@ -37,7 +37,7 @@ pub async fn current_link(plan: &Plan) -> anyhow::Result<trigger::Link> {
             "db follow is trigger mode's applier and this plan uses sync.mode = \"native\", where the target's subscription follows by itself; watch it with `cutover db status`"
         );
     }
-    Ok(cutover_pg::sync::forward_link(plan))
+    Ok(cutover_pg::sync::current_link(plan).await?)
 }
 
 pub async fn follow_until_stopped(
@@ -45,10 +45,7 @@ pub async fn follow_until_stopped(
     plan: &Plan,
     health_addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<i32> {
-    let link = current_link(plan).await?;
-    let origin = connect(&link.origin, link.origin_side).await?;
-    let tables = cutover_pg::inspect::tables(&origin, link.origin_side, &plan.sync).await?;
-    drop(origin);
+    let mut link = current_link(plan).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     {
         let stop = stop.clone();
@@ -90,10 +87,6 @@ pub async fn follow_until_stopped(
                 .await;
         });
     }
-    eprintln!(
-        "following the {} into the {} (trigger mode, link {}); stop with Ctrl-C or SIGTERM",
-        link.origin_side, link.follower_side, link.name
-    );
     let json = g.json;
     let last_line = Mutex::new(Instant::now() - Duration::from_secs(10));
     let pending = Mutex::new((0u64, 0u64));
@@ -119,6 +112,11 @@ pub async fn follow_until_stopped(
                     *last = Instant::now();
                 }
             }
+            FollowEvent::Retired => {
+                if !json {
+                    eprintln!("a switchover retired this direction");
+                }
+            }
             FollowEvent::Retrying { error } => {
                 h.retries += 1;
                 h.last_error = Some(error.clone());
@@ -128,7 +126,37 @@ pub async fn follow_until_stopped(
             }
         }
     };
-    trigger::follow(&link, &tables, Duration::from_millis(100), stop, &on_event).await?;
+    // A switchover retires the link being followed; the other direction takes over.
+    loop {
+        health.lock().unwrap().link = link.name.clone();
+        eprintln!(
+            "following the {} into the {} (trigger mode, link {}); stop with Ctrl-C or SIGTERM",
+            link.origin_side, link.follower_side, link.name
+        );
+        let origin = connect(&link.origin, link.origin_side).await?;
+        let tables = cutover_pg::inspect::tables(&origin, link.origin_side, &plan.sync).await?;
+        drop(origin);
+        trigger::follow(
+            &link,
+            &tables,
+            Duration::from_millis(100),
+            stop.clone(),
+            &on_event,
+        )
+        .await?;
+        if stop.is_cancelled() {
+            break;
+        }
+        let next = current_link(plan).await?;
+        if next.name == link.name {
+            anyhow::bail!(
+                "the {} holds no position for link {}: run `cutover db sync` first",
+                link.follower_side,
+                link.name
+            );
+        }
+        link = next;
+    }
     eprintln!(
         "stopped; the position is on the {}: `cutover db follow` continues from it",
         link.follower_side
