@@ -150,8 +150,21 @@ pub struct CleanupArgs {
     pub dry_run: bool,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A source that allows logical replication.
+    Native,
+    /// A Heroku-like source: no logical replication, no superuser.
+    Heroku,
+}
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
+    /// What the source is like. "heroku": wal_level=replica and one application role that
+    /// owns everything, with neither superuser nor replication; the demo then uses trigger
+    /// mode and also rolls back, losing nothing.
+    #[arg(long, value_enum, default_value_t = SourceKind::Native)]
+    pub source_kind: SourceKind,
     /// pgbench scale of the demo data (100,000 account rows per unit).
     #[arg(long, default_value_t = 2)]
     pub scale: u32,

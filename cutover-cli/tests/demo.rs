@@ -52,3 +52,28 @@ fn demo_runs_to_an_equal_verification() {
         assert!(!leaked, "a password leaked:\n{text}");
     }
 }
+
+#[test]
+fn the_heroku_like_demo_switches_over_and_rolls_back_losing_nothing() {
+    let out = std::process::Command::new(common::bin())
+        .args(["demo", "--source-kind", "heroku", "--scale", "1", "--json"])
+        .env("CI", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(s["mode"], "trigger");
+    assert_eq!(s["verification"], "equal", "{stdout}");
+    for part in ["switchover", "rollback"] {
+        assert_eq!(s[part]["failed_transactions"], 0, "{part}: {stdout}");
+        assert_eq!(s[part]["aborted_clients"], 0, "{part}: {stdout}");
+        assert!(
+            s[part]["transactions"].as_u64().unwrap() > 0,
+            "{part}: {stdout}"
+        );
+    }
+    assert!(stderr.contains("wal_level=replica"), "{stderr}");
+}

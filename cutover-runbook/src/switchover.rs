@@ -522,10 +522,17 @@ pub async fn run(
         steps
             .run(
                 &format!("{name}.reverse"),
-                &format!(
-                    "stop {} and start {} ({} -> {})",
-                    e.old.subscription, e.new.subscription, e.to_side, e.from_side
-                ),
+                &if e.trigger {
+                    format!(
+                        "triggers on for the {}, off for the {}; capture and link {} ({} -> {})",
+                        e.to_side, e.from_side, e.new_t.name, e.to_side, e.from_side
+                    )
+                } else {
+                    format!(
+                        "stop {} and start {} ({} -> {})",
+                        e.old.subscription, e.new.subscription, e.to_side, e.from_side
+                    )
+                },
                 || async {
                     if e.trigger {
                         // The new primary's triggers fire (its capture among them); the old

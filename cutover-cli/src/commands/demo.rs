@@ -13,7 +13,7 @@ use cutover_pg::local::{ClusterOptions, LocalCluster, WalLevel};
 use cutover_pg::{connect, Side};
 use serde::Serialize;
 
-use crate::cli::{DemoArgs, Global, VerifyArgs};
+use crate::cli::{DemoArgs, Global, SourceKind, VerifyArgs};
 use crate::output;
 use crate::progress::{step_printer, CopyProgress};
 
@@ -71,8 +71,12 @@ struct Summary {
     bytes: i64,
     writes_during_copy: i64,
     time_to_synced_ms: u64,
+    /// "native" (logical replication) or "trigger" (a Heroku-like source).
+    mode: String,
     /// The load through the proxy while the database switched.
     switchover: SwitchFigures,
+    /// With a Heroku-like source: the way back, under load too.
+    rollback: Option<SwitchFigures>,
     verification: &'static str,
     tables_equal: usize,
     removed: Vec<String>,
@@ -149,9 +153,13 @@ fn plan_for(
     source_pw: &str,
     target_pw: &str,
     app_pw: &str,
+    trigger: bool,
 ) -> anyhow::Result<Plan> {
     let mut text =
         cutover_core::plan::template("${CUTOVER_DEMO_SOURCE_URL}", "${CUTOVER_DEMO_TARGET_URL}");
+    if trigger {
+        text = text.replace("mode = \"native\"", "mode = \"trigger\"");
+    }
     text.push_str(&format!(
         "\n[proxy]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n\
          admin_token = \"${{CUTOVER_DEMO_ADMIN_TOKEN}}\"\n\n[[proxy.users]]\nname = \"app\"\n\
@@ -207,9 +215,17 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
     eprintln!(
         "starting two local PostgreSQL clusters (wal_level=logical on both: the target replicates back after the switch)..."
     );
+    let heroku = args.source_kind == SourceKind::Heroku;
+    if heroku {
+        eprintln!("the source is Heroku-like: wal_level=replica, and cutover uses only the application's role, which owns the tables (no superuser, no replication)");
+    }
     let (source, target) = tokio::join!(
         LocalCluster::start(ClusterOptions {
-            wal_level: WalLevel::Logical,
+            wal_level: if heroku {
+                WalLevel::Replica
+            } else {
+                WalLevel::Logical
+            },
             ..Default::default()
         }),
         LocalCluster::start(ClusterOptions {
@@ -255,13 +271,20 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
         .map_err(|e| cutover_pg::PgError::sql(Side::Source, "load the shop schema", e))?;
 
     let dir = tempfile::Builder::new().prefix("cutover-demo-").tempdir()?;
+    // On a Heroku-like source cutover has the application's role and nothing more.
+    let (plan_src, plan_src_pw) = if heroku {
+        (app_src.clone(), app_pw.expose().to_string())
+    } else {
+        (src_url.clone(), source.password().expose().to_string())
+    };
     let plan = plan_for(
         dir.path(),
-        &src_url,
+        &plan_src,
         &dst_url,
-        source.password().expose(),
+        &plan_src_pw,
         target.password().expose(),
         app_pw.expose(),
+        heroku,
     )?;
     // On Ctrl-C or SIGTERM the clusters are still stopped and removed (their Drop runs).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -290,8 +313,10 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
             _ = term.recv() => {}
         }
     }
-    let clean = summary.switchover.failed_transactions == 0
-        && summary.switchover.aborted_clients == 0
+    let clean = [Some(&summary.switchover), summary.rollback.as_ref()]
+        .into_iter()
+        .flatten()
+        .all(|f| f.failed_transactions == 0 && f.aborted_clients == 0)
         && summary.switchover.errors_during_copy.is_empty();
     Ok(if summary.verification == "equal" && clean {
         0
@@ -373,21 +398,45 @@ async fn migrate(
         }
     };
     let time_to_synced = started.elapsed();
+    let trigger = plan.sync.mode == cutover_core::Mode::Trigger;
+    // Trigger mode's applier is cutover's own process (`cutover db follow`); here a task.
+    let stop_follow = tokio_util::sync::CancellationToken::new();
+    let follower = trigger.then(|| follow_task(plan.clone(), stop_follow.clone()));
     eprintln!(
-        "\nall tables ready after {}; the subscription keeps following",
-        output::millis(time_to_synced.as_millis() as u64)
+        "\nall tables ready after {}; {} keeps following",
+        output::millis(time_to_synced.as_millis() as u64),
+        if trigger {
+            "the applier"
+        } else {
+            "the subscription"
+        }
     );
-    let status = cutover_pg::status::status(plan, Duration::from_secs(1)).await?;
-    eprintln!(
-        "db status under load: lag {}, apply rate {}/s",
-        status
-            .slot
-            .as_ref()
-            .and_then(|s| s.lag_bytes)
-            .map(output::bytes)
-            .unwrap_or_default(),
-        output::bytes(status.apply_rate_bps.unwrap_or(0.0) as i64)
-    );
+    if trigger {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let link = cutover_pg::sync::current_link(plan).await?;
+        let b = cutover_pg::trigger::backlog(
+            &connect(&link.origin, link.origin_side).await?,
+            &connect(&link.follower, link.follower_side).await?,
+            &link,
+        )
+        .await?;
+        eprintln!(
+            "db status under load: backlog {} changes, {} applied",
+            b.changes, b.applied_changes
+        );
+    } else {
+        let status = cutover_pg::status::status(plan, Duration::from_secs(1)).await?;
+        eprintln!(
+            "db status under load: lag {}, apply rate {}/s",
+            status
+                .slot
+                .as_ref()
+                .and_then(|s| s.lag_bytes)
+                .map(output::bytes)
+                .unwrap_or_default(),
+            output::bytes(status.apply_rate_bps.unwrap_or(0.0) as i64)
+        );
+    }
     // The copy's load ends (pgbench cannot be asked for a summary mid-run; what it said on
     // stderr is kept), and a timed one runs across the switchover.
     stop_load(&mut copy_load).await;
@@ -415,47 +464,61 @@ async fn migrate(
         })?;
     eprintln!("granted the application's role its privileges on the target (the schema copy carries none)");
 
-    let load = start_load(&via_proxy, args.rate.max(50) * 2, 10)?;
-    eprintln!("\nswitching over in the middle of a 10 s load through the proxy...");
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let run = journal.begin_run("demo: db switchover")?;
-    let steps = Steps::new(&journal, run, &step_printer);
-    let options = cutover_runbook::Options {
-        app_roles: vec!["app".into()],
-        ..Default::default()
-    };
-    let switched = cutover_runbook::run(
+    let switchover = switch_under_load(
+        &journal,
         plan,
-        &steps,
         &admin,
+        &via_proxy,
+        args.rate,
         cutover_runbook::Direction::Switchover,
-        &options,
-        std::future::pending(),
-    )
-    .await;
-    journal.end_run(run, if switched.is_ok() { "ok" } else { "failed" })?;
-    let verdict = cutover_pg::pgbench::finish(load).await?;
-    let switched = switched?;
-    eprintln!(
-        "switched: {} sessions moved, paused {:.0} ms, longest client wait {:.0} ms; pgbench: {} transactions, {} failed",
-        switched.sessions_moved,
-        switched.pause_ms,
-        switched.longest_client_wait_ms,
-        verdict.processed,
-        verdict.failed
-    );
-
-    // The source follows the target now; once it has everything, both must be equal.
-    let target = connect(&plan.target.url, Side::Target).await?;
-    let at = cutover_pg::fence::wal_position(&target, Side::Target).await?;
-    cutover_pg::replication::wait_applied(
-        &target,
-        Side::Target,
-        &plan.sync.reverse_slot(),
-        &at,
-        Duration::from_secs(120),
     )
     .await?;
+    let rollback = if trigger {
+        Some(
+            switch_under_load(
+                &journal,
+                plan,
+                &admin,
+                &via_proxy,
+                args.rate,
+                cutover_runbook::Direction::Rollback,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    // Once the side that follows has everything, both must be equal.
+    if trigger {
+        let link = cutover_pg::sync::current_link(plan).await?;
+        let (origin, follower) = (
+            connect(&link.origin, link.origin_side).await?,
+            connect(&link.follower, link.follower_side).await?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while cutover_pg::trigger::backlog(&origin, &follower, &link)
+            .await?
+            .changes
+            > 0
+        {
+            if Instant::now() > deadline {
+                anyhow::bail!("the applier did not catch up within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    } else {
+        let target = connect(&plan.target.url, Side::Target).await?;
+        let at = cutover_pg::fence::wal_position(&target, Side::Target).await?;
+        cutover_pg::replication::wait_applied(
+            &target,
+            Side::Target,
+            &plan.sync.reverse_slot(),
+            &at,
+            Duration::from_secs(120),
+        )
+        .await?;
+    }
     let run = journal.begin_run("demo: db verify")?;
     let steps = Steps::new(&journal, run, &step_printer);
     let verify_args = VerifyArgs { tables: vec![] };
@@ -473,6 +536,10 @@ async fn migrate(
         eprintln!("\n{}", super::verify::render(&report));
     }
     proxy.stop().await;
+    stop_follow.cancel();
+    if let Some(f) = follower {
+        let _ = f.await;
+    }
     let run = journal.begin_run("demo: db cleanup")?;
     let removed = cutover_pg::cleanup::cleanup(plan).await?;
     journal.end_run(run, "ok")?;
@@ -482,16 +549,12 @@ async fn migrate(
         bytes: synced.bytes,
         writes_during_copy: writes,
         time_to_synced_ms: time_to_synced.as_millis() as u64,
+        mode: plan.sync.mode.to_string(),
         switchover: SwitchFigures {
-            transactions: verdict.processed,
-            failed_transactions: verdict.failed,
-            aborted_clients: verdict.aborted.len(),
-            longest_client_pause_ms: switched.longest_client_wait_ms,
-            pause_ms: switched.pause_ms,
-            sessions_moved: switched.sessions_moved,
-            steps: switched.steps,
             errors_during_copy,
+            ..switchover
         },
+        rollback,
         verification: if report.equal { "equal" } else { "DIFFERENT" },
         tables_equal: report.tables.iter().filter(|t| t.equal).count(),
         removed: removed
@@ -499,6 +562,85 @@ async fn migrate(
             .map(|r| format!("{} {} ({})", r.kind, r.name, r.side))
             .collect(),
         journal: plan.journal_path().display().to_string(),
+    })
+}
+
+/// What `cutover db follow` does: follow the link in force, and the next one when a
+/// switchover retires it.
+fn follow_task(
+    plan: Plan,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let link = cutover_pg::sync::current_link(&plan).await?;
+            let origin = connect(&link.origin, link.origin_side).await?;
+            let tables = cutover_pg::inspect::tables(&origin, link.origin_side, &plan.sync).await?;
+            drop(origin);
+            cutover_pg::trigger::follow(
+                &link,
+                &tables,
+                Duration::from_millis(50),
+                stop.clone(),
+                &|_| {},
+            )
+            .await?;
+        }
+        Ok(())
+    })
+}
+
+/// A 10 s load through the proxy with a switch (or rollback) in its middle.
+async fn switch_under_load(
+    journal: &Journal,
+    plan: &Plan,
+    admin: &cutover_proxy::AdminClient,
+    via_proxy: &ConnString,
+    rate: u32,
+    direction: cutover_runbook::Direction,
+) -> anyhow::Result<SwitchFigures> {
+    let load = start_load(via_proxy, rate.max(50) * 2, 10)?;
+    eprintln!(
+        "\n{} in the middle of a 10 s load through the proxy...",
+        direction.name()
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let run = journal.begin_run(&format!("demo: db {}", direction.name()))?;
+    let steps = Steps::new(journal, run, &step_printer);
+    let options = cutover_runbook::Options {
+        app_roles: vec!["app".into()],
+        ..Default::default()
+    };
+    let switched = cutover_runbook::run(
+        plan,
+        &steps,
+        admin,
+        direction,
+        &options,
+        std::future::pending(),
+    )
+    .await;
+    journal.end_run(run, if switched.is_ok() { "ok" } else { "failed" })?;
+    let verdict = cutover_pg::pgbench::finish(load).await?;
+    let switched = switched?;
+    eprintln!(
+        "{}: {} sessions moved, paused {:.0} ms, longest client wait {:.0} ms; pgbench: {} transactions, {} failed",
+        direction.name(),
+        switched.sessions_moved,
+        switched.pause_ms,
+        switched.longest_client_wait_ms,
+        verdict.processed,
+        verdict.failed
+    );
+    Ok(SwitchFigures {
+        transactions: verdict.processed,
+        failed_transactions: verdict.failed,
+        aborted_clients: verdict.aborted.len(),
+        longest_client_pause_ms: switched.longest_client_wait_ms,
+        pause_ms: switched.pause_ms,
+        sessions_moved: switched.sessions_moved,
+        steps: switched.steps,
+        errors_during_copy: vec![],
     })
 }
 
@@ -524,6 +666,12 @@ fn print_summary(s: &Summary) {
         "  client pause      longest {:.0} ms (proxy paused {:.0} ms, {} sessions moved)",
         w.longest_client_pause_ms, w.pause_ms, w.sessions_moved
     );
+    if let Some(r) = &s.rollback {
+        println!(
+            "  rollback          {} transactions across it, {} failed, {} clients aborted; longest pause {:.0} ms",
+            r.transactions, r.failed_transactions, r.aborted_clients, r.longest_client_pause_ms
+        );
+    }
     if !w.errors_during_copy.is_empty() {
         println!("  errors in copy    {}", w.errors_during_copy.join("; "));
     }
