@@ -24,6 +24,10 @@ async fn sync_follow_verify_and_cleanup_without_replication_privileges() {
         .batch_execute(
             "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL, price numeric(10,2));
              CREATE TABLE lines (item bigint REFERENCES items(id) ON DELETE CASCADE, n int, qty int, PRIMARY KEY (item, n));
+             CREATE TABLE audit (id bigserial PRIMARY KEY, item bigint NOT NULL);
+             CREATE FUNCTION audit_item() RETURNS trigger LANGUAGE plpgsql AS
+                 $$BEGIN INSERT INTO audit (item) VALUES (NEW.id); RETURN NULL; END$$;
+             CREATE TRIGGER items_audit AFTER UPDATE ON items FOR EACH ROW EXECUTE FUNCTION audit_item();
              INSERT INTO items (name, price) SELECT 'item ' || g, g * 1.5 FROM generate_series(1, 3000) g;
              INSERT INTO lines SELECT i, n, n FROM generate_series(1, 3000) i, generate_series(1, 3) n;",
         )
@@ -107,6 +111,14 @@ async fn sync_follow_verify_and_cleanup_without_replication_privileges() {
         .value("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'cutover%'")
         .await;
     assert_eq!(left.as_deref(), Some("0"));
+    // The target's own trigger, off while it followed (else the audit rows would be there
+    // twice and verify would have failed), is on again.
+    let state = env
+        .pair
+        .target
+        .value("SELECT tgenabled::text FROM pg_trigger WHERE tgname = 'items_audit'")
+        .await;
+    assert_eq!(state.as_deref(), Some("O"));
     // The source's writes still work with the capture gone.
     source
         .batch_execute("INSERT INTO items (name) VALUES ('after cleanup')")

@@ -215,7 +215,16 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
                 .await?
                 .is_some(),
             "replication slot" => drop_slot_on(client, item.side, &item.name).await?,
-            "change capture" => crate::trigger::remove_capture(client, item.side).await?,
+            "change capture" => {
+                let gone = crate::trigger::remove_capture(client, item.side).await?;
+                // A follower's own triggers were off while it followed; whichever side
+                // lives on, its triggers work again.
+                let tables = crate::inspect::tables(client, item.side, &plan.sync).await?;
+                if !tables.is_empty() {
+                    crate::trigger::set_user_triggers(client, item.side, &tables, true).await?;
+                }
+                gone
+            }
             "publication" => {
                 client
                     .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&item.name)))
