@@ -6,6 +6,7 @@
 //! | `GET /status` | sessions, active backend, epoch, paused, drained, pause figures |
 //! | `POST /pause` | holds new transactions; running ones go on |
 //! | `POST /drain` `{"timeout_ms": N}` | waits until paused and drained; 409 with the blockers if not in time |
+//! | `POST /prepare` `{"to": "target"}` | sessions log in to that backend ahead of a switch |
 //! | `POST /switch` `{"to": "target"}` | writes the new backend to disk, then moves every session; 409 unless paused and drained |
 //! | `POST /resume` | lets held sessions go on |
 //!
@@ -44,6 +45,7 @@ pub(crate) async fn serve(
         .route("/resume", post(resume))
         .route("/drain", post(drain))
         .route("/switch", post(switch))
+        .route("/prepare", post(prepare))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
@@ -134,6 +136,18 @@ async fn drain(
         )
             .into_response()
     }
+}
+
+async fn prepare(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(req): Json<SwitchRequest>,
+) -> Response {
+    if let Err(r) = authorized(&shared, &headers) {
+        return *r;
+    }
+    shared.prepare(req.to);
+    Json(shared.wait_prepared(req.to, Duration::from_secs(5)).await).into_response()
 }
 
 #[derive(Deserialize, Serialize)]
@@ -262,6 +276,13 @@ impl AdminClient {
     pub async fn drain(&self, timeout: Duration) -> Result<Status, AdminError> {
         let body = json!({"timeout_ms": timeout.as_millis() as u64});
         Self::parse(self.call("POST", "/drain", Some(body)).await?)
+    }
+    /// Sessions log in to `to` ahead of the pause; a resume cancels it.
+    pub async fn prepare(&self, to: Backend) -> Result<Status, AdminError> {
+        Self::parse(
+            self.call("POST", "/prepare", Some(json!({"to": to})))
+                .await?,
+        )
     }
     pub async fn switch(&self, to: Backend) -> Result<SwitchReport, AdminError> {
         Self::parse(

@@ -81,6 +81,9 @@ pub struct Gate {
     pub paused: bool,
     pub active: Backend,
     pub epoch: u64,
+    /// A switch to this backend is coming: sessions log in to it ahead of the pause, so
+    /// the expensive part of a move (the login) is not paid while clients wait.
+    pub prepare: Option<Backend>,
 }
 
 /// A session as the admin API shows it.
@@ -108,6 +111,9 @@ pub struct SessionView {
     pub pinned: Option<String>,
     /// Named prepared statements.
     pub prepared: usize,
+    /// Logged in to the backend a coming switch goes to (see [`Shared::prepare`]).
+    #[serde(default)]
+    pub standby: bool,
 }
 
 impl SessionView {
@@ -207,6 +213,7 @@ impl Shared {
             paused: false,
             active: durable.active,
             epoch: durable.epoch,
+            prepare: None,
         });
         Ok(Arc::new(Shared {
             config,
@@ -322,12 +329,46 @@ impl Shared {
         }
     }
 
+    /// Has every session log in to `to` ahead of a switch (nothing else changes).
+    pub fn prepare(&self, to: Backend) {
+        self.gate.send_if_modified(|g| {
+            let changed = g.prepare != Some(to) && g.active != to;
+            if changed {
+                g.prepare = Some(to);
+            }
+            changed
+        });
+    }
+
+    /// Waits until every session has its login to `to` (or `timeout`); best effort: a
+    /// session without one logs in when it moves.
+    pub async fn wait_prepared(&self, to: Backend, timeout: Duration) -> Status {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let status = self.status();
+            if status
+                .sessions
+                .iter()
+                .all(|s| s.standby || s.backend == Some(to))
+            {
+                return status;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.status();
+            }
+        }
+    }
+
     /// Lets every held session go on.
     pub fn resume(&self) {
         let mut changed = false;
         self.gate.send_if_modified(|g| {
-            changed = g.paused;
+            changed = g.paused || g.prepare.is_some();
             g.paused = false;
+            g.prepare = None;
             changed
         });
         if changed {
@@ -390,6 +431,7 @@ impl Shared {
         self.gate.send_modify(|g| {
             g.active = next.active;
             g.epoch = next.epoch;
+            g.prepare = None;
         });
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

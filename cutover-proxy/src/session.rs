@@ -287,6 +287,7 @@ async fn login(
         inspected: false,
         pinned: None,
         prepared: 0,
+        standby: false,
     };
     let cell = shared.register(view.clone(), cancel_key);
     let (crd, cwr) = tokio::io::split(stream);
@@ -313,6 +314,7 @@ async fn login(
         prepared: Default::default(),
         inspection: None,
         standby: None,
+        bare: None,
         held_since: None,
         last_view: view,
         moved_in_pause: false,
@@ -403,11 +405,19 @@ struct Session {
         state::Backend,
         tokio::task::JoinHandle<Result<ServerConn, ServerError>>,
     )>,
+    /// A bare login to the backend a coming switch goes to, made before the pause.
+    bare: Option<(state::Backend, Bare)>,
     held_since: Option<Instant>,
     last_view: SessionView,
     /// Moved during this pause: no new check until the resume (a check now would only
     /// delay the switch; a second switch in the same pause checks when it moves).
     moved_in_pause: bool,
+}
+
+/// A login made ahead of a switch: under way, or done.
+enum Bare {
+    Pending(tokio::task::JoinHandle<Result<ServerConn, ServerError>>),
+    Ready(Result<ServerConn, ServerError>),
 }
 
 enum Step {
@@ -427,6 +437,7 @@ impl Session {
         }
         let _ = self.client_wr.shutdown().await;
         self.drop_standby();
+        self.drop_bare();
         if let Some(live) = self.server.take() {
             live.into_conn().terminate().await;
         }
@@ -440,6 +451,13 @@ impl Session {
             if idle && gate.epoch != self.epoch {
                 self.migrate(gate).await?;
                 continue;
+            }
+            match gate.prepare {
+                Some(b) if b != self.backend && self.bare.is_none() && self.standby.is_none() => {
+                    self.start_bare(b)
+                }
+                None if !gate.paused => self.drop_bare(),
+                _ => {}
             }
             if !gate.paused {
                 self.inspection = None;
@@ -469,9 +487,21 @@ impl Session {
             let server = self.server.as_mut().expect("a live server connection");
             let read_client = self.cbuf.len() < HIGH_WATER && self.to_server.len() < HIGH_WATER;
             let read_server = self.to_client.len() < HIGH_WATER;
+            let bare_pending = matches!(self.bare, Some((_, Bare::Pending(_))));
             tokio::select! {
                 r = self.gate_rx.changed() => {
                     if r.is_err() { return Ok(()); }
+                }
+                r = async {
+                    match &mut self.bare {
+                        Some((_, Bare::Pending(h))) => h.await,
+                        _ => std::future::pending().await,
+                    }
+                }, if bare_pending => {
+                    let r = r.unwrap_or_else(|e| Err(ServerError::Protocol(e.to_string())));
+                    if let Some((b, _)) = self.bare.take() {
+                        self.bare = Some((b, Bare::Ready(r)));
+                    }
                 }
                 r = self.client_rd.read_buf(&mut self.cbuf), if read_client => {
                     if r? == 0 { return Ok(()); }
@@ -575,6 +605,7 @@ impl Session {
             self.flow.tx as char
         };
         let pinned = self.inspection.as_ref().and_then(|i| i.pinned.as_deref());
+        let ready = matches!(self.bare, Some((_, Bare::Ready(_)))) || self.standby.is_some();
         let v = &self.last_view;
         if v.backend == Some(self.backend)
             && v.epoch == self.epoch
@@ -586,6 +617,7 @@ impl Session {
             && v.inspected == self.inspection.is_some()
             && v.pinned.as_deref() == pinned
             && v.prepared == self.prepared.len()
+            && v.standby == ready
         {
             return;
         }
@@ -600,6 +632,7 @@ impl Session {
             inspected: self.inspection.is_some(),
             pinned: pinned.map(str::to_string),
             prepared: self.prepared.len(),
+            standby: ready,
             ..self.last_view.clone()
         };
         *self.cell.view.lock().unwrap() = view.clone();
@@ -670,10 +703,59 @@ impl Session {
             self.password.clone(),
             self.startup.clone(),
         );
+        let bare = match self.bare.take() {
+            Some((b, bare)) if b == backend => Some(bare),
+            Some((b, other)) => {
+                self.bare = Some((b, other));
+                self.drop_bare();
+                None
+            }
+            None => None,
+        };
         let handle = tokio::spawn(async move {
-            open_moved(&url, &user, password.as_ref(), &startup, &inspection).await
+            let ready = match bare {
+                Some(Bare::Pending(h)) => h.await.ok().and_then(Result::ok),
+                Some(Bare::Ready(r)) => r.ok(),
+                None => None,
+            };
+            let conn = match ready {
+                Some(c) => c,
+                None => server::connect(&url, &user, password.as_ref(), &startup).await?,
+            };
+            give_state(conn, &inspection).await
         });
         self.standby = Some((backend, handle));
+    }
+
+    /// Logs in to `backend` in the background, before any pause.
+    fn start_bare(&mut self, backend: state::Backend) {
+        let url = self.shared.config.backend(backend).clone();
+        let (user, password, startup) = (
+            self.user.clone(),
+            self.password.clone(),
+            self.startup.clone(),
+        );
+        let handle =
+            tokio::spawn(
+                async move { server::connect(&url, &user, password.as_ref(), &startup).await },
+            );
+        self.bare = Some((backend, Bare::Pending(handle)));
+    }
+
+    fn drop_bare(&mut self) {
+        match self.bare.take() {
+            Some((_, Bare::Pending(handle))) => {
+                tokio::spawn(async move {
+                    if let Ok(Ok(conn)) = handle.await {
+                        conn.terminate().await;
+                    }
+                });
+            }
+            Some((_, Bare::Ready(Ok(conn)))) => {
+                tokio::spawn(conn.terminate());
+            }
+            _ => {}
+        }
     }
 
     fn drop_standby(&mut self) {
@@ -720,14 +802,9 @@ impl Session {
             Some(c) => c,
             None => {
                 let url = self.shared.config.backend(gate.active).clone();
-                open_moved(
-                    &url,
-                    &self.user,
-                    self.password.as_ref(),
-                    &self.startup,
-                    &inspection,
-                )
-                .await?
+                let conn = server::connect(&url, &self.user, self.password.as_ref(), &self.startup)
+                    .await?;
+                give_state(conn, &inspection).await?
             }
         };
         // Tell the client about parameters whose values changed.
@@ -754,14 +831,12 @@ impl Session {
 
 /// Logs in to `url` and gives the new connection the session's state: role, settings,
 /// SQL-prepared statements, then every protocol-level prepared statement under its name.
-async fn open_moved(
-    url: &cutover_core::ConnString,
-    user: &str,
-    password: Option<&cutover_core::Secret>,
-    startup: &[(String, String)],
+/// Replays a session's state on a fresh connection: role, settings, SQL-prepared
+/// statements, then every protocol-level prepared statement under its name.
+async fn give_state(
+    mut conn: ServerConn,
     inspection: &Inspection,
 ) -> Result<ServerConn, ServerError> {
-    let mut conn = server::connect(url, user, password, startup).await?;
     let mut replay = String::new();
     if let Some(role) = &inspection.role {
         replay.push_str(&format!(

@@ -878,6 +878,8 @@ async fn preconditions(
         .await?;
     }
     let fence = fence::plan_fence(from, e.from_side, &tables_from, &sequences).await?;
+    // Sessions log in to the new primary now, so the pause only swaps connections.
+    admin.prepare(e.proxy_to).await?;
     Ok(Pre {
         tables_from,
         tables_to,
