@@ -139,3 +139,97 @@ async fn reqwest_get(addr: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_follow_killed_with_sigkill_under_load_resumes_exactly() {
+    let pair = Pair::heroku_like().await;
+    let owner = pair.source.role("owner", "NOSUPERUSER NOREPLICATION").await;
+    pair.source
+        .exec("GRANT CREATE ON SCHEMA public TO owner")
+        .await;
+    connect(&owner, Side::Source)
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
+             INSERT INTO counters SELECT g, 0 FROM generate_series(1, 50) g;
+             CREATE TABLE events (id bigserial PRIMARY KEY, counter int NOT NULL, at timestamptz DEFAULT now());",
+        )
+        .await
+        .unwrap();
+    let mut env = Env::from_pair(pair);
+    let target = env.pair.target.url();
+    env.set_urls(&owner, &target);
+    let plan = std::fs::read_to_string(env.plan()).unwrap();
+    std::fs::write(
+        env.plan(),
+        plan.replace("mode = \"native\"", "mode = \"trigger\""),
+    )
+    .unwrap();
+    assert_eq!(env.run(&["db", "sync", "--no-follow"]).code, 0);
+
+    // A load of hot-row updates, inserts and deletes while the applier is killed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (owner, stop) = (owner.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = connect(&owner, Side::Source).await.unwrap();
+                let mut i = 0i64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let id = (1 + (i + w) % 5) as i32;
+                    let _ = c
+                        .batch_execute(&format!(
+                            "BEGIN; UPDATE counters SET n = n + 1 WHERE id = {id};
+                             INSERT INTO events (counter) VALUES ({id});
+                             DELETE FROM events WHERE id = (SELECT min(id) FROM events WHERE counter = {id}) AND {i} % 3 = 0;
+                             COMMIT;"
+                        ))
+                        .await;
+                }
+            })
+        })
+        .collect();
+    for round in 0..5u64 {
+        let mut follow = env
+            .command(&["db", "follow"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400 + 173 * round)).await;
+        follow.kill().unwrap(); // SIGKILL
+        follow.wait().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Restarted once more, it catches up; the two sides are equal.
+    let mut follow = env
+        .command(&["db", "follow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut equal = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let run = env.run(&["--json", "db", "status"]);
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+        if v["backlog"]["changes"] == 0 {
+            equal = env.run(&["db", "verify"]).code == 0;
+            if equal {
+                break;
+            }
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follow.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    follow.wait().unwrap();
+    assert!(equal, "after five SIGKILLs the target equals the source");
+}
