@@ -28,6 +28,8 @@ async fn sync_follow_verify_and_cleanup_without_replication_privileges() {
              CREATE FUNCTION audit_item() RETURNS trigger LANGUAGE plpgsql AS
                  $$BEGIN INSERT INTO audit (item) VALUES (NEW.id); RETURN NULL; END$$;
              CREATE TRIGGER items_audit AFTER UPDATE ON items FOR EACH ROW EXECUTE FUNCTION audit_item();
+             CREATE TABLE notes (body text, n int);
+             INSERT INTO notes VALUES ('a', 1), ('a', 1), ('b', 2), ('c', 3);
              INSERT INTO items (name, price) SELECT 'item ' || g, g * 1.5 FROM generate_series(1, 3000) g;
              INSERT INTO lines SELECT i, n, n FROM generate_series(1, 3000) i, generate_series(1, 3) n;",
         )
@@ -43,6 +45,19 @@ async fn sync_follow_verify_and_cleanup_without_replication_privileges() {
     )
     .unwrap();
 
+    // A keyless table is refused, with the fix, until the plan accepts whole-row identity.
+    let run = env.run(&["db", "sync", "--no-follow"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("whole_row_tables"), "{}", run.stderr);
+    let plan = std::fs::read_to_string(env.plan()).unwrap();
+    std::fs::write(
+        env.plan(),
+        plan.replace(
+            "whole_row_tables = []",
+            "whole_row_tables = [\"public.notes\"]",
+        ),
+    )
+    .unwrap();
     let run = env.run(&["db", "sync", "--no-follow"]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("capture"), "{}", run.stderr);
@@ -64,7 +79,10 @@ async fn sync_follow_verify_and_cleanup_without_replication_privileges() {
             "UPDATE items SET price = price + 1 WHERE id % 7 = 0;
              DELETE FROM items WHERE id % 11 = 0;
              INSERT INTO items (name, price) SELECT 'new ' || g, g FROM generate_series(1, 200) g;
-             UPDATE lines SET qty = qty * 10 WHERE n = 2;",
+             UPDATE lines SET qty = qty * 10 WHERE n = 2;
+             UPDATE notes SET n = n + 10 WHERE body = 'a';
+             DELETE FROM notes WHERE body = 'b';
+             INSERT INTO notes VALUES ('c', 3), ('d', NULL);",
         )
         .await
         .unwrap();
@@ -84,6 +102,11 @@ async fn sync_follow_verify_and_cleanup_without_replication_privileges() {
     assert!(health.contains("\"changes\""), "{health}");
     let run = env.run(&["db", "verify"]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    // The keyless table, duplicates and NULLs included, row for row.
+    let rows = "SELECT string_agg(body || ':' || coalesce(n::text, 'null'), ',' ORDER BY body, n) FROM notes";
+    let on_source = env.pair.source.value(rows).await;
+    assert_eq!(on_source.as_deref(), Some("a:11,a:11,c:3,c:3,d:null"));
+    assert_eq!(env.pair.target.value(rows).await, on_source);
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(follow.id() as i32),

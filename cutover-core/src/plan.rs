@@ -130,6 +130,10 @@ pub struct RawSync {
     /// Tables to leave behind, as "schema.table". Default: none.
     #[serde(default)]
     pub exclude_tables: Vec<Spanned<String>>,
+    /// Trigger mode: tables without a primary key that are followed by whole-row identity
+    /// (every column compared), as "schema.table". Default: none (such tables are refused).
+    #[serde(default)]
+    pub whole_row_tables: Vec<Spanned<String>>,
     /// Copy the schema (tables, types, indexes...) with pg_dump. Default: true.
     #[serde(default = "yes")]
     pub copy_schema: bool,
@@ -243,6 +247,7 @@ impl Default for RawSync {
             mode: default_mode(),
             schemas: vec![],
             exclude_tables: vec![],
+            whole_row_tables: vec![],
             copy_schema: true,
             name: default_name(),
             ready_timeout: default_ready_timeout(),
@@ -286,6 +291,8 @@ pub struct SyncSettings {
     pub schemas: Vec<String>,
     /// (schema, table) pairs left behind.
     pub exclude_tables: Vec<(String, String)>,
+    /// Trigger mode: keyless tables followed by whole-row identity.
+    pub whole_row_tables: Vec<(String, String)>,
     pub copy_schema: bool,
     pub name: String,
     #[serde(with = "humantime_serde")]
@@ -311,6 +318,7 @@ impl Default for SyncSettings {
             mode: Mode::Native,
             schemas: vec![],
             exclude_tables: vec![],
+            whole_row_tables: vec![],
             copy_schema: true,
             name: "cutover".into(),
             ready_timeout: default_ready_timeout(),
@@ -760,6 +768,19 @@ impl RawPlan {
                 ),
             }
         }
+        let mut whole_row = vec![];
+        for t in &self.sync.whole_row_tables {
+            match t.get_ref().split_once('.') {
+                Some((s, n)) if !s.is_empty() && !n.is_empty() => {
+                    whole_row.push((s.to_string(), n.to_string()))
+                }
+                _ => c.push(
+                    t.span(),
+                    "sync.whole_row_tables",
+                    format!("\"{}\" must be written schema.table", t.get_ref()),
+                ),
+            }
+        }
         let mut schemas = vec![];
         for s in &self.sync.schemas {
             if s.get_ref().is_empty() {
@@ -856,6 +877,7 @@ impl RawPlan {
                 mode,
                 schemas,
                 exclude_tables: exclude,
+                whole_row_tables: whole_row,
                 copy_schema: self.sync.copy_schema,
                 name,
                 ready_timeout: self.sync.ready_timeout,
@@ -1058,6 +1080,9 @@ mode = "native"
 schemas = []
 # Tables to leave behind, as "schema.table".
 exclude_tables = []
+# Trigger mode: tables without a primary key to follow by whole-row identity (every column
+# compared; slower), as "schema.table". Other keyless tables are refused.
+whole_row_tables = []
 # Copy the schema (tables, types, indexes, constraints) with pg_dump.
 copy_schema = true
 # Prefix of every object cutover creates: <name>_pub, <name>_sub, <name>_slot.

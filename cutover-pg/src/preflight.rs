@@ -149,6 +149,8 @@ pub struct Previous {
 #[derive(Clone, Debug)]
 pub struct Facts {
     pub mode: Mode,
+    /// Trigger mode's keyless tables followed by whole-row identity.
+    pub whole_row_tables: Vec<(String, String)>,
     /// How the initial copy is made (the subscription's copy needs more slots).
     pub copy: CopyMethod,
     pub copy_schema: bool,
@@ -230,6 +232,7 @@ async fn gather(sync: &SyncSettings, s: &Client, t: &Client) -> Result<Facts, Pg
 
     Ok(Facts {
         mode: sync.mode,
+        whole_row_tables: sync.whole_row_tables.clone(),
         copy: sync.copy,
         copy_schema: sync.copy_schema,
         source,
@@ -297,7 +300,15 @@ pub fn rules(f: &Facts) -> Vec<Finding> {
         );
     }
     for table in &f.tables {
-        table_shape(f.mode, table, &mut out);
+        let whole_row = f
+            .whole_row_tables
+            .iter()
+            .any(|(s, n)| s == &table.schema && n == &table.name);
+        if f.mode == Mode::Trigger && table.primary_key.is_empty() {
+            trigger_keyless(table, whole_row, &mut out);
+        } else {
+            table_shape(f.mode, table, &mut out);
+        }
     }
     for issue in &f.partition_issues {
         for (code, message, fix) in issue.problems() {
@@ -556,6 +567,36 @@ fn exclude_hint(t: &Table) -> String {
         "or leave it behind with exclude_tables = [\"{}\"] in [sync] of cutover.toml",
         t.display()
     )
+}
+
+/// Trigger mode finds rows by their primary key; a keyless table needs the plan's consent
+/// to whole-row identity.
+fn trigger_keyless(t: &Table, whole_row: bool, out: &mut Vec<Finding>) {
+    let (name, q) = (t.display(), t.qualified());
+    if whole_row {
+        out.push(Finding::new(
+            Severity::Warning,
+            "whole-row-identity",
+            &name,
+            format!(
+                "{name} has no primary key and is followed by whole-row identity (sync.whole_row_tables): each changed row is found by all its columns, which is slow on large tables"
+            ),
+        ).fix(format!("if it is large, add a primary key (ALTER TABLE {q} ADD PRIMARY KEY (<key columns>);)")));
+    } else {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                "no-primary-key",
+                &name,
+                format!("{name} has no primary key, which trigger mode needs to find its rows"),
+            )
+            .fix(format!(
+                "add a primary key (ALTER TABLE {q} ADD PRIMARY KEY (<key columns>);, or ADD COLUMN id bigserial PRIMARY KEY), or accept whole-row identity with whole_row_tables = [\"{name}\"] in [sync], {}",
+                exclude_hint(t)
+            )),
+        );
+    }
+    unlogged(Mode::Trigger, t, out);
 }
 
 fn table_shape(mode: Mode, t: &Table, out: &mut Vec<Finding>) {

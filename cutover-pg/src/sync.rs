@@ -462,6 +462,7 @@ pub fn forward_link(plan: &Plan) -> crate::trigger::Link {
         origin_side: Side::Source,
         follower: plan.target.url.clone(),
         follower_side: Side::Target,
+        whole_row_tables: plan.sync.whole_row_tables.clone(),
     }
 }
 
@@ -473,6 +474,7 @@ pub fn reverse_link(plan: &Plan) -> crate::trigger::Link {
         origin_side: Side::Target,
         follower: plan.source.url.clone(),
         follower_side: Side::Source,
+        whole_row_tables: plan.sync.whole_row_tables.clone(),
     }
 }
 
@@ -508,7 +510,7 @@ async fn trigger_sync(
             "no table to move; check sync.schemas and sync.exclude_tables in the plan".into(),
         ));
     }
-    trigger::refuse_keyless(&tables)?;
+    trigger::refuse_keyless(&tables, &plan.sync.whole_row_tables)?;
     let link = forward_link(plan);
     let copied = trigger::position(&target, Side::Target, &link.name)
         .await?
@@ -530,7 +532,13 @@ async fn trigger_sync(
                 tables.len()
             ),
             || async {
-                trigger::install_capture(&source, Side::Source, &tables).await?;
+                trigger::install_capture(
+                    &source,
+                    Side::Source,
+                    &tables,
+                    &plan.sync.whole_row_tables,
+                )
+                .await?;
                 Ok::<_, PgError>(format!("capture on {} tables", tables.len()))
             },
         )

@@ -85,16 +85,29 @@ fn function_name(t: &Table) -> String {
     format!("capture_{h:016x}")
 }
 
-/// Refuses tables the capture cannot follow: no primary key.
-pub fn refuse_keyless(tables: &[Table]) -> Result<(), PgError> {
+/// Whether `t` is followed by whole-row identity: no primary key, and the plan says so.
+pub fn whole_row(t: &Table, whole_row_tables: &[(String, String)]) -> bool {
+    t.primary_key.is_empty()
+        && whole_row_tables
+            .iter()
+            .any(|(s, n)| s == &t.schema && n == &t.name)
+}
+
+/// Refuses tables the capture cannot follow: no primary key, unless the plan accepts
+/// whole-row identity for them.
+pub fn refuse_keyless(
+    tables: &[Table],
+    whole_row_tables: &[(String, String)],
+) -> Result<(), PgError> {
     let keyless: Vec<String> = tables
         .iter()
-        .filter(|t| t.primary_key.is_empty())
+        .filter(|t| t.primary_key.is_empty() && !whole_row(t, whole_row_tables))
         .map(|t| {
             format!(
-                "table {} has no primary key, which trigger mode needs to find its rows; add one (ALTER TABLE {} ADD PRIMARY KEY (...), or ADD COLUMN id bigserial PRIMARY KEY), or list it in sync.exclude_tables",
+                "table {} has no primary key, which trigger mode needs to find its rows; add one (ALTER TABLE {} ADD PRIMARY KEY (...), or ADD COLUMN id bigserial PRIMARY KEY), accept whole-row identity with whole_row_tables = [\"{}\"] in [sync], or list it in sync.exclude_tables",
                 t.display(),
-                t.qualified()
+                t.qualified(),
+                t.display()
             )
         })
         .collect();
@@ -105,27 +118,41 @@ pub fn refuse_keyless(tables: &[Table]) -> Result<(), PgError> {
     }
 }
 
-/// Installs the log and the triggers on `tables`. Idempotent.
-pub async fn install_capture(client: &Client, side: Side, tables: &[Table]) -> Result<(), PgError> {
-    refuse_keyless(tables)?;
+/// Installs the log and the triggers on `tables`. Idempotent. Tables in
+/// `whole_row_tables` without a primary key log whole rows as their key.
+pub async fn install_capture(
+    client: &Client,
+    side: Side,
+    tables: &[Table],
+    whole_row_tables: &[(String, String)],
+) -> Result<(), PgError> {
+    refuse_keyless(tables, whole_row_tables)?;
     let mut sql = String::from("BEGIN;");
     sql.push_str(SCHEMA_DDL);
     for t in tables {
         let f = function_name(t);
         let tbl = literal(&t.display());
         let key = |rec: &str| {
-            let cols: Vec<String> = t
-                .primary_key
-                .iter()
-                .map(|c| format!("{rec}.{}", ident(c)))
-                .collect();
+            let cols: Vec<String> = if t.primary_key.is_empty() {
+                vec![rec.to_string()]
+            } else {
+                t.primary_key
+                    .iter()
+                    .map(|c| format!("{rec}.{}", ident(c)))
+                    .collect()
+            };
             (
                 format!("jsonb_build_array({})", cols.join(", ")),
                 format!("ROW({})", cols.join(", ")),
             )
         };
-        let (new_key, new_row) = key("NEW");
-        let (old_key, old_row) = key("OLD");
+        let (mut new_key, new_row) = key("NEW");
+        let (mut old_key, old_row) = key("OLD");
+        if whole_row(t, whole_row_tables) {
+            // The whole row is the key: an UPDATE logs the row it was and the row it is.
+            new_key = "to_jsonb(NEW)".into();
+            old_key = "to_jsonb(OLD)".into();
+        }
         sql.push_str(&format!(
             "CREATE OR REPLACE FUNCTION cutover.{f}() RETURNS trigger
                LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
@@ -437,6 +464,8 @@ pub struct Link {
     pub origin_side: Side,
     pub follower: ConnString,
     pub follower_side: Side,
+    /// Keyless tables followed by whole-row identity (the plan's sync.whole_row_tables).
+    pub whole_row_tables: Vec<(String, String)>,
 }
 
 /// What one batch did.
@@ -605,6 +634,7 @@ impl Applier {
         batch.truncates = truncated.len() as u64;
         // The state of every changed key as of the snapshot.
         let mut upserts: HashMap<usize, String> = HashMap::new();
+        let mut replaces: HashMap<usize, String> = HashMap::new();
         let mut deletes: HashMap<usize, String> = HashMap::new();
         for (tbl, set) in &keys {
             let Some(i) = self.shapes.iter().position(|s| &s.display == tbl) else {
@@ -613,6 +643,26 @@ impl Applier {
             batch.keys += set.len() as u64;
             let s = &self.shapes[i];
             let json = format!("[{}]", set.iter().cloned().collect::<Vec<_>>().join(","));
+            if s.key.is_empty() {
+                // Whole-row identity: how many rows equal to each logged row there are now.
+                let row = self
+                    .origin
+                    .query_one(
+                        &format!(
+                            "WITH k AS (SELECT e AS key, jsonb_populate_record(NULL::{q}, e) AS r
+                                          FROM jsonb_array_elements($1::text::jsonb) e)
+                             SELECT coalesce(jsonb_agg(jsonb_build_array(k.key,
+                                        (SELECT count(*) FROM {q} t WHERE t::text = k.r::text))), '[]')::text
+                               FROM k",
+                            q = s.qualified
+                        ),
+                        &[&json],
+                    )
+                    .await
+                    .ctx(os, "read the changed rows")?;
+                replaces.insert(i, row.get::<_, String>(0));
+                continue;
+            }
             let tuple = key_tuple(s);
             let keyed = key_cols(s);
             let row = self
@@ -654,7 +704,10 @@ impl Applier {
             .iter()
             .enumerate()
             .filter(|(i, s)| {
-                upserts.contains_key(i) || deletes.contains_key(i) || truncated.contains(&s.display)
+                upserts.contains_key(i)
+                    || deletes.contains_key(i)
+                    || replaces.contains_key(i)
+                    || truncated.contains(&s.display)
             })
             .map(|(_, s)| s.qualified.clone())
             .collect();
@@ -689,6 +742,11 @@ impl Applier {
                 tx.execute(&upsert_sql(&self.shapes[i]), &[json])
                     .await
                     .ctx(fs, "apply inserts and updates")?;
+            }
+            if let Some(json) = replaces.get(&i) {
+                tx.execute(&replace_sql(&self.shapes[i]), &[json])
+                    .await
+                    .ctx(fs, "apply whole-row changes")?;
             }
         }
         for &i in self.order.iter().rev() {
@@ -759,6 +817,27 @@ fn key_tuple(s: &Shape) -> String {
         .map(|(n, (_, ty))| format!("(e->>{n})::{ty} AS k{n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whole-row identity: every row equal to a logged one goes, and as many as the origin
+/// has now come back.
+fn replace_sql(s: &Shape) -> String {
+    let cols: Vec<String> = s.columns.iter().map(|c| ident(c)).collect();
+    let picked: Vec<String> = cols.iter().map(|c| format!("(k.r).{c}")).collect();
+    format!(
+        "WITH k AS (SELECT jsonb_populate_record(NULL::{q}, e->0) AS r, (e->>1)::int AS n
+                      FROM jsonb_array_elements($1::text::jsonb) e),
+              gone AS (DELETE FROM {q} t USING k WHERE t::text = k.r::text)
+         INSERT INTO {q} ({list}) {overriding} SELECT {picked} FROM k, generate_series(1, k.n)",
+        q = s.qualified,
+        list = cols.join(", "),
+        overriding = if s.identity_always {
+            "OVERRIDING SYSTEM VALUE"
+        } else {
+            ""
+        },
+        picked = picked.join(", ")
+    )
 }
 
 fn upsert_sql(s: &Shape) -> String {
@@ -906,7 +985,13 @@ pub async fn start_link(
     link: &Link,
     origin_tables: &[Table],
 ) -> Result<(), PgError> {
-    install_capture(origin, link.origin_side, origin_tables).await?;
+    install_capture(
+        origin,
+        link.origin_side,
+        origin_tables,
+        &link.whole_row_tables,
+    )
+    .await?;
     let now: String = origin
         .query_one("SELECT pg_current_snapshot()::text", &[])
         .await

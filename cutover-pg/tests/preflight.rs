@@ -386,6 +386,7 @@ fn table(name: &str) -> Table {
 /// Facts with nothing wrong: PG15 to PG16, a keyed table, every privilege.
 fn facts() -> Facts {
     Facts {
+        whole_row_tables: vec![],
         mode: Mode::Native,
         copy: cutover_core::plan::CopyMethod::Parallel,
         copy_schema: true,

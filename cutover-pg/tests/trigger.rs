@@ -75,6 +75,7 @@ async fn setup() -> Setup {
         origin_side: Side::Source,
         follower: owner_target.clone(),
         follower_side: Side::Target,
+        whole_row_tables: vec![],
     };
     Setup {
         pair,
@@ -178,7 +179,7 @@ async fn fingerprint(url: &cutover_core::ConnString) -> Vec<String> {
 
 async fn initial_copy(s: &Setup) {
     let source = connect(&s.owner_source, Side::Source).await.unwrap();
-    trigger::install_capture(&source, Side::Source, &s.tables)
+    trigger::install_capture(&source, Side::Source, &s.tables, &[])
         .await
         .unwrap();
     let snapshot = ExportedSnapshot::export(&s.owner_source, Side::Source)

@@ -65,6 +65,7 @@ fn settings() -> SyncSettings {
         mode: Mode::Native,
         schemas: vec![],
         exclude_tables: vec![],
+        whole_row_tables: vec![],
         copy_schema: true,
         name: "cutover".into(),
         ready_timeout: Duration::from_secs(3600),
