@@ -268,7 +268,11 @@ async fn login(
         codec::parameter_status(&mut out, k, v);
     }
     let id = shared.next_id();
-    let cancel_key = (rand::random::<i32>() & 0x7fff_ffff, rand::random::<i32>());
+    // The process id is the real one of the first server (so pg_backend_pid(), NOTIFY
+    // senders and pg_terminate_backend agree with what the client was told); the secret is
+    // the proxy's own, so a cancel request always comes through the proxy, which sends it
+    // to the server the session is on at that moment.
+    let cancel_key = (conn.pid, rand::random::<i32>());
     codec::backend_key_data(&mut out, cancel_key.0, cancel_key.1);
     codec::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await?;
