@@ -226,9 +226,10 @@ async fn login(
     if waited.elapsed().as_millis() > 0 && gate.epoch > 0 {
         shared.record_hold(waited.elapsed());
     }
+    // Protocol options (`_pq_.*`) were declined to the client above; the server never sees them.
     let startup: Vec<(String, String)> = params
         .iter()
-        .filter(|(k, _)| k != "user" && k != "database")
+        .filter(|(k, _)| k != "user" && k != "database" && !k.starts_with("_pq_."))
         .cloned()
         .collect();
     let conn = match server::connect(
@@ -255,7 +256,8 @@ async fn login(
         .collect();
     if minor > 0 || !unknown.is_empty() {
         let mut body = Vec::new();
-        body.extend_from_slice(&0i32.to_be_bytes());
+        // The newest version the proxy speaks, as major << 16 | minor: 3.0.
+        body.extend_from_slice(&codec::PROTOCOL_3.to_be_bytes());
         body.extend_from_slice(&(unknown.len() as i32).to_be_bytes());
         for k in &unknown {
             body.extend_from_slice(k.as_bytes());
@@ -322,6 +324,7 @@ async fn login(
         held_since: None,
         last_view: view,
         moved_in_pause: false,
+        server_said_fatal: false,
     }))
 }
 
@@ -416,6 +419,8 @@ struct Session {
     /// Moved during this pause: no new check until the resume (a check now would only
     /// delay the switch; a second switch in the same pause checks when it moves).
     moved_in_pause: bool,
+    /// The last error the server sent was FATAL: it is closing, and the client knows why.
+    server_said_fatal: bool,
 }
 
 /// A login made ahead of a switch: under way, or done.
@@ -432,8 +437,9 @@ enum Step {
 impl Session {
     async fn run(&mut self) -> Result<(), SessionError> {
         let result = self.pump().await;
-        // Tell the client why, when the server side failed; a gone client hears nothing.
-        if let Err(SessionError::Server(se)) = &result {
+        // Tell the client why, when the server side failed, unless the server said so itself
+        // (a FATAL error it sent before closing, already forwarded): one error, not two.
+        if let (Err(SessionError::Server(se)), false) = (&result, self.server_said_fatal) {
             let msg = format!("the cutover proxy lost the database connection: {se}");
             let mut out = std::mem::take(&mut self.to_client);
             codec::error_response(&mut out, "FATAL", se.code(), &msg);
@@ -583,6 +589,11 @@ impl Session {
         while let Some(frame) = codec::decode_frame(&mut server.buf)
             .map_err(|e| ServerError::Protocol(e.to_string()))?
         {
+            if frame.tag == b'E' {
+                if let Ok(Backend::Error(f)) = codec::parse_backend(&frame) {
+                    self.server_said_fatal = f.severity == "FATAL" || f.severity == "PANIC";
+                }
+            }
             if frame.tag == b'Z' {
                 self.flow.pending = self.flow.pending.saturating_sub(1);
                 self.flow.tx = frame.body().first().copied().unwrap_or(b'I');

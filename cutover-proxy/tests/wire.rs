@@ -176,3 +176,16 @@ async fn listen_advisory_locks_and_hold_cursors_pin_a_session() {
     admin.resume().await.unwrap();
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_server_ends_gets_the_servers_error_once() {
+    let (_pair, _dir, proxy, _admin, url) = plain().await;
+    let c = connect(&url, Side::Source).await.unwrap();
+    let e = c
+        .simple_query("SELECT pg_terminate_backend(pg_backend_pid())")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("57P01"), "{e:?}");
+    assert!(c.is_closed() || c.simple_query("SELECT 1").await.is_err());
+    proxy.stop().await;
+}
