@@ -30,7 +30,8 @@
 # it makes the others spend, leave to PostgreSQL and pgbench.
 #
 # Before each run the script waits (up to QUIET_WAIT seconds) until the CPUs are at least 90%
-# idle, does a CHECKPOINT, and reports the idle share it found.
+# idle and does a CHECKPOINT; it reports the idle share it found then and in the second after
+# the run (a low figure after means something else ran alongside: that run is suspect).
 #
 # Everything runs on one temporary PostgreSQL cluster this script starts on a free 127.0.0.1
 # port (a second, empty database on it is the plan's target, which the proxy never uses
@@ -373,7 +374,7 @@ median2() { tr ' ' '\n' <<<"$*" | grep . | sort -g | awk '{ v[NR] = $1 } END { p
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 declare -A TPS=()            # workload/target -> "tps1 tps2 ..."
-declare -A RUNS=()           # workload/target -> "tps (idle% before); ..."
+declare -A RUNS=()           # workload/target -> "tps (idle% before/after); ..."
 declare -A PROXY_US=()       # workload/target -> "µs of proxy CPU per transaction ..."
 declare -A MACHINE_US=()     # workload/target -> "µs of machine CPU per transaction ..."
 declare -A PROXY_CORE=()     # workload/target -> "% of one core the proxy used ..."
@@ -407,6 +408,8 @@ bench_one() {
     pgbench -n $(pgbench_args "$workload") -c "$CLIENTS" -j "$THREADS" -T "$DURATION" \
         "$(app_url "$port")" >"$out" 2>&1 || { cat "$out" >&2; die "pgbench $workload via $target failed"; }
     b1=$(busy_ticks); p1=$(proc_ticks "$pid"); s1=$(proc_switches "$pid")
+    local idle_after
+    idle_after=$(cpu_idle) # anything else still running shows here
     local failed
     failed=$(awk -F': ' '/^number of failed transactions/ { print $2 + 0 }' "$out")
     [[ ${failed:-0} == 0 ]] || die "$failed failed transactions via $target (see $out)"
@@ -423,14 +426,14 @@ bench_one() {
     else
         proxy_us=0; core=0; switches=0
     fi
-    log "round $ROUND: $workload via $target: $tps tps (proxy ${core}% of a core, ${proxy_us} µs/tx, $switches context switches/tx; machine ${machine_us} µs/tx)"
+    log "round $ROUND: $workload via $target: $tps tps (CPUs ${idle_after}% idle after; proxy ${core}% of a core, ${proxy_us} µs/tx, $switches context switches/tx; machine ${machine_us} µs/tx)"
     local k="$workload/$target"
     TPS[$k]+=" $tps"
     PROXY_US[$k]+=" $proxy_us"
     MACHINE_US[$k]+=" $machine_us"
     PROXY_CORE[$k]+=" $core"
     SWITCHES[$k]+=" $switches"
-    RUNS[$k]+="${RUNS[$k]:+; }$tps (${IDLE}% idle)"
+    RUNS[$k]+="${RUNS[$k]:+; }$tps (${IDLE}/${idle_after}%)"
 }
 
 # profile TARGET: more select runs, not counted in the figures. The first under a
@@ -519,7 +522,7 @@ report() {
         echo
         echo "### $w: \`pgbench -n $(pgbench_args "$w") -c $CLIENTS -j $THREADS -T $DURATION\`"
         echo
-        echo "| target | median TPS | ÷ direct | proxy CPU, % of a core | proxy CPU µs/tx | proxy context switches/tx | machine CPU µs/tx | every round: TPS (CPU idle before) |"
+        echo "| target | median TPS | ÷ direct | proxy CPU, % of a core | proxy CPU µs/tx | proxy context switches/tx | machine CPU µs/tx | every round: TPS (CPUs idle before/after) |"
         echo "|---|---:|---:|---:|---:|---:|---:|---|"
         d=$(median ${TPS[$w/direct]:-0})
         for t in $TARGETS; do

@@ -666,7 +666,8 @@ direct_rep() {
 declare -A PAUSES=() TOOLS=() FAILED=() ABORTED=() TPS=() DETAILS=()
 
 record() {
-    local method=$1 r=$2 max stall before after pause failed aborted processed tps
+    local method=$1 r=$2 max stall before after pause failed aborted processed tps idle_after
+    idle_after=$(cpu_idle) # anything else running alongside shows here
     read -r max stall before after < <(analyze "$WS" "$WE" "${RUN_NAMES[@]}")
     read -r failed aborted processed < <(pgbench_figures "${RUN_NAMES[@]}")
     pause=$(max_of "$max" "$stall")
@@ -676,7 +677,7 @@ record() {
     FAILED[$method]=$(( ${FAILED[$method]:-0} + failed ))
     ABORTED[$method]=$(( ${ABORTED[$method]:-0} + aborted ))
     TPS[$method]+=" $tps"
-    DETAILS[$method]+="$method $r: pause $pause ms (max latency $max, stall $stall; p99 before $before, after $after ms), failed $failed, aborted $aborted, $processed tx ($tps tps), CPUs ${IDLE}% idle before; $TOOL_NOTE"$'\n'
+    DETAILS[$method]+="$method $r: pause $pause ms (max latency $max, stall $stall; p99 before $before, after $after ms), failed $failed, aborted $aborted, $processed tx ($tps tps), CPUs ${IDLE}% idle before, ${idle_after}% after; $TOOL_NOTE"$'\n'
     log "$method $r: pause $pause ms (max latency $max ms, stall $stall ms), tool $TOOL_MS ms, failed $failed, aborted $aborted"
 }
 
