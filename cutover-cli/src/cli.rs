@@ -57,6 +57,10 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Run the whole database move on two local clusters this command starts itself.
     Demo(DemoArgs),
+    /// The app itself: inspect a Heroku app, write a Dockerfile or project.toml, export its
+    /// environment, generate Terraform (ECS) or Vercel config. Needs no plan file.
+    #[command(subcommand)]
+    App(AppCommand),
 }
 
 #[derive(Args, Debug)]
@@ -174,4 +178,138 @@ pub struct DemoArgs {
     /// Leave the clusters running at the end and print how to reach them (Ctrl-C stops them).
     #[arg(long)]
     pub keep: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppCommand {
+    /// Read the app as Heroku builds it: processes, app.json, language and version, config
+    /// vars by class (with --config), and Heroku-isms with file:line and the fix.
+    Inspect(AppInspectArgs),
+    /// Write a Dockerfile and .dockerignore (or, with --cnb, a project.toml for heroku/builder).
+    Dockerize(AppDockerizeArgs),
+    /// Export the environment (--config ... --to ...), or compare two sets (env diff).
+    Env(AppEnvArgs),
+    /// Write Terraform: ECS Fargate, an ALB, Route 53 weighted records for Heroku and ECS.
+    Terraform(AppTerraformArgs),
+    /// Write vercel.json and the Vercel env payload (pooled URL at runtime, direct for migrations).
+    Vercel(AppVercelArgs),
+}
+
+/// Where the app and its exported config are.
+#[derive(Args, Debug)]
+pub struct AppSource {
+    /// The app's source directory (the one holding the Procfile).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Output of `heroku config --json --app APP` (not the shell-quoted form).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Output of `heroku addons --json --app APP`: which add-on owns which variable.
+    #[arg(long)]
+    pub addons: Option<PathBuf>,
+}
+
+/// How generated files are written.
+#[derive(Args, Debug)]
+pub struct AppWrite {
+    /// Show what would be written, with its contents; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Overwrite files that exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AppInspectArgs {
+    #[command(flatten)]
+    pub source: AppSource,
+}
+
+#[derive(Args, Debug)]
+pub struct AppDockerizeArgs {
+    /// The app's source directory (the one holding the Procfile).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Write a Cloud Native Buildpacks project.toml for heroku/builder instead.
+    #[arg(long)]
+    pub cnb: bool,
+    /// Directory to write into (default: the app's directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub write: AppWrite,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AppEnvArgs {
+    #[command(subcommand)]
+    pub command: Option<AppEnvCommand>,
+    /// The app's source directory, for app.json and the buildpack's runtime variables.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Output of `heroku config --json --app APP`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Output of `heroku addons --json --app APP`.
+    #[arg(long)]
+    pub addons: Option<PathBuf>,
+    /// secrets-manager, ssm, ecs, vercel or dotenv.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// File to write (default: secrets-manager.json, ssm-parameters.json,
+    /// ecs-container-env.json, vercel-env.json or .env).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// ARN of the Secrets Manager secret the ECS `valueFrom` entries point into.
+    #[arg(long)]
+    pub secret_arn: Option<String>,
+    #[command(flatten)]
+    pub write: AppWrite,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppEnvCommand {
+    /// Compare two sets of variables (heroku config --json, a JSON object, a {name, value}
+    /// list, or a .env file). Secret values show only as hashes. Exit 0 when equal, 1 when not.
+    Diff { source: PathBuf, target: PathBuf },
+}
+
+#[derive(Args, Debug)]
+pub struct AppTerraformArgs {
+    #[command(flatten)]
+    pub source: AppSource,
+    /// Directory to write main.tf, variables.tf and outputs.tf into (default: DIR/infra).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The public hostname of the weighted records (a CNAME, so not the zone apex).
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Path the load balancer's health check requests.
+    #[arg(long, default_value = "/")]
+    pub health_path: String,
+    /// Default AWS region of the generated variables.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    #[command(flatten)]
+    pub write: AppWrite,
+}
+
+#[derive(Args, Debug)]
+pub struct AppVercelArgs {
+    #[command(flatten)]
+    pub source: AppSource,
+    /// Directory to write vercel.json and vercel-env.json into (default: the app's directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Name of an environment variable holding the pooled database URL (used at runtime).
+    #[arg(long)]
+    pub pooled_url_env: Option<String>,
+    /// Name of an environment variable holding the direct database URL (used by migrations;
+    /// for Neon the pooled one is derived from it).
+    #[arg(long)]
+    pub direct_url_env: Option<String>,
+    #[command(flatten)]
+    pub write: AppWrite,
 }

@@ -1,5 +1,6 @@
 //! One file per command. Each returns its exit code; errors are printed once, here.
 
+mod app;
 mod check;
 mod cleanup;
 mod demo;
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::Proxy(args) => proxy::run(&g, args).await,
         Command::Demo(args) => demo::run(&g, args).await,
+        Command::App(command) => app::run(&g, command),
     };
     match result {
         Ok(code) => code,
