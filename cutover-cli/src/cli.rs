@@ -57,6 +57,13 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Run the whole database move on two local clusters this command starts itself.
     Demo(DemoArgs),
+    /// The DNS record that moves users: lower-ttl, verify, switch.
+    #[command(subcommand)]
+    Dns(DnsCommand),
+    /// The weighted HTTP splitter and the canary: serve, canary, status, promote, abort,
+    /// pause, resume.
+    #[command(subcommand)]
+    Traffic(TrafficCommand),
     /// The app itself: inspect a Heroku app, write a Dockerfile or project.toml, export its
     /// environment, generate Terraform (ECS) or Vercel config. Needs no plan file.
     #[command(subcommand)]
@@ -312,4 +319,69 @@ pub struct AppVercelArgs {
     pub direct_url_env: Option<String>,
     #[command(flatten)]
     pub write: AppWrite,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DnsCommand {
+    /// Lower the TTL of [dns] name to dns.low_ttl and print the earliest safe cutover time.
+    LowerTtl,
+    /// Ask the authoritative servers and resolvers what the name answers now.
+    Verify(DnsVerifyArgs),
+    /// Send a share of resolutions to the new answers (100: a one-step switch). Refused
+    /// before the old TTL has run out unless --force.
+    Switch(DnsSwitchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DnsVerifyArgs {
+    /// Exit 1 unless every server answers this side.
+    #[arg(long, value_parser = ["old", "new"])]
+    pub expect: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DnsSwitchArgs {
+    /// Percent of resolutions for the new answers (0 to 100; weights need Route 53 or
+    /// Cloudflare Load Balancing).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub percent: u8,
+    /// Switch before the TTL planner's safe time, stranding users who cache the old answer.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrafficCommand {
+    /// Run the weighted HTTP splitter until SIGINT or SIGTERM (it can be the old app's web
+    /// process, so clients with stale DNS still reach the new app).
+    Serve(TrafficServeArgs),
+    /// Move users in steps with gates; roll back to 0% by itself when a gate fails.
+    Canary(TrafficCanaryArgs),
+    /// Show the canary's step and the splitter's weight, health and traffic per origin.
+    Status,
+    /// Ask the running canary to go to 100% now (without a canary: set the splitter to 100%).
+    Promote,
+    /// Ask the running canary to go back to 0% and stop (without one: set the splitter to 0%).
+    Abort,
+    /// Ask the running canary to hold its step.
+    Pause,
+    /// Ask a paused canary to go on.
+    Resume,
+}
+
+#[derive(Args, Debug)]
+pub struct TrafficServeArgs {
+    /// Listen here instead of traffic.listen.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+pub struct TrafficCanaryArgs {
+    /// Print the steps and gates; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With weights_via = "dns": go before the TTL planner's safe time.
+    #[arg(long)]
+    pub force: bool,
 }

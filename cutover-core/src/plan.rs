@@ -56,6 +56,12 @@ pub struct RawPlan {
     /// Limits of `db switchover` and `db rollback`.
     #[serde(default)]
     pub switchover: RawSwitchover,
+    /// The DNS record that moves users (`cutover dns ...`).
+    #[serde(default)]
+    pub dns: Option<RawDns>,
+    /// The HTTP splitter and the canary (`cutover traffic ...`).
+    #[serde(default)]
+    pub traffic: Option<RawTraffic>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -421,6 +427,10 @@ pub struct Plan {
     /// Absent when the plan has no [proxy] section.
     pub proxy: Option<ProxySettings>,
     pub switchover: SwitchoverSettings,
+    /// Absent when the plan has no [dns] section.
+    pub dns: Option<DnsSettings>,
+    /// Absent when the plan has no [traffic] section.
+    pub traffic: Option<TrafficSettings>,
 }
 
 impl Plan {
@@ -444,6 +454,36 @@ impl Plan {
         })
     }
 
+    /// The [dns] section, or an error saying how to add one.
+    pub fn dns(&self) -> Result<&DnsSettings, String> {
+        self.dns.as_ref().ok_or_else(|| {
+            format!(
+                "{} has no [dns] section; add one with provider, zone, name, old and new (see the README's traffic section)",
+                self.path.display()
+            )
+        })
+    }
+
+    /// The [traffic] section, or an error saying how to add one.
+    pub fn traffic(&self) -> Result<&TrafficSettings, String> {
+        self.traffic.as_ref().ok_or_else(|| {
+            format!(
+                "{} has no [traffic] section; add one with admin_token = \"${{CUTOVER_TRAFFIC_TOKEN}}\", [traffic.old] url and [traffic.new] url (see the README's traffic section)",
+                self.path.display()
+            )
+        })
+    }
+
+    /// Where the splitter keeps its weight, beside the plan: `cutover.traffic.json`.
+    pub fn traffic_state_path(&self) -> PathBuf {
+        let stem = self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "cutover".into());
+        self.path.with_file_name(format!("{stem}.traffic.json"))
+    }
+
     /// Where the journal of this plan lives: beside the plan file.
     pub fn journal_path(&self) -> PathBuf {
         journal_path_for(&self.path)
@@ -463,6 +503,8 @@ impl Plan {
             std::iter::once(p.admin_token.clone())
                 .chain(p.users.iter().filter_map(|u| u.password.clone()))
         }))
+        .chain(self.dns.iter().flat_map(DnsSettings::secrets))
+        .chain(self.traffic.iter().map(|t| t.admin_token.clone()))
         .collect()
     }
 }
@@ -843,6 +885,11 @@ impl RawPlan {
             .proxy
             .as_ref()
             .and_then(|p| Self::proxy(&mut c, p, env));
+        let dns = self.dns.as_ref().and_then(|d| dns_settings(&mut c, d, env));
+        let traffic = self
+            .traffic
+            .as_ref()
+            .and_then(|t| traffic_settings(&mut c, t, env));
         let max_lag = *self.switchover.max_lag_mib.get_ref();
         if max_lag < 0 {
             c.push(
@@ -899,6 +946,8 @@ impl RawPlan {
                 drain_timeout: self.switchover.drain_timeout,
                 catch_up_timeout: self.switchover.catch_up_timeout,
             },
+            dns,
+            traffic,
         })
     }
 
@@ -1050,6 +1099,963 @@ impl RawPlan {
             users,
         })
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// [dns] and [traffic]: moving the users.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// Who serves the zone: "rfc2136", "route53" or "cloudflare". No default.
+    pub provider: Spanned<String>,
+    /// The zone, e.g. "example.com". No default.
+    pub zone: Spanned<String>,
+    /// The name users resolve, e.g. "www.example.com" (the zone itself for the apex). No default.
+    pub name: Spanned<String>,
+    /// "A", "AAAA" or "CNAME". Default: "A".
+    #[serde(default = "default_record_type")]
+    pub record_type: Spanned<String>,
+    /// What the name answers for the old app: addresses, or one host name for a CNAME.
+    pub old: Vec<Spanned<String>>,
+    /// What it answers for the new app, likewise.
+    pub new: Vec<Spanned<String>>,
+    /// The TTL `cutover dns lower-ttl` sets ahead of the move. Default: "60s".
+    #[serde(default = "default_low_ttl", with = "humantime_serde")]
+    pub low_ttl: Duration,
+    /// Authoritative servers `cutover dns verify` asks, as "ip:port". Default: rfc2136.server.
+    #[serde(default)]
+    pub authoritative: Vec<Spanned<String>>,
+    /// Recursive resolvers `cutover dns verify` asks too, as "ip:port". Default: none.
+    #[serde(default)]
+    pub resolvers: Vec<Spanned<String>>,
+    /// With provider = "rfc2136".
+    #[serde(default)]
+    pub rfc2136: Option<RawRfc2136>,
+    /// With provider = "route53".
+    #[serde(default)]
+    pub route53: Option<RawRoute53>,
+    /// With provider = "cloudflare".
+    #[serde(default)]
+    pub cloudflare: Option<RawCloudflare>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRfc2136 {
+    /// The primary server that accepts updates, "ip:port". No default.
+    pub server: Spanned<String>,
+    /// The TSIG key's name as the server knows it. No default.
+    pub key_name: Spanned<String>,
+    /// "hmac-sha256", "hmac-sha384" or "hmac-sha512". Default: "hmac-sha256".
+    #[serde(default = "default_tsig_algorithm")]
+    pub algorithm: Spanned<String>,
+    /// The key (base64), by reference: "${CUTOVER_TSIG_SECRET}".
+    pub secret: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute53 {
+    /// The hosted zone's id, e.g. "Z0123456789ABC". No default.
+    pub hosted_zone_id: Spanned<String>,
+    /// By reference: "${AWS_ACCESS_KEY_ID}".
+    pub access_key_id: Spanned<String>,
+    /// By reference: "${AWS_SECRET_ACCESS_KEY}".
+    pub secret_access_key: Spanned<String>,
+    /// By reference, for temporary credentials: "${AWS_SESSION_TOKEN}". Default: none.
+    #[serde(default)]
+    pub session_token: Option<Spanned<String>>,
+    /// Default: "us-east-1" (Route 53 is global; this only signs requests).
+    #[serde(default = "default_region")]
+    pub region: Spanned<String>,
+    /// Another API address (a test double, a partition's endpoint). Default: AWS's own.
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloudflare {
+    /// The zone's id (Overview page of the zone). No default.
+    pub zone_id: Spanned<String>,
+    /// An API token with DNS edit (and Load Balancing edit) rights, by reference:
+    /// "${CLOUDFLARE_API_TOKEN}".
+    pub api_token: Spanned<String>,
+    /// With Load Balancing: the load balancer whose pool weights carry the split. Default:
+    /// none (DNS records only: a one-step switch, no weights).
+    #[serde(default)]
+    pub load_balancer_id: Option<Spanned<String>>,
+    /// The pool of the old app (with load_balancer_id).
+    #[serde(default)]
+    pub old_pool: Option<Spanned<String>>,
+    /// The pool of the new app (with load_balancer_id).
+    #[serde(default)]
+    pub new_pool: Option<Spanned<String>>,
+    /// Another API address (a test double). Default: "https://api.cloudflare.com/client/v4".
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraffic {
+    /// Where the splitter takes client requests; "${PORT}" works. Default: "0.0.0.0:8080".
+    #[serde(default = "default_traffic_listen")]
+    pub listen: Spanned<String>,
+    /// Admin API and Prometheus `/metrics`; loopback only. Default: "127.0.0.1:8081".
+    #[serde(default = "default_traffic_admin")]
+    pub admin_listen: Spanned<String>,
+    /// Bearer token of the admin API, by reference: "${CUTOVER_TRAFFIC_TOKEN}".
+    pub admin_token: Spanned<String>,
+    /// The old app. No default.
+    pub old: RawOrigin,
+    /// The new app. No default.
+    pub new: RawOrigin,
+    /// What the canary moves: "splitter" (its weights) or "dns" (the [dns] provider's
+    /// weighted records). Default: "splitter".
+    #[serde(default = "default_weights_via")]
+    pub weights_via: Spanned<String>,
+    /// Cookie that keeps a user on one side. Default: "cutover_origin".
+    #[serde(default = "default_sticky_cookie")]
+    pub sticky_cookie: Spanned<String>,
+    /// Path of the active health check (GET, 2xx/3xx = healthy). Default: "/".
+    #[serde(default = "default_health_path")]
+    pub health_path: Spanned<String>,
+    /// Time between health checks. Default: "2s".
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// Failed checks in a row before an origin is marked down. Default: 2.
+    #[serde(default = "default_two")]
+    pub unhealthy_after: Spanned<i64>,
+    /// Passed checks in a row before it is marked up again. Default: 2.
+    #[serde(default = "default_two")]
+    pub healthy_after: Spanned<i64>,
+    /// How long requests in flight may take to finish at shutdown. Default: "30s".
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Other attempts after a connection failure (idempotent requests, or any request that
+    /// was provably not sent). Default: 2.
+    #[serde(default = "default_two")]
+    pub retries: Spanned<i64>,
+    /// Canary weights of the new app, in percent. Default: [1, 5, 10, 25, 50, 100].
+    #[serde(default = "default_steps")]
+    pub steps: Vec<Spanned<i64>>,
+    /// How long each step is watched before the next. Default: "5m".
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How often the gates are checked within a step. Default: "30s".
+    #[serde(default = "default_check_every", with = "humantime_serde")]
+    pub check_every: Duration,
+    /// Lowest success rate (non-5xx, in percent) of the new app that passes. Default: 99.
+    #[serde(default = "default_success_rate")]
+    pub min_success_rate: Spanned<f64>,
+    /// Highest p99 latency of the new app that passes. Default: "1s".
+    #[serde(default = "default_max_p99", with = "humantime_serde")]
+    pub max_p99: Duration,
+    /// Failed checks in a row that roll back to 0%. Default: 1.
+    #[serde(default = "default_one")]
+    pub failure_threshold: Spanned<i64>,
+    /// Fewer requests than this in a check is "no data", which fails the check. Default: 10.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: Spanned<i64>,
+    /// Where the gates read: "splitter" (its own metrics) or "prometheus". Default: "splitter".
+    #[serde(default = "default_gate_source")]
+    pub metrics: Spanned<String>,
+    /// With metrics = "prometheus": the server's address, e.g. "http://127.0.0.1:9090".
+    #[serde(default)]
+    pub prometheus_url: Option<Spanned<String>>,
+    /// With metrics = "prometheus": a query giving the new app's success rate in percent.
+    #[serde(default)]
+    pub success_rate_query: Option<Spanned<String>>,
+    /// With metrics = "prometheus": a query giving the new app's p99 latency in seconds.
+    #[serde(default)]
+    pub p99_query: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrigin {
+    /// "http://host:port" or "https://host:port"; "${VAR}" works. No default.
+    pub url: Spanned<String>,
+    /// Host header sent to this origin. Default: the client's own.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// TLS server name sent to this origin. Default: the URL's host.
+    #[serde(default)]
+    pub sni: Option<Spanned<String>>,
+    /// Extra CA certificates (PEM) trusted for this origin. Default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+}
+
+fn default_record_type() -> Spanned<String> {
+    spanned("A".into())
+}
+fn default_low_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_tsig_algorithm() -> Spanned<String> {
+    spanned("hmac-sha256".into())
+}
+fn default_region() -> Spanned<String> {
+    spanned("us-east-1".into())
+}
+fn default_traffic_listen() -> Spanned<String> {
+    spanned("0.0.0.0:8080".into())
+}
+fn default_traffic_admin() -> Spanned<String> {
+    spanned("127.0.0.1:8081".into())
+}
+fn default_weights_via() -> Spanned<String> {
+    spanned("splitter".into())
+}
+fn default_sticky_cookie() -> Spanned<String> {
+    spanned("cutover_origin".into())
+}
+fn default_health_path() -> Spanned<String> {
+    spanned("/".into())
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_two() -> Spanned<i64> {
+    spanned(2)
+}
+fn default_one() -> Spanned<i64> {
+    spanned(1)
+}
+fn default_steps() -> Vec<Spanned<i64>> {
+    [1, 5, 10, 25, 50, 100].into_iter().map(spanned).collect()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_check_every() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_success_rate() -> Spanned<f64> {
+    spanned(99.0)
+}
+fn default_max_p99() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_min_requests() -> Spanned<i64> {
+    spanned(10)
+}
+fn default_gate_source() -> Spanned<String> {
+    spanned("splitter".into())
+}
+
+/// The type of the record that moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum RecordKind {
+    A,
+    #[serde(rename = "AAAA")]
+    Aaaa,
+    #[serde(rename = "CNAME")]
+    Cname,
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecordKind::A => "A",
+            RecordKind::Aaaa => "AAAA",
+            RecordKind::Cname => "CNAME",
+        })
+    }
+}
+
+/// Who serves the zone, with what it needs.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "provider", rename_all = "lowercase")]
+pub enum DnsProviderSettings {
+    Rfc2136 {
+        server: std::net::SocketAddr,
+        key_name: String,
+        algorithm: String,
+        secret: crate::secret::Secret,
+    },
+    Route53 {
+        hosted_zone_id: String,
+        access_key_id: crate::secret::Secret,
+        secret_access_key: crate::secret::Secret,
+        session_token: Option<crate::secret::Secret>,
+        region: String,
+        endpoint: Option<String>,
+    },
+    Cloudflare {
+        zone_id: String,
+        api_token: crate::secret::Secret,
+        /// (load balancer id, old pool, new pool) when the split goes through pool weights.
+        load_balancer: Option<(String, String, String)>,
+        endpoint: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DnsSettings {
+    /// Lower-case, no trailing dot.
+    pub zone: String,
+    /// Lower-case, no trailing dot.
+    pub name: String,
+    pub record_type: RecordKind,
+    pub old: Vec<String>,
+    pub new: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub low_ttl: Duration,
+    pub authoritative: Vec<std::net::SocketAddr>,
+    pub resolvers: Vec<std::net::SocketAddr>,
+    pub provider: DnsProviderSettings,
+}
+
+impl DnsSettings {
+    /// True when the name is the zone itself.
+    pub fn is_apex(&self) -> bool {
+        self.name == self.zone
+    }
+
+    fn secrets(&self) -> Vec<crate::secret::Secret> {
+        match &self.provider {
+            DnsProviderSettings::Rfc2136 { secret, .. } => vec![secret.clone()],
+            DnsProviderSettings::Route53 {
+                access_key_id,
+                secret_access_key,
+                session_token,
+                ..
+            } => [access_key_id, secret_access_key]
+                .into_iter()
+                .cloned()
+                .chain(session_token.clone())
+                .collect(),
+            DnsProviderSettings::Cloudflare { api_token, .. } => vec![api_token.clone()],
+        }
+    }
+}
+
+/// One side of the split.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OriginSettings {
+    /// "http(s)://host:port", without a path.
+    pub url: String,
+    pub host: Option<String>,
+    pub sni: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What the canary moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsVia {
+    Splitter,
+    Dns,
+}
+
+/// Where the canary's gates read.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum GateSource {
+    Splitter,
+    Prometheus {
+        url: String,
+        success_rate_query: String,
+        p99_query: String,
+    },
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrafficSettings {
+    pub listen: std::net::SocketAddr,
+    pub admin_listen: std::net::SocketAddr,
+    pub admin_token: crate::secret::Secret,
+    pub old: OriginSettings,
+    pub new: OriginSettings,
+    pub weights_via: WeightsVia,
+    pub sticky_cookie: String,
+    pub health_path: String,
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    pub retries: u32,
+    pub steps: Vec<u8>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub check_every: Duration,
+    pub min_success_rate: f64,
+    #[serde(with = "humantime_serde")]
+    pub max_p99: Duration,
+    pub failure_threshold: u32,
+    pub min_requests: u64,
+    pub metrics: GateSource,
+}
+
+/// A DNS name as written: lower-case, no trailing dot, labels of letters, digits, - and _.
+fn dns_name(c: &mut Collector<'_>, field: &str, v: &Spanned<String>) -> Option<String> {
+    let name = v
+        .get_ref()
+        .trim()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        });
+    if ok {
+        Some(name)
+    } else {
+        c.push(
+            v.span(),
+            field,
+            format!(
+                "\"{}\" is not a DNS name; write it like \"www.example.com\"",
+                v.get_ref()
+            ),
+        );
+        None
+    }
+}
+
+fn socket_addr(
+    c: &mut Collector<'_>,
+    field: &str,
+    v: &Spanned<String>,
+    env: &dyn Env,
+) -> Option<std::net::SocketAddr> {
+    let text = match interpolate(v.get_ref(), env) {
+        Ok(t) => t,
+        Err(missing) => {
+            for name in missing {
+                c.push(
+                    v.span(),
+                    field,
+                    format!(
+                        "environment variable {name} is not set; export it before running cutover"
+                    ),
+                );
+            }
+            return None;
+        }
+    };
+    match text.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.push(
+                v.span(),
+                field,
+                format!("\"{text}\" is not an address; write it as \"127.0.0.1:8080\""),
+            );
+            None
+        }
+    }
+}
+
+fn plain(v: &Option<Spanned<String>>) -> Option<String> {
+    v.as_ref().map(|s| s.get_ref().clone())
+}
+
+fn dns_settings(c: &mut Collector<'_>, d: &RawDns, env: &dyn Env) -> Option<DnsSettings> {
+    let before = c.problems.len();
+    let zone = dns_name(c, "dns.zone", &d.zone);
+    let name = dns_name(c, "dns.name", &d.name);
+    if let (Some(z), Some(n)) = (&zone, &name) {
+        if n != z && !n.ends_with(&format!(".{z}")) {
+            c.push(
+                d.name.span(),
+                "dns.name",
+                format!("{n} is not in the zone {z}; set dns.zone to the zone that holds it"),
+            );
+        }
+    }
+    let kind = match d.record_type.get_ref().to_ascii_uppercase().as_str() {
+        "A" => Some(RecordKind::A),
+        "AAAA" => Some(RecordKind::Aaaa),
+        "CNAME" => Some(RecordKind::Cname),
+        other => {
+            c.push(
+                d.record_type.span(),
+                "dns.record_type",
+                format!("\"{other}\" is not supported; use \"A\", \"AAAA\" or \"CNAME\""),
+            );
+            None
+        }
+    };
+    let answers = |c: &mut Collector<'_>, field: &str, list: &[Spanned<String>]| {
+        let mut out = vec![];
+        if list.is_empty() {
+            c.push(
+                d.name.span(),
+                field,
+                "is empty; list what the name answers (addresses, or one host name for CNAME)",
+            );
+        }
+        for v in list {
+            let text = v.get_ref().trim().trim_end_matches('.').to_string();
+            let ok = match kind {
+                Some(RecordKind::A) => text.parse::<std::net::Ipv4Addr>().is_ok(),
+                Some(RecordKind::Aaaa) => text.parse::<std::net::Ipv6Addr>().is_ok(),
+                Some(RecordKind::Cname) => dns_name(c, field, v).is_some() && list.len() == 1,
+                None => true,
+            };
+            if !ok {
+                c.push(
+                    v.span(),
+                    field,
+                    format!(
+                        "\"{}\" does not fit record_type {}; write addresses for A/AAAA, one host name for CNAME",
+                        v.get_ref(),
+                        kind.map(|k| k.to_string()).unwrap_or_default()
+                    ),
+                );
+            }
+            out.push(text.to_ascii_lowercase());
+        }
+        out
+    };
+    let old = answers(c, "dns.old", &d.old);
+    let new = answers(c, "dns.new", &d.new);
+    if kind == Some(RecordKind::Cname) && zone.is_some() && zone == name {
+        c.push(
+            d.record_type.span(),
+            "dns.record_type",
+            "a zone apex cannot be a CNAME; use A/AAAA records, or the splitter (`cutover traffic serve`) in front of the old app",
+        );
+    }
+    if d.low_ttl < Duration::from_secs(1) || d.low_ttl > Duration::from_secs(86400) {
+        c.push(
+            0..0,
+            "dns.low_ttl",
+            "must be between 1s and 1d; 60s is usual",
+        );
+    }
+    let authoritative: Vec<_> = d
+        .authoritative
+        .iter()
+        .filter_map(|a| socket_addr(c, "dns.authoritative", a, env))
+        .collect();
+    let resolvers: Vec<_> = d
+        .resolvers
+        .iter()
+        .filter_map(|a| socket_addr(c, "dns.resolvers", a, env))
+        .collect();
+    let sections = [
+        ("rfc2136", d.rfc2136.is_some()),
+        ("route53", d.route53.is_some()),
+        ("cloudflare", d.cloudflare.is_some()),
+    ];
+    let chosen = d.provider.get_ref().as_str();
+    for (name, present) in sections {
+        if present && name != chosen {
+            c.push(
+                d.provider.span(),
+                &format!("dns.{name}"),
+                format!("[dns.{name}] is set but provider is \"{chosen}\"; remove one of them"),
+            );
+        }
+    }
+    let missing = |c: &mut Collector<'_>, section: &str| {
+        c.push(
+            d.provider.span(),
+            "dns.provider",
+            format!("provider \"{section}\" needs a [dns.{section}] section"),
+        );
+    };
+    let provider = match chosen {
+        "rfc2136" => match &d.rfc2136 {
+            None => {
+                missing(c, "rfc2136");
+                None
+            }
+            Some(r) => {
+                let server = socket_addr(c, "dns.rfc2136.server", &r.server, env);
+                let algorithm = r.algorithm.get_ref().to_ascii_lowercase();
+                if !["hmac-sha256", "hmac-sha384", "hmac-sha512"].contains(&algorithm.as_str()) {
+                    c.push(
+                        r.algorithm.span(),
+                        "dns.rfc2136.algorithm",
+                        format!("\"{algorithm}\" is not supported; use \"hmac-sha256\", \"hmac-sha384\" or \"hmac-sha512\""),
+                    );
+                }
+                let secret = RawPlan::secret(c, "dns.rfc2136.secret", &r.secret, env);
+                let key_name = r.key_name.get_ref().trim_end_matches('.').to_string();
+                if key_name.is_empty() {
+                    c.push(
+                        r.key_name.span(),
+                        "dns.rfc2136.key_name",
+                        "is empty; write the key's name as the server knows it",
+                    );
+                }
+                Some(DnsProviderSettings::Rfc2136 {
+                    server: server?,
+                    key_name,
+                    algorithm,
+                    secret: secret?,
+                })
+            }
+        },
+        "route53" => match &d.route53 {
+            None => {
+                missing(c, "route53");
+                None
+            }
+            Some(r) => {
+                let id = r
+                    .hosted_zone_id
+                    .get_ref()
+                    .trim_start_matches("/hostedzone/");
+                if id.is_empty() || !id.chars().all(|ch| ch.is_ascii_alphanumeric()) {
+                    c.push(
+                        r.hosted_zone_id.span(),
+                        "dns.route53.hosted_zone_id",
+                        "is not a hosted zone id; copy it from the Route 53 console (like \"Z0123456789ABC\")",
+                    );
+                }
+                let key = RawPlan::secret(c, "dns.route53.access_key_id", &r.access_key_id, env);
+                let secret = RawPlan::secret(
+                    c,
+                    "dns.route53.secret_access_key",
+                    &r.secret_access_key,
+                    env,
+                );
+                let token = r
+                    .session_token
+                    .as_ref()
+                    .map(|t| RawPlan::secret(c, "dns.route53.session_token", t, env));
+                Some(DnsProviderSettings::Route53 {
+                    hosted_zone_id: id.to_string(),
+                    access_key_id: key?,
+                    secret_access_key: secret?,
+                    session_token: match token {
+                        Some(t) => Some(t?),
+                        None => None,
+                    },
+                    region: r.region.get_ref().clone(),
+                    endpoint: url_setting(c, "dns.route53.endpoint", &r.endpoint, env),
+                })
+            }
+        },
+        "cloudflare" => match &d.cloudflare {
+            None => {
+                missing(c, "cloudflare");
+                None
+            }
+            Some(r) => {
+                let token = RawPlan::secret(c, "dns.cloudflare.api_token", &r.api_token, env);
+                let lb = match (&r.load_balancer_id, &r.old_pool, &r.new_pool) {
+                    (None, None, None) => None,
+                    (Some(lb), Some(o), Some(n)) => Some((
+                        lb.get_ref().clone(),
+                        o.get_ref().clone(),
+                        n.get_ref().clone(),
+                    )),
+                    _ => {
+                        c.push(
+                            r.zone_id.span(),
+                            "dns.cloudflare.load_balancer_id",
+                            "load_balancer_id, old_pool and new_pool go together; set all three or none",
+                        );
+                        None
+                    }
+                };
+                Some(DnsProviderSettings::Cloudflare {
+                    zone_id: r.zone_id.get_ref().clone(),
+                    api_token: token?,
+                    load_balancer: lb,
+                    endpoint: url_setting(c, "dns.cloudflare.endpoint", &r.endpoint, env),
+                })
+            }
+        },
+        other => {
+            c.push(
+                d.provider.span(),
+                "dns.provider",
+                format!(
+                    "\"{other}\" is not a provider; use \"rfc2136\", \"route53\" or \"cloudflare\""
+                ),
+            );
+            None
+        }
+    };
+    if c.problems.len() > before {
+        return None;
+    }
+    let mut authoritative = authoritative;
+    if authoritative.is_empty() {
+        if let Some(DnsProviderSettings::Rfc2136 { server, .. }) = &provider {
+            authoritative.push(*server);
+        }
+    }
+    Some(DnsSettings {
+        zone: zone?,
+        name: name?,
+        record_type: kind?,
+        old,
+        new,
+        low_ttl: d.low_ttl,
+        authoritative,
+        resolvers,
+        provider: provider?,
+    })
+}
+
+/// An http(s) URL without a path, "${VAR}" allowed (not a secret).
+fn url_setting(
+    c: &mut Collector<'_>,
+    field: &str,
+    v: &Option<Spanned<String>>,
+    env: &dyn Env,
+) -> Option<String> {
+    let v = v.as_ref()?;
+    let text = match interpolate(v.get_ref(), env) {
+        Ok(t) => t,
+        Err(missing) => {
+            for name in missing {
+                c.push(
+                    v.span(),
+                    field,
+                    format!(
+                        "environment variable {name} is not set; export it before running cutover"
+                    ),
+                );
+            }
+            return None;
+        }
+    };
+    match url::Url::parse(&text) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {
+            if u.password().is_some() {
+                c.push(
+                    v.span(),
+                    field,
+                    "holds a password; give credentials in their own settings, by reference",
+                );
+                return None;
+            }
+            Some(text.trim_end_matches('/').to_string())
+        }
+        _ => {
+            c.push(
+                v.span(),
+                field,
+                format!("\"{text}\" is not an http(s) URL; write it like \"https://host:443\""),
+            );
+            None
+        }
+    }
+}
+
+fn origin_settings(
+    c: &mut Collector<'_>,
+    field: &str,
+    o: &RawOrigin,
+    env: &dyn Env,
+) -> Option<OriginSettings> {
+    let url = url_setting(c, &format!("{field}.url"), &Some(o.url.clone()), env)?;
+    let parsed = url::Url::parse(&url).ok()?;
+    if parsed.path() != "/" || parsed.query().is_some() {
+        c.push(
+            o.url.span(),
+            &format!("{field}.url"),
+            "must not have a path or query; write only \"scheme://host:port\"",
+        );
+        return None;
+    }
+    Some(OriginSettings {
+        url,
+        host: plain(&o.host),
+        sni: plain(&o.sni),
+        ca_file: o.ca_file.as_ref().map(|s| PathBuf::from(s.get_ref())),
+    })
+}
+
+fn traffic_settings(
+    c: &mut Collector<'_>,
+    t: &RawTraffic,
+    env: &dyn Env,
+) -> Option<TrafficSettings> {
+    let before = c.problems.len();
+    let listen = socket_addr(c, "traffic.listen", &t.listen, env);
+    let admin_listen = socket_addr(c, "traffic.admin_listen", &t.admin_listen, env);
+    if let Some(a) = admin_listen {
+        if !a.ip().is_loopback() {
+            c.push(
+                t.admin_listen.span(),
+                "traffic.admin_listen",
+                "must be a loopback address (127.0.0.1 or ::1): the admin API moves users",
+            );
+        }
+    }
+    let admin_token = RawPlan::secret(c, "traffic.admin_token", &t.admin_token, env);
+    let old = origin_settings(c, "traffic.old", &t.old, env);
+    let new = origin_settings(c, "traffic.new", &t.new, env);
+    let weights_via = match t.weights_via.get_ref().as_str() {
+        "splitter" => WeightsVia::Splitter,
+        "dns" => WeightsVia::Dns,
+        other => {
+            c.push(
+                t.weights_via.span(),
+                "traffic.weights_via",
+                format!("\"{other}\" is not a choice; use \"splitter\" or \"dns\""),
+            );
+            WeightsVia::Splitter
+        }
+    };
+    let cookie = t.sticky_cookie.get_ref().clone();
+    if cookie.is_empty()
+        || !cookie
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+    {
+        c.push(
+            t.sticky_cookie.span(),
+            "traffic.sticky_cookie",
+            "use letters, digits, _ and - only",
+        );
+    }
+    if !t.health_path.get_ref().starts_with('/') {
+        c.push(
+            t.health_path.span(),
+            "traffic.health_path",
+            "must start with /",
+        );
+    }
+    let count = |c: &mut Collector<'_>, field: &str, v: &Spanned<i64>, min: i64, max: i64| {
+        let n = *v.get_ref();
+        if !(min..=max).contains(&n) {
+            c.push(v.span(), field, format!("must be between {min} and {max}"));
+        }
+        n.clamp(min, max)
+    };
+    let unhealthy_after = count(c, "traffic.unhealthy_after", &t.unhealthy_after, 1, 100) as u32;
+    let healthy_after = count(c, "traffic.healthy_after", &t.healthy_after, 1, 100) as u32;
+    let retries = count(c, "traffic.retries", &t.retries, 0, 10) as u32;
+    let failure_threshold = count(
+        c,
+        "traffic.failure_threshold",
+        &t.failure_threshold,
+        1,
+        1000,
+    ) as u32;
+    let min_requests = count(c, "traffic.min_requests", &t.min_requests, 1, i64::MAX) as u64;
+    let mut steps = vec![];
+    for s in &t.steps {
+        let n = *s.get_ref();
+        if !(1..=100).contains(&n) || steps.last().is_some_and(|&l: &u8| l as i64 >= n) {
+            c.push(
+                s.span(),
+                "traffic.steps",
+                "steps are percentages from 1 to 100 in increasing order, like [1, 5, 10, 25, 50, 100]",
+            );
+        }
+        steps.push(n.clamp(0, 100) as u8);
+    }
+    if steps.last() != Some(&100) {
+        c.push(
+            0..0,
+            "traffic.steps",
+            "the last step must be 100 (everyone on the new app)",
+        );
+    }
+    let rate = *t.min_success_rate.get_ref();
+    if !(0.0..=100.0).contains(&rate) {
+        c.push(
+            t.min_success_rate.span(),
+            "traffic.min_success_rate",
+            "is a percentage between 0 and 100",
+        );
+    }
+    for (field, d) in [
+        ("traffic.health_interval", t.health_interval),
+        ("traffic.interval", t.interval),
+        ("traffic.check_every", t.check_every),
+    ] {
+        if d < Duration::from_millis(100) {
+            c.push(0..0, field, "must be at least 100ms");
+        }
+    }
+    if t.check_every > t.interval {
+        c.push(
+            0..0,
+            "traffic.check_every",
+            "must not be longer than traffic.interval",
+        );
+    }
+    let metrics = match t.metrics.get_ref().as_str() {
+        "splitter" => Some(GateSource::Splitter),
+        "prometheus" => {
+            let url = url_setting(c, "traffic.prometheus_url", &t.prometheus_url, env);
+            let q = |c: &mut Collector<'_>, field: &str, v: &Option<Spanned<String>>| {
+                let v = plain(v);
+                if v.as_deref().is_none_or(str::is_empty) {
+                    c.push(
+                        t.metrics.span(),
+                        field,
+                        "is needed with metrics = \"prometheus\"; write a PromQL query giving one number",
+                    );
+                }
+                v
+            };
+            let success = q(c, "traffic.success_rate_query", &t.success_rate_query);
+            let p99 = q(c, "traffic.p99_query", &t.p99_query);
+            if url.is_none() && t.prometheus_url.is_none() {
+                c.push(
+                    t.metrics.span(),
+                    "traffic.prometheus_url",
+                    "is needed with metrics = \"prometheus\"; write it like \"http://127.0.0.1:9090\"",
+                );
+            }
+            match (url, success, p99) {
+                (Some(url), Some(s), Some(p)) => Some(GateSource::Prometheus {
+                    url,
+                    success_rate_query: s,
+                    p99_query: p,
+                }),
+                _ => None,
+            }
+        }
+        other => {
+            c.push(
+                t.metrics.span(),
+                "traffic.metrics",
+                format!("\"{other}\" is not a source; use \"splitter\" or \"prometheus\""),
+            );
+            None
+        }
+    };
+    if c.problems.len() > before {
+        return None;
+    }
+    Some(TrafficSettings {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        admin_token: admin_token?,
+        old: old?,
+        new: new?,
+        weights_via,
+        sticky_cookie: cookie,
+        health_path: t.health_path.get_ref().clone(),
+        health_interval: t.health_interval,
+        unhealthy_after,
+        healthy_after,
+        drain_timeout: t.drain_timeout,
+        retries,
+        steps,
+        interval: t.interval,
+        check_every: t.check_every,
+        min_success_rate: rate,
+        max_p99: t.max_p99,
+        failure_threshold,
+        min_requests,
+        metrics: metrics?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1279,5 +2285,46 @@ mod tests {
         )
         .unwrap();
         assert!(none.proxy().unwrap_err().contains("no [proxy] section"));
+    }
+
+    #[test]
+    fn dns_and_traffic_sections_are_checked_and_hide_their_secrets() {
+        let mut e = env();
+        e.insert("TSIG".into(), "dHNpZy1zZWNyZXQ=".into());
+        e.insert("TT".into(), "traffic-token-1".into());
+        e.insert("PORT".into(), "5000".into());
+        let text = "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${DST}\"\n\
+                    [dns]\nprovider = \"rfc2136\"\nzone = \"Example.com.\"\nname = \"www.example.com\"\n\
+                    old = [\"192.0.2.1\"]\nnew = [\"192.0.2.2\"]\n\
+                    [dns.rfc2136]\nserver = \"127.0.0.1:53\"\nkey_name = \"k\"\nsecret = \"${TSIG}\"\n\
+                    [traffic]\nlisten = \"0.0.0.0:${PORT}\"\nadmin_token = \"${TT}\"\n\
+                    [traffic.old]\nurl = \"http://127.0.0.1:5001\"\n[traffic.new]\nurl = \"https://new.example.com\"\n";
+        let plan = parse(text, Path::new("p.toml"), &e).unwrap();
+        let dns = plan.dns().unwrap();
+        assert_eq!(
+            (dns.zone.as_str(), dns.low_ttl),
+            ("example.com", Duration::from_secs(60))
+        );
+        assert_eq!(dns.authoritative, ["127.0.0.1:53".parse().unwrap()]);
+        let t = plan.traffic().unwrap();
+        assert_eq!(t.listen.port(), 5000);
+        assert_eq!(t.steps, [1, 5, 10, 25, 50, 100]);
+        assert_eq!(plan.traffic_state_path(), Path::new("p.traffic.json"));
+        let json = serde_json::to_string(&plan).unwrap();
+        assert!(
+            !json.contains("dHNpZy1zZWNyZXQ=") && !json.contains("traffic-token-1"),
+            "{json}"
+        );
+        let secrets = plan.secrets();
+        assert!(secrets.iter().any(|s| s.expose() == "traffic-token-1"));
+        assert!(secrets.iter().any(|s| s.expose() == "dHNpZy1zZWNyZXQ="));
+        let none = parse(
+            "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${DST}\"\n",
+            Path::new("p.toml"),
+            &e,
+        )
+        .unwrap();
+        assert!(none.dns().unwrap_err().contains("no [dns] section"));
+        assert!(none.traffic().unwrap_err().contains("no [traffic] section"));
     }
 }

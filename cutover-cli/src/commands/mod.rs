@@ -4,6 +4,7 @@ mod app;
 mod check;
 mod cleanup;
 mod demo;
+mod dns;
 mod follow;
 mod init;
 mod journal;
@@ -11,6 +12,7 @@ mod proxy;
 mod status;
 mod switchover;
 mod sync;
+mod traffic;
 mod verify;
 
 use std::path::Path;
@@ -40,6 +42,8 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::Proxy(args) => proxy::run(&g, args).await,
         Command::Demo(args) => demo::run(&g, args).await,
+        Command::Dns(command) => dns::run(&g, command).await,
+        Command::Traffic(command) => traffic::run(&g, command).await,
         Command::App(command) => app::run(&g, command),
     };
     match result {

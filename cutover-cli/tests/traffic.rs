@@ -1,0 +1,220 @@
+//! `cutover traffic` through the command line: the splitter as a process, the canary's dry
+//! run and a real canary, control commands, status.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TOKEN: &str = "cli-traffic-token-4471";
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// An origin answering 200 with its name.
+async fn origin(name: &'static str) -> String {
+    let app = axum::Router::new().fallback(move || async move { name });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn command(dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cutover"));
+    c.arg("--plan")
+        .arg(dir.join("cutover.toml"))
+        .args(args)
+        .env("SRC_URL", "postgres://app@127.0.0.1:1/src")
+        .env("DST_URL", "postgres://app@127.0.0.1:1/dst")
+        .env("TRAFFIC_TOKEN", TOKEN)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+fn cutover(dir: &std::path::Path, args: &[&str]) -> Out {
+    let out = command(dir, args).output().unwrap();
+    let o = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !o.stdout.contains(TOKEN) && !o.stderr.contains(TOKEN),
+        "the token leaked"
+    );
+    o
+}
+
+struct Serve(Child);
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_canary_and_control_from_the_command_line() {
+    let (old, new) = (origin("old").await, origin("new").await);
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cutover.toml"),
+        format!("[source]\nurl = \"${{SRC_URL}}\"\n[target]\nurl = \"${{DST_URL}}\"\n\n[traffic]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nadmin_token = \"${{TRAFFIC_TOKEN}}\"\nsteps = [20, 100]\ninterval = \"800ms\"\ncheck_every = \"400ms\"\nmin_requests = 2\n\n[traffic.old]\nurl = \"{old}\"\n\n[traffic.new]\nurl = \"{new}\"\nhost = \"new.example.net\"\n"),
+    )
+    .unwrap();
+
+    let dry = cutover(dir.path(), &["traffic", "canary", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(
+        dry.stdout,
+        format!("moves the splitter's weight (admin API {admin}); gates read the splitter's own metrics\nstep 1: 20% of new users to the new app, watched for 800ms, checked every 400ms\nstep 2: 100% of new users to the new app: promoted\ngates: success rate >= 99%, p99 <= 1000ms, at least 2 requests per check (fewer is no data, which fails); 1 failed check(s) in a row roll back to 0%\n")
+    );
+
+    let status = cutover(dir.path(), &["traffic", "status"]);
+    assert!(
+        status.stdout.contains("canary: never run"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .contains("start it with `cutover traffic serve`"),
+        "{}",
+        status.stdout
+    );
+
+    let _serve = Serve(
+        command(dir.path(), &["traffic", "serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut up = false;
+    for _ in 0..300 {
+        if cutover(dir.path(), &["traffic", "status"])
+            .stdout
+            .contains("splitter: 0% of new users")
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the splitter answered");
+
+    // Users arrive all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let url = format!("http://{listen}/");
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let _ = reqwest_free_get(&url).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let canary = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || cutover(&dir, &["traffic", "canary"])
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert_eq!(canary.code, 0, "{}{}", canary.stdout, canary.stderr);
+    assert_eq!(
+        canary.stdout,
+        "promoted: 100% of new users go to the new app\n"
+    );
+
+    let status = cutover(dir.path(), &["traffic", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(v["canary"]["phase"], "promoted");
+    assert_eq!(v["splitter"]["new_percent"], 100);
+
+    // No canary running: abort and promote move the splitter directly; pause needs a canary.
+    let r = cutover(dir.path(), &["traffic", "abort"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "splitter: 0% of new users to the new app\n")
+    );
+    let r = cutover(dir.path(), &["traffic", "pause"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr.trim(),
+        "error: no canary is running; start one with `cutover traffic canary`"
+    );
+    let journal = cutover(dir.path(), &["status"]);
+    assert!(
+        journal.stdout.contains("traffic.canary.step.1"),
+        "{}",
+        journal.stdout
+    );
+}
+
+/// One GET through a new connection.
+async fn reqwest_free_get(url: &str) -> Result<(), String> {
+    let stream =
+        tokio::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches('/'))
+            .await
+            .map_err(|e| e.to_string())?;
+    let mut stream = stream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![];
+    stream
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[test]
+fn a_bad_traffic_section_is_refused_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cutover.toml"),
+        "[source]\nurl = \"${SRC_URL}\"\n[target]\nurl = \"${DST_URL}\"\n[traffic]\nadmin_listen = \"0.0.0.0:8081\"\nadmin_token = \"${TRAFFIC_TOKEN}\"\nsteps = [10, 5]\n[traffic.old]\nurl = \"ftp://old\"\n[traffic.new]\nurl = \"http://new:80\"\nsni = \"x\"\nweight = 3\n",
+    )
+    .unwrap();
+    let r = cutover(dir.path(), &["traffic", "serve"]);
+    assert_eq!(r.code, 1);
+    let plan = dir.path().join("cutover.toml").display().to_string();
+    assert_eq!(
+        r.stderr.trim(),
+        format!("error: {plan}:14:1: unknown field `weight`, expected one of `url`, `host`, `sni`, `ca_file`")
+    );
+    std::fs::write(
+        dir.path().join("cutover.toml"),
+        "[source]\nurl = \"${SRC_URL}\"\n[target]\nurl = \"${DST_URL}\"\n[traffic]\nadmin_listen = \"0.0.0.0:8081\"\nadmin_token = \"${TRAFFIC_TOKEN}\"\nsteps = [10, 5]\n[traffic.old]\nurl = \"ftp://old\"\n[traffic.new]\nurl = \"http://new:80\"\n",
+    )
+    .unwrap();
+    let r = cutover(dir.path(), &["traffic", "serve"]);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("error: {plan}:6:16: traffic.admin_listen: must be a loopback address (127.0.0.1 or ::1): the admin API moves users"),
+            format!("error: {plan}:10:7: traffic.old.url: \"ftp://old\" is not an http(s) URL; write it like \"https://host:443\""),
+            format!("error: {plan}:8:14: traffic.steps: steps are percentages from 1 to 100 in increasing order, like [1, 5, 10, 25, 50, 100]"),
+            format!("error: {plan}: traffic.steps: the last step must be 100 (everyone on the new app)"),
+        ]
+    );
+}

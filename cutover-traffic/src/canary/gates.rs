@@ -1,0 +1,297 @@
+//! Where the canary's gates read, and how a check is judged.
+//!
+//! A check covers one window (`check_every`). From the splitter, the window is the
+//! difference of two `/status` snapshots of the new origin; from Prometheus, the queries
+//! are expected to cover a window themselves (`rate(...[1m])`). No number, or fewer requests
+//! than `min_requests`, is "no data", and no data fails the check: a canary that sees nothing
+//! must not be promoted.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+
+use crate::splitter::admin::AdminClient;
+use crate::splitter::metrics::Snapshot;
+use crate::splitter::Side;
+
+/// One window's numbers for the new origin.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Measured {
+    /// None when the source does not count requests (Prometheus).
+    pub requests: Option<u64>,
+    /// Percent.
+    pub success_rate: Option<f64>,
+    /// Seconds.
+    pub p99: Option<f64>,
+}
+
+/// The thresholds of a check.
+#[derive(Clone, Debug, Serialize)]
+pub struct Thresholds {
+    pub min_success_rate: f64,
+    #[serde(with = "humantime_serde_secs")]
+    pub max_p99: Duration,
+    pub min_requests: u64,
+}
+
+mod humantime_serde_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// What a check found.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Passed,
+    Failed { reason: String },
+    NoData { reason: String },
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        matches!(self, Verdict::Passed)
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed { reason } | Verdict::NoData { reason } => reason,
+        }
+    }
+}
+
+pub fn judge(m: &Measured, t: &Thresholds) -> Verdict {
+    if let Some(n) = m.requests {
+        if n < t.min_requests {
+            return Verdict::NoData {
+                reason: format!(
+                    "no data: {n} requests reached the new app in the window, fewer than traffic.min_requests ({})",
+                    t.min_requests
+                ),
+            };
+        }
+    }
+    let Some(rate) = m.success_rate else {
+        return Verdict::NoData {
+            reason: "no data: no success rate for the new app".into(),
+        };
+    };
+    let Some(p99) = m.p99 else {
+        return Verdict::NoData {
+            reason: "no data: no p99 latency for the new app".into(),
+        };
+    };
+    if rate < t.min_success_rate {
+        return Verdict::Failed {
+            reason: format!(
+                "success rate {rate:.2}% is below traffic.min_success_rate ({}%)",
+                t.min_success_rate
+            ),
+        };
+    }
+    if p99 > t.max_p99.as_secs_f64() {
+        return Verdict::Failed {
+            reason: format!(
+                "p99 latency {:.0}ms is above traffic.max_p99 ({}ms)",
+                p99 * 1000.0,
+                t.max_p99.as_millis()
+            ),
+        };
+    }
+    Verdict::Passed
+}
+
+/// A source of the new origin's numbers.
+pub trait Gates: Send + Sync {
+    /// Starts a window now.
+    fn begin(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// The numbers of the window since [`Gates::begin`].
+    fn measure(&self) -> BoxFuture<'_, Result<Measured, String>>;
+}
+
+/// The splitter's own metrics, read from its admin API.
+pub struct SplitterGates {
+    client: AdminClient,
+    start: Mutex<Option<Snapshot>>,
+}
+
+impl SplitterGates {
+    pub fn new(client: AdminClient) -> Self {
+        SplitterGates {
+            client,
+            start: Mutex::new(None),
+        }
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, String> {
+        let status = self.client.status().await?;
+        status
+            .origins
+            .into_iter()
+            .find(|o| o.side == Side::New)
+            .map(|o| o.metrics)
+            .ok_or_else(|| "the splitter's /status has no new origin".to_string())
+    }
+}
+
+impl Gates for SplitterGates {
+    fn begin(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let s = self.snapshot().await?;
+            *self.start.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+            Ok(())
+        })
+    }
+
+    fn measure(&self) -> BoxFuture<'_, Result<Measured, String>> {
+        Box::pin(async move {
+            let now = self.snapshot().await?;
+            let start = self
+                .start
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            let w = now.since(&start);
+            Ok(Measured {
+                requests: Some(w.requests),
+                success_rate: w.success_rate,
+                p99: w.p99,
+            })
+        })
+    }
+}
+
+/// Two PromQL queries, each giving one number.
+pub struct PrometheusGates {
+    pub url: String,
+    pub success_rate_query: String,
+    pub p99_query: String,
+}
+
+impl PrometheusGates {
+    /// The value of an instant query; None when it has no sample.
+    async fn scalar(&self, query: &str) -> Result<Option<f64>, String> {
+        let encoded: String = url_encode(query);
+        let (code, body) = crate::http::request(
+            hyper::Method::GET,
+            &format!("{}/api/v1/query?query={encoded}", self.url),
+            &[],
+            None,
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot query Prometheus at {} ({e}); check traffic.prometheus_url",
+                self.url
+            )
+        })?;
+        if !code.is_success() {
+            return Err(format!(
+                "Prometheus answered {code} to {query:?}: {}; fix the query in the plan",
+                String::from_utf8_lossy(&body).trim()
+            ));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("Prometheus' answer: {e}"))?;
+        let data = &v["data"];
+        let value = match data["resultType"].as_str() {
+            Some("scalar") => data["result"][1].as_str().map(str::to_string),
+            Some("vector") => data["result"][0]["value"][1].as_str().map(str::to_string),
+            _ => None,
+        };
+        Ok(value
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|f| f.is_finite()))
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Gates for PrometheusGates {
+    fn begin(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn measure(&self) -> BoxFuture<'_, Result<Measured, String>> {
+        Box::pin(async move {
+            Ok(Measured {
+                requests: None,
+                success_rate: self.scalar(&self.success_rate_query).await?,
+                p99: self.scalar(&self.p99_query).await?,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Thresholds {
+        Thresholds {
+            min_success_rate: 99.0,
+            max_p99: Duration::from_millis(500),
+            min_requests: 10,
+        }
+    }
+
+    #[test]
+    fn no_data_fails_and_thresholds_are_named() {
+        let none = judge(&Measured::default(), &t());
+        assert!(!none.passed());
+        let few = judge(
+            &Measured {
+                requests: Some(3),
+                success_rate: Some(100.0),
+                p99: Some(0.01),
+            },
+            &t(),
+        );
+        assert!(matches!(few, Verdict::NoData { .. }), "{few:?}");
+        let bad = judge(
+            &Measured {
+                requests: Some(100),
+                success_rate: Some(90.0),
+                p99: Some(0.01),
+            },
+            &t(),
+        );
+        assert!(bad.reason().contains("min_success_rate"), "{bad:?}");
+        let slow = judge(
+            &Measured {
+                requests: Some(100),
+                success_rate: Some(100.0),
+                p99: Some(0.9),
+            },
+            &t(),
+        );
+        assert!(slow.reason().contains("max_p99"), "{slow:?}");
+        let good = judge(
+            &Measured {
+                requests: None,
+                success_rate: Some(99.5),
+                p99: Some(0.2),
+            },
+            &t(),
+        );
+        assert!(good.passed());
+    }
+}

@@ -1,0 +1,448 @@
+//! The canary: `cutover traffic canary`.
+//!
+//! Steps of weights for the new app (1, 5, 10, 25, 50, 100 by default). Each step sets the
+//! weight, then watches the new app for `interval`, checking the gates every `check_every`;
+//! `failure_threshold` failed checks in a row (no data counts as failed) roll the weight back
+//! to 0% at once. Reaching the last step promotes.
+//!
+//! Every step is journaled (intent, then outcome) and the canary's state is a journal fact
+//! written before each weight change, so a killed canary started again resumes at the step it
+//! was on. `promote`, `abort`, `pause` and `resume` come from other processes through the
+//! journal too: the running canary reads them between checks.
+
+pub mod gates;
+
+use std::time::Duration;
+
+use cutover_core::engine::Steps;
+use cutover_core::journal::now_ms;
+use cutover_core::plan::TrafficSettings;
+use cutover_core::{Journal, JournalError};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use gates::{judge, Gates, Thresholds, Verdict};
+
+/// Journal fact with the canary's [`State`].
+pub const STATE_FACT: &str = "traffic.canary";
+/// Journal fact with a pending [`Control`].
+pub const CONTROL_FACT: &str = "traffic.canary.control";
+
+/// Where a canary is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Running,
+    Paused,
+    Promoted,
+    RolledBack,
+    Aborted,
+}
+
+impl Phase {
+    pub fn finished(self) -> bool {
+        matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted)
+    }
+}
+
+/// The canary's state, kept in the journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Index into the steps.
+    pub step: usize,
+    /// The weight of the new app, percent.
+    pub new_percent: u8,
+    pub phase: Phase,
+    /// Why it was rolled back or aborted.
+    pub reason: Option<String>,
+    pub updated_ms: i64,
+}
+
+/// A request from `cutover traffic promote|abort|pause|resume`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Control {
+    Promote,
+    Abort,
+    Pause,
+    Resume,
+}
+
+impl Control {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Control::Promote => "promote",
+            Control::Abort => "abort",
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CanaryError {
+    #[error("cannot set the weight: {0}")]
+    Weight(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// The canary's settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct Canary {
+    pub steps: Vec<u8>,
+    #[serde(with = "secs")]
+    pub interval: Duration,
+    #[serde(with = "secs")]
+    pub check_every: Duration,
+    pub failure_threshold: u32,
+    pub thresholds: Thresholds,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+impl Canary {
+    pub fn from_settings(t: &TrafficSettings) -> Canary {
+        Canary {
+            steps: t.steps.clone(),
+            interval: t.interval,
+            check_every: t.check_every,
+            failure_threshold: t.failure_threshold,
+            thresholds: Thresholds {
+                min_success_rate: t.min_success_rate,
+                max_p99: t.max_p99,
+                min_requests: t.min_requests,
+            },
+        }
+    }
+
+    /// `--dry-run`: one line per step and the gates, changing nothing.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = vec![];
+        let n = self.steps.len();
+        for (i, p) in self.steps.iter().enumerate() {
+            if i + 1 == n {
+                out.push(format!(
+                    "step {}: {p}% of new users to the new app: promoted",
+                    i + 1
+                ));
+            } else {
+                out.push(format!(
+                    "step {}: {p}% of new users to the new app, watched for {}, checked every {}",
+                    i + 1,
+                    humantime::format_duration(self.interval),
+                    humantime::format_duration(self.check_every)
+                ));
+            }
+        }
+        out.push(format!(
+            "gates: success rate >= {}%, p99 <= {}ms, at least {} requests per check (fewer is no data, which fails); {} failed check(s) in a row roll back to 0%",
+            self.thresholds.min_success_rate,
+            self.thresholds.max_p99.as_millis(),
+            self.thresholds.min_requests,
+            self.failure_threshold
+        ));
+        out
+    }
+}
+
+/// What moves the weight: the splitter, or the DNS provider's weighted records.
+pub trait Weights: Send + Sync {
+    fn set(&self, new_percent: u8) -> BoxFuture<'_, Result<(), String>>;
+}
+
+impl Weights for crate::splitter::admin::AdminClient {
+    fn set(&self, new_percent: u8) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.set_new_percent(new_percent).await.map(|_| ()) })
+    }
+}
+
+/// The canary's state as the journal holds it.
+pub fn state(journal: &Journal) -> Result<Option<State>, JournalError> {
+    Ok(journal
+        .fact(STATE_FACT)?
+        .and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// Leaves a request for the running canary.
+pub fn request(journal: &Journal, control: Control) -> Result<(), JournalError> {
+    journal.set_fact(CONTROL_FACT, Some(control.as_str()))
+}
+
+fn take_control(journal: &Journal) -> Result<Option<Control>, JournalError> {
+    let c = journal.fact(CONTROL_FACT)?;
+    if c.is_some() {
+        journal.set_fact(CONTROL_FACT, None)?;
+    }
+    Ok(c.and_then(|t| serde_json::from_value(serde_json::Value::String(t)).ok()))
+}
+
+fn save(journal: &Journal, s: &State) -> Result<(), JournalError> {
+    journal.set_fact(
+        STATE_FACT,
+        Some(&serde_json::to_string(s).unwrap_or_default()),
+    )
+}
+
+/// What a step's watch ended with.
+enum Watch {
+    Passed,
+    RollBack(String),
+    Promote,
+    Abort,
+}
+
+/// How the canary ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    pub phase: Phase,
+    pub new_percent: u8,
+    pub reason: Option<String>,
+    /// The step it started from (non-zero when it resumed).
+    pub resumed_at: usize,
+}
+
+/// How often a watch looks for promote/abort/pause between checks.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Runs the canary to its end: promoted, rolled back or aborted.
+pub async fn run(
+    canary: &Canary,
+    weights: &dyn Weights,
+    gates: &dyn Gates,
+    steps: &Steps<'_>,
+    report: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Outcome, CanaryError> {
+    let journal = steps.journal();
+    let mut state = match state(journal)? {
+        Some(s) if !s.phase.finished() && s.step < canary.steps.len() => {
+            report(&format!(
+                "resuming at step {} ({}%)",
+                s.step + 1,
+                canary.steps[s.step]
+            ));
+            s
+        }
+        _ => {
+            // A new canary: requests left for an earlier one do not apply.
+            journal.set_fact(CONTROL_FACT, None)?;
+            State {
+                step: 0,
+                new_percent: 0,
+                phase: Phase::Running,
+                reason: None,
+                updated_ms: now_ms(),
+            }
+        }
+    };
+    let resumed_at = state.step;
+    loop {
+        let p = canary.steps[state.step];
+        state.new_percent = p;
+        state.updated_ms = now_ms();
+        save(journal, &state)?;
+        steps
+            .run(
+                &format!("traffic.canary.step.{}", state.step + 1),
+                &format!("send {p}% of new users to the new app"),
+                || async {
+                    weights.set(p).await.map_err(CanaryError::Weight)?;
+                    Ok::<_, CanaryError>(format!("new app at {p}%"))
+                },
+            )
+            .await?;
+        report(&format!("step {}: new app at {p}%", state.step + 1));
+        let last = state.step + 1 == canary.steps.len();
+        let watch = if last {
+            Watch::Promote
+        } else {
+            watch(canary, gates, journal, &mut state, report).await?
+        };
+        match watch {
+            Watch::Passed => state.step += 1,
+            Watch::Promote => {
+                if !last {
+                    set(
+                        steps,
+                        weights,
+                        "traffic.canary.promote",
+                        100,
+                        "promoted by request",
+                    )
+                    .await?;
+                }
+                return finish(journal, state, Phase::Promoted, 100, None, resumed_at);
+            }
+            Watch::Abort => {
+                set(
+                    steps,
+                    weights,
+                    "traffic.canary.abort",
+                    0,
+                    "aborted by request",
+                )
+                .await?;
+                let why = Some("aborted by `cutover traffic abort`".to_string());
+                return finish(journal, state, Phase::Aborted, 0, why, resumed_at);
+            }
+            Watch::RollBack(reason) => {
+                set(steps, weights, "traffic.canary.rollback", 0, &reason).await?;
+                report(&format!("rolled back to 0%: {reason}"));
+                return finish(
+                    journal,
+                    state,
+                    Phase::RolledBack,
+                    0,
+                    Some(reason),
+                    resumed_at,
+                );
+            }
+        }
+    }
+}
+
+async fn set(
+    steps: &Steps<'_>,
+    weights: &dyn Weights,
+    step: &str,
+    p: u8,
+    why: &str,
+) -> Result<(), CanaryError> {
+    steps
+        .run(step, &format!("set the new app to {p}%: {why}"), || async {
+            weights.set(p).await.map_err(CanaryError::Weight)?;
+            Ok::<_, CanaryError>(format!("new app at {p}%"))
+        })
+        .await
+        .map(|_| ())
+}
+
+fn finish(
+    journal: &Journal,
+    mut state: State,
+    phase: Phase,
+    p: u8,
+    reason: Option<String>,
+    resumed_at: usize,
+) -> Result<Outcome, CanaryError> {
+    state.phase = phase;
+    state.new_percent = p;
+    state.reason = reason.clone();
+    state.updated_ms = now_ms();
+    save(journal, &state)?;
+    Ok(Outcome {
+        phase,
+        new_percent: p,
+        reason,
+        resumed_at,
+    })
+}
+
+/// Watches one step for `interval`, checking every `check_every`.
+async fn watch(
+    canary: &Canary,
+    gates: &dyn Gates,
+    journal: &Journal,
+    state: &mut State,
+    report: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Watch, CanaryError> {
+    let mut failures = 0u32;
+    let mut watched = Duration::ZERO;
+    'window: while watched < canary.interval {
+        let window = canary.check_every.min(canary.interval - watched);
+        let begun = gates.begin().await;
+        let mut waited = Duration::ZERO;
+        while waited < window {
+            let nap = POLL.min(window - waited);
+            tokio::time::sleep(nap).await;
+            waited += nap;
+            match take_control(journal)? {
+                Some(Control::Promote) => return Ok(Watch::Promote),
+                Some(Control::Abort) => return Ok(Watch::Abort),
+                Some(Control::Pause) => {
+                    state.phase = Phase::Paused;
+                    state.updated_ms = now_ms();
+                    save(journal, state)?;
+                    report("paused; `cutover traffic resume` goes on");
+                    loop {
+                        tokio::time::sleep(POLL).await;
+                        match take_control(journal)? {
+                            Some(Control::Resume) => break,
+                            Some(Control::Promote) => return Ok(Watch::Promote),
+                            Some(Control::Abort) => return Ok(Watch::Abort),
+                            _ => {}
+                        }
+                    }
+                    state.phase = Phase::Running;
+                    state.updated_ms = now_ms();
+                    save(journal, state)?;
+                    report("resumed");
+                    // The window is started again: what happened while paused is not judged.
+                    continue 'window;
+                }
+                Some(Control::Resume) | None => {}
+            }
+        }
+        watched += window;
+        let verdict = match begun {
+            Err(e) => Verdict::NoData {
+                reason: format!("no data: {e}"),
+            },
+            Ok(()) => match gates.measure().await {
+                Ok(m) => judge(&m, &canary.thresholds),
+                Err(e) => Verdict::NoData {
+                    reason: format!("no data: {e}"),
+                },
+            },
+        };
+        if verdict.passed() {
+            failures = 0;
+            report(&format!("  check passed at {}%", state.new_percent));
+        } else {
+            failures += 1;
+            report(&format!(
+                "  check failed at {}% ({failures}/{}): {}",
+                state.new_percent,
+                canary.failure_threshold,
+                verdict.reason()
+            ));
+            if failures >= canary.failure_threshold {
+                return Ok(Watch::RollBack(verdict.reason().to_string()));
+            }
+        }
+    }
+    Ok(Watch::Passed)
+}
+
+/// The weight as the DNS provider's weighted records (traffic.weights_via = "dns"). Each
+/// change is its own journaled step and waits for the TTL planner's safe time unless forced.
+pub struct DnsWeights<'a> {
+    pub provider: &'a dyn crate::dns::DnsProvider,
+    pub settings: &'a cutover_core::plan::DnsSettings,
+    pub steps: &'a Steps<'a>,
+    pub force: bool,
+}
+
+impl Weights for DnsWeights<'_> {
+    fn set(&self, new_percent: u8) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            crate::dns::ops::set_split(
+                self.provider,
+                self.settings,
+                new_percent,
+                self.force,
+                self.steps,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
+    }
+}

@@ -1,0 +1,423 @@
+//! Accepting clients and forwarding their requests.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::route::{choose, sticky_side, Side};
+use super::{InFlight, Shared};
+use crate::http::{full, Body, BoxError};
+
+pub(super) async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared2 = shared.clone();
+        let stop = stop.clone();
+        shared.tasks.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared2.clone();
+                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    // Finish the request in progress, then close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// Headers that belong to one connection, not to the request.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        if keep_upgrade && (h == "connection" || h == "upgrade") {
+            continue;
+        }
+        headers.remove(h);
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn error_response(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(full(format!("{text}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The request as the origin `side` gets it: its Host, forwarding headers.
+fn for_origin(
+    shared: &Shared,
+    side: Side,
+    parts: &hyper::http::request::Parts,
+    peer: SocketAddr,
+    upgrade: bool,
+) -> hyper::http::request::Builder {
+    let origin = shared.origin(side);
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers, upgrade);
+    let client_host = parts.headers.get(header::HOST).cloned();
+    let host = match &origin.host {
+        Some(h) => HeaderValue::from_str(h).ok(),
+        None => client_host.clone(),
+    }
+    .or_else(|| HeaderValue::from_str(&origin.target.authority()).ok());
+    if let Some(h) = host {
+        headers.insert(header::HOST, h);
+    }
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let Some(h) = client_host {
+        headers.entry("x-forwarded-host").or_insert(h);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut b = Request::builder()
+        .method(parts.method.clone())
+        .uri(path)
+        .version(hyper::Version::HTTP_11);
+    if let Some(h) = b.headers_mut() {
+        *h = headers;
+    }
+    b
+}
+
+enum Failure {
+    /// The request never left: it can go again whatever it is.
+    NotSent(Option<Box<Request<Body>>>, String),
+    /// It may have reached the origin.
+    Sent(String),
+}
+
+/// A connection to the origin: an idle one, or a new one.
+async fn connection(shared: &Shared, side: Side) -> Result<SendRequest<Body>, String> {
+    let origin = shared.origin(side);
+    match origin.checkout() {
+        Some(s) => Ok(s),
+        None => origin.target.handshake().await.map_err(|e| e.to_string()),
+    }
+}
+
+async fn send(
+    shared: &Shared,
+    side: Side,
+    mut sender: SendRequest<Body>,
+    req: Request<Body>,
+) -> Result<(Response<Incoming>, SendRequest<Body>), Failure> {
+    let origin = shared.origin(side);
+    let mut req = req;
+    // A kept connection may have been closed by the origin meanwhile: hyper hands the
+    // request back when it was not written, and a fresh connection takes it.
+    for fresh in [false, true] {
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, sender)),
+            Err(mut e) => match e.take_message() {
+                Some(back) if !fresh => {
+                    req = back;
+                    sender = match origin.target.handshake().await {
+                        Ok(s) => s,
+                        Err(err) => {
+                            return Err(Failure::NotSent(Some(Box::new(req)), err.to_string()))
+                        }
+                    };
+                }
+                Some(back) => {
+                    return Err(Failure::NotSent(
+                        Some(Box::new(back)),
+                        e.error().to_string(),
+                    ))
+                }
+                None => return Err(Failure::Sent(e.error().to_string())),
+            },
+        }
+    }
+    unreachable!("the second attempt returns")
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let sticky = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| sticky_side(c, &shared.sticky_cookie));
+    let up = [
+        shared.origin(Side::Old).is_up(),
+        shared.origin(Side::New).is_up(),
+    ];
+    let mut side = choose(shared.new_percent(), sticky, up, rand::random::<u8>() % 100);
+    if is_upgrade(&req) {
+        return upgrade(shared, req, peer, side).await;
+    }
+    let replayable = idempotent(req.method()) && req.body().is_end_stream();
+    let (parts, body) = req.into_parts();
+    // The client's body goes to the first attempt; later attempts happen only when it was
+    // handed back unsent, or when there is none.
+    let mut body: Option<Body> = Some(body.map_err(BoxError::from).boxed());
+    let mut attempts = 0;
+    loop {
+        let origin = shared.origin(side);
+        let guard = InFlight::new(&shared, side);
+        let started = Instant::now();
+        let failure = match connection(&shared, side).await {
+            Err(reason) => Failure::NotSent(None, reason),
+            Ok(sender) => {
+                let b = body.take().unwrap_or_else(crate::http::empty);
+                let out = match for_origin(&shared, side, &parts, peer, false).body(b) {
+                    Ok(r) => r,
+                    Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+                };
+                match send(&shared, side, sender, out).await {
+                    Ok((resp, sender)) => {
+                        origin
+                            .metrics
+                            .record(Some(resp.status().as_u16()), started.elapsed());
+                        return respond(&shared, side, sticky, resp, sender, guard);
+                    }
+                    Err(Failure::NotSent(back, reason)) => {
+                        body = back.map(|r| r.into_body());
+                        Failure::NotSent(None, reason)
+                    }
+                    Err(f) => f,
+                }
+            }
+        };
+        drop(guard);
+        let (retry, reason) = match failure {
+            Failure::NotSent(_, reason) => {
+                origin.mark_failed();
+                (body.is_some() || replayable, reason)
+            }
+            Failure::Sent(reason) => (replayable, reason),
+        };
+        attempts += 1;
+        if !retry || attempts > shared.retries {
+            origin.metrics.record(None, started.elapsed());
+            tracing::warn!(origin = side.as_str(), "request failed: {reason}");
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("the {} origin did not answer", side.as_str()),
+            );
+        }
+        origin.metrics.retried();
+        let other = side.other();
+        if shared.origin(other).is_up() {
+            side = other;
+        }
+    }
+}
+
+/// The origin's response, streamed back, with the sticky cookie when the user has none for
+/// this side. The connection goes back to the idle list once the body is read to its end.
+fn respond(
+    shared: &Arc<Shared>,
+    side: Side,
+    sticky: Option<Side>,
+    resp: Response<Incoming>,
+    sender: SendRequest<Body>,
+    guard: InFlight,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    if sticky != Some(side) {
+        let cookie = format!(
+            "{}={}; Path=/; HttpOnly; SameSite=Lax",
+            shared.sticky_cookie,
+            side.as_str()
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            parts.headers.append(header::SET_COOKIE, v);
+        }
+    }
+    let body = Tracked {
+        inner: body,
+        sender: Some(sender),
+        shared: shared.clone(),
+        side,
+        _guard: guard,
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// A response body that holds its request's place in flight and returns the connection to
+/// the idle list when the body ends.
+struct Tracked {
+    inner: Incoming,
+    sender: Option<SendRequest<Body>>,
+    shared: Arc<Shared>,
+    side: Side,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => {
+                if let Some(s) = self.sender.take() {
+                    if self.side.share(self.shared.new_percent()) > 0 {
+                        self.shared.origin(self.side).checkin(s);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.sender = None;
+            }
+            _ => {}
+        }
+        r.map(|o| o.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// WebSocket and other upgrades: a connection of their own, then bytes both ways.
+async fn upgrade(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    side: Side,
+) -> Response<Body> {
+    let origin = shared.origin(side);
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _) = req.into_parts();
+    let out = match for_origin(&shared, side, &parts, peer, true).body(crate::http::empty()) {
+        Ok(r) => r,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let started = Instant::now();
+    let mut sender = match origin.target.handshake().await {
+        Ok(s) => s,
+        Err(e) => {
+            origin.mark_failed();
+            origin.metrics.record(None, started.elapsed());
+            tracing::warn!(origin = side.as_str(), "upgrade failed: {e}");
+            return error_response(StatusCode::BAD_GATEWAY, "the origin did not answer");
+        }
+    };
+    let mut resp = match sender.send_request(out).await {
+        Ok(r) => r,
+        Err(e) => {
+            origin.metrics.record(None, started.elapsed());
+            tracing::warn!(origin = side.as_str(), "upgrade failed: {e}");
+            return error_response(StatusCode::BAD_GATEWAY, "the origin did not answer");
+        }
+    };
+    origin
+        .metrics
+        .record(Some(resp.status().as_u16()), started.elapsed());
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (parts, body) = resp.into_parts();
+        return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
+    }
+    let origin_upgrade = hyper::upgrade::on(&mut resp);
+    let guard = InFlight::new(&shared, side);
+    shared.tasks.spawn(async move {
+        let _guard = guard;
+        if let (Ok(client), Ok(server)) = (client_upgrade.await, origin_upgrade.await) {
+            let mut client = TokioIo::new(client);
+            let mut server = TokioIo::new(server);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, crate::http::empty())
+}

@@ -1,0 +1,404 @@
+//! The weighted HTTP splitter: `cutover traffic serve`.
+//!
+//! A reverse proxy with two origins, old and new. Each request is routed by [`route::choose`]
+//! (weight, sticky cookie, health); the weight is moved by the admin API (the canary) and kept
+//! in a file beside the plan, so a restarted splitter goes on with the weight it had.
+//!
+//! - Retries: a request is sent again, to the other origin when it is up, only after a
+//!   connection failure, and only when that is safe: the request was provably never sent
+//!   (the connection could not be made, or hyper handed the request back), or it is
+//!   idempotent with no body.
+//! - Draining: requests in flight are never cut. When an origin's weight drops to 0 its idle
+//!   connections are closed; those in use finish, and `/status` shows the origin as
+//!   draining until none is left. At shutdown the splitter stops accepting and waits up to
+//!   `drain_timeout` for requests in flight.
+//! - Upgrades (WebSocket) get a connection of their own and are copied both ways; bodies
+//!   are streamed in both directions, never buffered.
+
+pub mod admin;
+mod forward;
+mod health;
+pub mod metrics;
+pub mod route;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover_core::{Plan, Secret};
+use hyper::client::conn::http1::SendRequest;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::http::{Body, Target};
+use metrics::{OriginMetrics, Snapshot};
+pub use route::Side;
+
+/// One origin as configured.
+#[derive(Clone, Debug)]
+pub struct OriginConfig {
+    /// "http(s)://host:port".
+    pub url: String,
+    /// Host header to send. Default: the client's.
+    pub host: Option<String>,
+    /// TLS server name. Default: the URL's host.
+    pub sni: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Secret,
+    pub old: OriginConfig,
+    pub new: OriginConfig,
+    pub sticky_cookie: String,
+    pub health_path: String,
+    pub health_interval: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+    pub drain_timeout: Duration,
+    pub retries: u32,
+    /// Where the weight is kept; None keeps it in memory only.
+    pub state_path: Option<PathBuf>,
+}
+
+impl Config {
+    /// The plan's [traffic] section.
+    pub fn from_plan(plan: &Plan) -> Result<Config, String> {
+        let t = plan.traffic()?;
+        let origin = |o: &cutover_core::plan::OriginSettings| OriginConfig {
+            url: o.url.clone(),
+            host: o.host.clone(),
+            sni: o.sni.clone(),
+            ca_file: o.ca_file.clone(),
+        };
+        Ok(Config {
+            listen: t.listen,
+            admin_listen: t.admin_listen,
+            admin_token: t.admin_token.clone(),
+            old: origin(&t.old),
+            new: origin(&t.new),
+            sticky_cookie: t.sticky_cookie.clone(),
+            health_path: t.health_path.clone(),
+            health_interval: t.health_interval,
+            unhealthy_after: t.unhealthy_after,
+            healthy_after: t.healthy_after,
+            drain_timeout: t.drain_timeout,
+            retries: t.retries,
+            state_path: Some(plan.traffic_state_path()),
+        })
+    }
+}
+
+/// An origin while the splitter runs.
+pub struct Origin {
+    pub side: Side,
+    pub url: String,
+    pub target: Target,
+    pub host: Option<String>,
+    up: AtomicBool,
+    in_flight: AtomicU64,
+    idle: Mutex<Vec<SendRequest<Body>>>,
+    pub metrics: OriginMetrics,
+    /// Health check streaks: passed, failed.
+    streak: Mutex<(u32, u32)>,
+}
+
+/// Idle connections kept per origin.
+const MAX_IDLE: usize = 256;
+
+impl Origin {
+    fn new(side: Side, c: &OriginConfig) -> Result<Origin, String> {
+        Ok(Origin {
+            side,
+            url: c.url.clone(),
+            target: Target::new(&c.url, c.sni.as_deref(), c.ca_file.as_deref())
+                .map_err(|e| format!("traffic.{}: {e}", side.as_str()))?,
+            host: c.host.clone(),
+            up: AtomicBool::new(true),
+            in_flight: AtomicU64::new(0),
+            idle: Mutex::new(vec![]),
+            metrics: OriginMetrics::default(),
+            streak: Mutex::new((0, 0)),
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A request failed to reach this origin: down at once; health checks bring it back.
+    fn mark_failed(&self) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                origin = self.side.as_str(),
+                "origin unreachable: marked down"
+            );
+        }
+        *lock(&self.streak) = (0, 0);
+        lock(&self.idle).clear();
+    }
+
+    /// A health check's result; returns the new state when it changed.
+    fn checked(&self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
+        let mut s = lock(&self.streak);
+        if ok {
+            *s = (s.0.saturating_add(1), 0);
+        } else {
+            *s = (0, s.1.saturating_add(1));
+        }
+        let up = self.is_up();
+        if !up && s.0 >= healthy_after {
+            self.up.store(true, Ordering::Relaxed);
+            return Some(true);
+        }
+        if up && s.1 >= unhealthy_after {
+            self.up.store(false, Ordering::Relaxed);
+            lock(&self.idle).clear();
+            return Some(false);
+        }
+        None
+    }
+
+    /// An idle connection ready for a request, if one is kept.
+    fn checkout(&self) -> Option<SendRequest<Body>> {
+        let mut idle = lock(&self.idle);
+        while let Some(s) = idle.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<Body>) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE && !sender.is_closed() {
+            idle.push(sender);
+        }
+    }
+
+    /// Closes the idle connections (those in use finish their request).
+    fn close_idle(&self) {
+        lock(&self.idle).clear();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts a request (or upgraded connection) in flight at an origin until dropped.
+pub(crate) struct InFlight(Arc<Shared>, Side);
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>, side: Side) -> InFlight {
+        shared
+            .origin(side)
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        InFlight(shared.clone(), side)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .origin(self.1)
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// State every connection and the admin API share.
+pub struct Shared {
+    origins: [Origin; 2],
+    weight: watch::Sender<u8>,
+    sticky_cookie: String,
+    retries: u32,
+    admin_token: Secret,
+    state_path: Option<PathBuf>,
+    tasks: TaskTracker,
+}
+
+/// One origin in `/status`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct OriginStatus {
+    pub side: Side,
+    pub url: String,
+    pub up: bool,
+    /// Share of new users, percent.
+    pub weight: u8,
+    pub in_flight: u64,
+    /// Weight 0 and requests still in flight.
+    pub draining: bool,
+    pub metrics: Snapshot,
+}
+
+/// `GET /status`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Status {
+    /// Percent of new users sent to the new origin.
+    pub new_percent: u8,
+    pub origins: Vec<OriginStatus>,
+}
+
+impl Shared {
+    pub fn origin(&self, side: Side) -> &Origin {
+        &self.origins[side.index()]
+    }
+
+    pub fn new_percent(&self) -> u8 {
+        *self.weight.borrow()
+    }
+
+    /// Moves the weight, keeps it on disk first, and closes idle connections of an origin
+    /// that no longer gets new users.
+    pub fn set_new_percent(&self, p: u8) -> Result<(), String> {
+        let p = p.min(100);
+        if let Some(path) = &self.state_path {
+            state::save(path, p)?;
+        }
+        self.weight.send_replace(p);
+        for side in Side::BOTH {
+            if side.share(p) == 0 {
+                self.origin(side).close_idle();
+            }
+        }
+        tracing::info!(new_percent = p, "weight changed");
+        Ok(())
+    }
+
+    pub fn status(&self) -> Status {
+        let p = self.new_percent();
+        Status {
+            new_percent: p,
+            origins: Side::BOTH
+                .iter()
+                .map(|s| {
+                    let o = self.origin(*s);
+                    OriginStatus {
+                        side: *s,
+                        url: o.url.clone(),
+                        up: o.is_up(),
+                        weight: s.share(p),
+                        in_flight: o.in_flight(),
+                        draining: s.share(p) == 0 && o.in_flight() > 0,
+                        metrics: o.metrics.snapshot(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    pub fn prometheus(&self) -> String {
+        let p = self.new_percent();
+        let rows: Vec<_> = Side::BOTH
+            .iter()
+            .map(|s| {
+                let o = self.origin(*s);
+                (
+                    metrics::Gauges {
+                        origin: s.as_str(),
+                        up: o.is_up(),
+                        weight: s.share(p),
+                        in_flight: o.in_flight(),
+                    },
+                    o.metrics.snapshot(),
+                )
+            })
+            .collect();
+        metrics::render(&rows)
+    }
+}
+
+/// A running splitter.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: CancellationToken,
+    drain_timeout: Duration,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish (up to `drain_timeout`), and returns
+    /// how many were still running when it gave up.
+    pub async fn stop(self) -> u64 {
+        self.stop.cancel();
+        self.shared.tasks.close();
+        let _ = tokio::time::timeout(self.drain_timeout, self.shared.tasks.wait()).await;
+        Side::BOTH
+            .iter()
+            .map(|s| self.shared.origin(*s).in_flight())
+            .sum()
+    }
+}
+
+/// Binds both listeners and starts serving.
+pub async fn start(config: Config) -> Result<Running, String> {
+    let weight = match &config.state_path {
+        Some(path) => state::load(path)?.unwrap_or(0),
+        None => 0,
+    };
+    let shared = Arc::new(Shared {
+        origins: [
+            Origin::new(Side::Old, &config.old)?,
+            Origin::new(Side::New, &config.new)?,
+        ],
+        weight: watch::Sender::new(weight),
+        sticky_cookie: config.sticky_cookie.clone(),
+        retries: config.retries,
+        admin_token: config.admin_token.clone(),
+        state_path: config.state_path.clone(),
+        tasks: TaskTracker::new(),
+    });
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {} ({e}); set traffic.listen to a free address",
+            config.listen
+        )
+    })?;
+    let admin_listener = TcpListener::bind(config.admin_listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {} ({e}); set traffic.admin_listen to a free address",
+            config.admin_listen
+        )
+    })?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let stop = CancellationToken::new();
+    let tasks = shared.tasks.clone();
+    tasks.spawn(forward::accept(listener, shared.clone(), stop.clone()));
+    tasks.spawn(admin::serve(admin_listener, shared.clone(), stop.clone()));
+    for side in Side::BOTH {
+        tasks.spawn(health::check_loop(
+            shared.clone(),
+            side,
+            config.health_path.clone(),
+            config.health_interval,
+            config.healthy_after,
+            config.unhealthy_after,
+            stop.clone(),
+        ));
+    }
+    Ok(Running {
+        addr,
+        admin_addr,
+        shared,
+        stop,
+        drain_timeout: config.drain_timeout,
+    })
+}

@@ -1,0 +1,236 @@
+//! The canary with two local origins behind the splitter and a steady load.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{get, splitter, Origin, TOKEN};
+use cutover_core::engine::Steps;
+use cutover_core::{Journal, Secret};
+use cutover_traffic::canary::gates::{SplitterGates, Thresholds};
+use cutover_traffic::canary::{self, Canary, Control, Phase, Weights};
+use cutover_traffic::splitter::admin::AdminClient;
+use futures_util::future::BoxFuture;
+
+fn canary(interval_ms: u64) -> Canary {
+    Canary {
+        steps: vec![10, 50, 100],
+        interval: Duration::from_millis(interval_ms),
+        check_every: Duration::from_millis(interval_ms / 2),
+        failure_threshold: 1,
+        thresholds: Thresholds {
+            min_success_rate: 95.0,
+            max_p99: Duration::from_secs(5),
+            min_requests: 3,
+        },
+    }
+}
+
+/// Requests without cookies until dropped, like a stream of new users.
+struct Load(Arc<AtomicBool>);
+impl Load {
+    fn start(addr: std::net::SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        for _ in 0..2 {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    get(addr, "GET", "/", None, b"").await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            });
+        }
+        Load(stop)
+    }
+}
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The splitter's admin client, remembering every weight it was asked to set.
+struct Recording(AdminClient, Mutex<Vec<u8>>);
+impl Weights for Recording {
+    fn set(&self, p: u8) -> BoxFuture<'_, Result<(), String>> {
+        self.1.lock().unwrap().push(p);
+        self.0.set(p)
+    }
+}
+
+fn journal(dir: &tempfile::TempDir) -> Journal {
+    Journal::open(&dir.path().join("cutover.journal.db")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_new_origin_is_promoted_to_100() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let s = splitter(&old, &new).await;
+    let _load = Load::start(s.addr);
+    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    let j = journal(&dir);
+    let run = j.begin_run("traffic canary").unwrap();
+    let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
+    let steps = Steps::new(&j, run, &obs);
+    let weights = Recording(admin.clone(), Mutex::new(vec![]));
+    let out = canary::run(
+        &canary(1200),
+        &weights,
+        &SplitterGates::new(admin.clone()),
+        &steps,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!((out.phase, out.new_percent), (Phase::Promoted, 100));
+    assert_eq!(*weights.1.lock().unwrap(), [10, 50, 100]);
+    assert_eq!(admin.status().await.unwrap().new_percent, 100);
+    let names: Vec<String> = j.timeline().unwrap()[0]
+        .steps
+        .iter()
+        .map(|s| s.step.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "traffic.canary.step.1",
+            "traffic.canary.step.2",
+            "traffic.canary.step.3"
+        ]
+    );
+    assert_eq!(canary::state(&j).unwrap().unwrap().phase, Phase::Promoted);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_new_origin_is_rolled_back_to_0_within_one_interval() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    new.fail(true);
+    let s = splitter(&old, &new).await;
+    let _load = Load::start(s.addr);
+    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    let j = journal(&dir);
+    let run = j.begin_run("traffic canary").unwrap();
+    let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
+    let steps = Steps::new(&j, run, &obs);
+    let weights = Recording(admin.clone(), Mutex::new(vec![]));
+    let out = canary::run(
+        &canary(1200),
+        &weights,
+        &SplitterGates::new(admin.clone()),
+        &steps,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.phase, Phase::RolledBack);
+    // The first check at 10% failed and the next weight set was 0: within one interval.
+    assert_eq!(*weights.1.lock().unwrap(), [10, 0]);
+    let reason = out.reason.unwrap();
+    assert!(
+        reason.contains("below traffic.min_success_rate"),
+        "{reason}"
+    );
+    assert_eq!(admin.status().await.unwrap().new_percent, 0);
+    let names: Vec<String> = j.timeline().unwrap()[0]
+        .steps
+        .iter()
+        .map(|s| s.step.clone())
+        .collect();
+    assert_eq!(names, ["traffic.canary.step.1", "traffic.canary.rollback"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_data_counts_as_a_failed_check() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let s = splitter(&old, &new).await;
+    // No load at all.
+    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    let j = journal(&dir);
+    let run = j.begin_run("traffic canary").unwrap();
+    let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
+    let steps = Steps::new(&j, run, &obs);
+    let out = canary::run(
+        &canary(600),
+        &admin,
+        &SplitterGates::new(admin.clone()),
+        &steps,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.phase, Phase::RolledBack);
+    assert!(out.reason.unwrap().starts_with("no data: 0 requests"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_canary_resumes_at_the_same_step_and_obeys_abort() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let s = splitter(&old, &new).await;
+    let _load = Load::start(s.addr);
+    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    let c = canary(60_000);
+    {
+        let j = journal(&dir);
+        let run = j.begin_run("traffic canary").unwrap();
+        let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
+        let steps = Steps::new(&j, run, &obs);
+        let quick = Canary {
+            interval: Duration::from_millis(800),
+            check_every: Duration::from_millis(400),
+            ..c.clone()
+        };
+        let gates = SplitterGates::new(admin.clone());
+        let running = canary::run(&quick, &admin, &gates, &steps, &|_| {});
+        tokio::pin!(running);
+        // Killed while watching step 2 (50%).
+        loop {
+            tokio::select! {
+                r = &mut running => panic!("the canary ended early: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            if canary::state(&j).unwrap().is_some_and(|s| s.step == 1) {
+                break;
+            }
+        }
+    }
+    let j = journal(&dir);
+    assert_eq!(canary::state(&j).unwrap().unwrap().phase, Phase::Running);
+    let run = j.begin_run("traffic canary").unwrap();
+    let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
+    let steps = Steps::new(&j, run, &obs);
+    let weights = Recording(admin.clone(), Mutex::new(vec![]));
+    let gates = SplitterGates::new(admin.clone());
+    let lines = Mutex::new(vec![]);
+    let report = |l: &str| lines.lock().unwrap().push(l.to_string());
+    let running = canary::run(&c, &weights, &gates, &steps, &report);
+    tokio::pin!(running);
+    let out = loop {
+        tokio::select! {
+            r = &mut running => break r.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if weights.1.lock().unwrap().len() == 1 && j.fact(canary::CONTROL_FACT).unwrap().is_none() {
+                    canary::request(&j, Control::Abort).unwrap();
+                }
+            }
+        }
+    };
+    assert_eq!(out.resumed_at, 1);
+    assert_eq!(
+        *weights.1.lock().unwrap(),
+        [50, 0],
+        "resumed at 50%, then aborted to 0%"
+    );
+    assert_eq!((out.phase, out.new_percent), (Phase::Aborted, 0));
+    assert_eq!(lines.lock().unwrap()[0], "resuming at step 2 (50%)");
+    assert_eq!(admin.status().await.unwrap().new_percent, 0);
+    s.stop().await;
+}

@@ -1,0 +1,265 @@
+//! Real servers for the tests: HTTP origins that can fail or die, and BIND.
+
+#![allow(dead_code)]
+
+pub mod bind;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cutover_core::Secret;
+use cutover_traffic::http::{full, Body};
+use cutover_traffic::splitter::{self, Config, OriginConfig};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// An HTTP origin: answers with its name, can be told to fail, or be killed.
+pub struct Origin {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub failing: Arc<AtomicBool>,
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start(name: &'static str) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let failing = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicU64::new(0));
+        let (f, h) = (failing.clone(), hits.clone());
+        let task = tokio::spawn(async move {
+            // Connections live in this set: aborting the task closes every one of them.
+            let mut conns = JoinSet::new();
+            loop {
+                let (stream, _) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                };
+                let (f, h) = (f.clone(), h.clone());
+                conns.spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let (f, h) = (f.clone(), h.clone());
+                        async move { Ok::<_, Infallible>(answer(name, req, &f, &h).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Origin {
+            name,
+            addr,
+            failing,
+            hits,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn fail(&self, yes: bool) {
+        self.failing.store(yes, Ordering::SeqCst);
+    }
+
+    /// Stops listening and cuts every connection.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    name: &'static str,
+    mut req: Request<Incoming>,
+    failing: &AtomicBool,
+    hits: &AtomicU64,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let fail = failing.load(Ordering::SeqCst);
+    if path == "/health" {
+        let code = if fail { 503 } else { 200 };
+        return with(name, code, full("health"), &host);
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    if path == "/ws" {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(cutover_traffic::http::empty());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+        r.headers_mut().insert("x-origin", name.parse().unwrap());
+        return r;
+    }
+    if fail {
+        return with(name, 500, full("failing"), &host);
+    }
+    if path == "/slow" {
+        // Streams two chunks a while apart: a request that is in flight for that long.
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, cutover_traffic::http::BoxError>>(2);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"first,"))))
+                .await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"last")))).await;
+        });
+        let stream = tokio_stream_from(rx);
+        return with(name, 200, StreamBody::new(stream).boxed(), &host);
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    with(name, 200, full(format!("{name} {}", body.len())), &host)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn with(name: &str, code: u16, body: Body, host: &str) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(code).unwrap();
+    r.headers_mut().insert("x-origin", name.parse().unwrap());
+    r.headers_mut().insert(
+        "x-seen-host",
+        host.parse().unwrap_or_else(|_| "?".parse().unwrap()),
+    );
+    r
+}
+
+pub const TOKEN: &str = "test-admin-token-5d1";
+
+pub fn config(old: &Origin, new: &Origin) -> Config {
+    let origin = |o: &Origin| OriginConfig {
+        url: o.url(),
+        host: None,
+        sni: None,
+        ca_file: None,
+    };
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Secret::new(TOKEN),
+        old: origin(old),
+        new: origin(new),
+        sticky_cookie: "cutover_origin".into(),
+        health_path: "/health".into(),
+        health_interval: Duration::from_millis(200),
+        unhealthy_after: 2,
+        healthy_after: 2,
+        drain_timeout: Duration::from_secs(10),
+        retries: 2,
+        state_path: None,
+    }
+}
+
+/// A response as the tests look at it.
+pub struct Got {
+    pub status: u16,
+    pub origin: String,
+    pub body: String,
+    pub set_cookie: Option<String>,
+    pub seen_host: String,
+}
+
+/// One request through a new connection, like a new user.
+pub async fn get(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: &[u8],
+) -> Got {
+    let target = cutover_traffic::http::Target::new(&format!("http://{addr}"), None, None).unwrap();
+    let mut sender = target.handshake().await.expect("connect to the splitter");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "app.example.test");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let resp = sender
+        .send_request(req.body(full(body.to_vec())).unwrap())
+        .await
+        .expect("a response from the splitter");
+    let h = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (origin, set_cookie, seen_host) = (
+        h("x-origin").unwrap_or_default(),
+        h("set-cookie"),
+        h("x-seen-host").unwrap_or_default(),
+    );
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Got {
+        status,
+        origin,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        set_cookie,
+        seen_host,
+    }
+}
+
+pub async fn splitter(old: &Origin, new: &Origin) -> splitter::Running {
+    splitter::start(config(old, new)).await.unwrap()
+}
+
+/// Waits (bounded generously) until `f` holds.
+pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting: {what}");
+}
