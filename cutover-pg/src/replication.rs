@@ -401,32 +401,38 @@ pub async fn prepare_replication(
     .await
 }
 
-/// Starts a subscription made by [`prepare_replication`] at `from_lsn`, a WAL position of its
-/// publisher: every transaction the publisher committed before it is skipped, everything
-/// committed after is applied. The position goes to the subscription's replication origin
-/// (`pg_replication_origin_advance`, which PostgreSQL 15 allows the superusers that may create
-/// subscriptions), and the apply worker asks the publisher to start there. One round trip,
-/// one transaction.
-pub async fn start_prepared(
+/// Sets where a subscription made by [`prepare_replication`] starts: `from_lsn`, a WAL
+/// position of its publisher. Every transaction the publisher committed before it is
+/// skipped, everything committed after is applied, whenever the subscription is enabled
+/// (its slot keeps all of it until then). The position goes to the subscription's
+/// replication origin (`pg_replication_origin_advance`, which PostgreSQL 15 allows the
+/// superusers that may create subscriptions); the apply worker asks the publisher to start
+/// there. The subscription must be disabled.
+pub async fn set_start(
     subscriber: &Client,
     subscriber_side: Side,
     subscription: &str,
     from_lsn: &str,
 ) -> Result<(), PgError> {
-    let sql = format!(
-        "SELECT pg_catalog.pg_replication_origin_advance('pg_' || s.oid, {lsn}::pg_lsn)
-           FROM pg_catalog.pg_subscription s
-          WHERE s.subname = {name}
-            AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database());
-         ALTER SUBSCRIPTION {sub} ENABLE",
-        lsn = literal(from_lsn),
-        name = literal(subscription),
-        sub = ident(subscription),
-    );
-    subscriber
-        .batch_execute(&sql)
+    let row = subscriber
+        .query_opt(
+            "SELECT pg_catalog.pg_replication_origin_advance('pg_' || s.oid, $2::text::pg_lsn), s.subenabled
+               FROM pg_catalog.pg_subscription s
+              WHERE s.subname = $1
+                AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+            &[&subscription, &from_lsn],
+        )
         .await
-        .ctx(subscriber_side, "start the prepared subscription")
+        .ctx(subscriber_side, "set where the prepared subscription starts")?;
+    match row {
+        None => Err(PgError::Refused(format!(
+            "subscription {subscription} is not on the {subscriber_side}; it should have been prepared before the pause"
+        ))),
+        Some(r) if r.get::<_, bool>(1) => Err(PgError::Refused(format!(
+            "subscription {subscription} on the {subscriber_side} is already running, so its start cannot be set"
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Whether subscription `name` exists in this database, and if so whether it is enabled.

@@ -243,7 +243,8 @@ impl PausedProxy {
     }
 }
 
-/// How long after the switch the old direction is retired.
+/// How long after the switch the new direction starts (native mode) and the old one is
+/// retired.
 const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Drop for PausedProxy {
@@ -333,8 +334,10 @@ pub async fn run(
                     "finish a switch that an earlier run made but did not complete",
                     || async {
                         admin.resume().await?;
-                        retire_old(&e, &to).await?;
-                        Ok::<_, SwitchError>("resumed; the old direction is retired".to_string())
+                        after_switch(&e, &from, &to).await?;
+                        Ok::<_, SwitchError>(
+                            "resumed; the new direction runs, the old one is retired".to_string(),
+                        )
                     },
                 )
                 .await?;
@@ -470,8 +473,9 @@ pub async fn run(
         push_time(&times, "drain", t);
         let proxy_pids = drained.server_pids(e.proxy_from);
 
-        // The fence of `from` and, on `to`, the lifting of the fence an earlier switch left
-        // there touch two servers and depend on each other in nothing: they run together.
+        // The fence of `from` first. Then, together (two servers, no shared object): the
+        // catch-up, and on `to` the lifting of the fence an earlier switch left there. Never
+        // before `from` is fenced: no moment with two writable primaries.
         let t = Instant::now();
         let plan_of_fence = pre.fence.clone();
         let fence_text = serde_json::to_string(&plan_of_fence).expect("a fence serializes");
@@ -527,35 +531,47 @@ pub async fn run(
                 )
                 .await
         };
-        let (fenced, unfenced) = tokio::join!(fence_step, unfence_step);
-        fenced?;
-        unfenced?;
+        fence_step.await?;
         push_time(&times, "fence", t);
 
         let t = Instant::now();
-        let lsn = steps
-            .run(
-                &format!("{name}.catch_up"),
-                &format!(
-                    "write a marker on the {} after the fence and wait for it on the {}",
-                    e.from_side, e.to_side
-                ),
-                || async {
-                    if e.trigger {
-                        return trigger_catch_up(
-                            &e,
-                            &pre.tables_from,
-                            plan.switchover.catch_up_timeout,
-                        )
-                        .await;
-                    }
-                    let lsn = marker::write(&from, e.from_side, marker_id).await?;
-                    marker::wait(&to, e.to_side, marker_id, plan.switchover.catch_up_timeout)
-                        .await?;
-                    Ok::<_, SwitchError>(lsn)
-                },
-            )
-            .await?;
+        let catch_up_step = async {
+            steps
+                .run(
+                    &format!("{name}.catch_up"),
+                    &format!(
+                        "write a marker on the {} after the fence and wait for it on the {}",
+                        e.from_side, e.to_side
+                    ),
+                    || async {
+                        if e.trigger {
+                            return trigger_catch_up(
+                                &e,
+                                &pre.tables_from,
+                                plan.switchover.catch_up_timeout,
+                            )
+                            .await;
+                        }
+                        let lsn = marker::write(&from, e.from_side, marker_id).await?;
+                        marker::wait(&to, e.to_side, marker_id, plan.switchover.catch_up_timeout)
+                            .await?;
+                        Ok::<_, SwitchError>(lsn)
+                    },
+                )
+                .await
+        };
+        let lsn = if e.trigger {
+            // Trigger mode's catch-up writes on a fenced `to` by granting itself privileges
+            // for the length of its transaction and revoking them after: with the unfence
+            // alongside, that revoke could take back a privilege the unfence just gave.
+            let lsn = catch_up_step.await?;
+            unfence_step.await?;
+            lsn
+        } else {
+            let (caught_up, unfenced) = tokio::join!(catch_up_step, unfence_step);
+            unfenced?;
+            caught_up?
+        };
         push_time(&times, "catch_up", t);
 
         // Everything is on `to` now. The sequences and the change of direction touch
@@ -646,17 +662,15 @@ pub async fn run(
                         }
                         // Every change `to` committed so far came from `from` (the old direction
                         // applied them, and no client reached `to` yet): the new direction starts
-                        // after the last of them.
+                        // after the last of them. Its slot keeps every later change; it is
+                        // enabled after the resume (see `after_switch`), so that its start-up
+                        // (a worker, a walsender, decoding since the slot was made) does not
+                        // compete with the transactions the resume releases.
                         let start = fence::wal_position(&to, e.to_side).await?;
-                        replication::start_prepared(
-                            &from,
-                            e.from_side,
-                            &e.new.subscription,
-                            &start,
-                        )
-                        .await?;
+                        replication::set_start(&from, e.from_side, &e.new.subscription, &start)
+                            .await?;
                         Ok(format!(
-                            "{} disabled, {} started at {start} of the {}",
+                            "{} disabled, {} to start at {start} of the {}",
                             e.old.subscription, e.new.subscription, e.to_side
                         ))
                     },
@@ -750,8 +764,8 @@ pub async fn run(
     guard.disarm();
     let pause_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
 
-    // The old direction is dropped once the released transactions are through: the drop
-    // reaches both servers, and nobody waits for it.
+    // The new direction starts and the old one is dropped once the released transactions
+    // are through: both reach both servers, and nobody waits for them.
     tokio::time::sleep(RETIRE_AFTER).await;
     let t = Instant::now();
     steps
@@ -764,11 +778,11 @@ pub async fn run(
                 )
             } else {
                 format!(
-                    "drop {} and its slot on the {}",
-                    e.old.subscription, e.from_side
+                    "start {} on the {}; drop {} on the {} and its slot",
+                    e.new.subscription, e.from_side, e.old.subscription, e.to_side
                 )
             },
-            || async { retire_old(&e, &to).await },
+            || async { after_switch(&e, &from, &to).await },
         )
         .await?;
     push_time(&times, "retire", t);
@@ -996,9 +1010,21 @@ async fn trigger_preconditions(e: &Ends, from: &Client, to: &Client) -> Result<(
     Ok(())
 }
 
-/// Ends the old direction after the switch: the subscription and its slot, or the trigger
-/// link's position (a running `db follow` notices and follows the new direction).
-async fn retire_old(e: &Ends, to: &Client) -> Result<(), SwitchError> {
+/// After the switch: starts the new direction where it waits to be enabled (native mode),
+/// then ends the old one: the subscription and its slot, or the trigger link's position (a
+/// running `db follow` notices and follows the new direction).
+async fn after_switch(e: &Ends, from: &Client, to: &Client) -> Result<(), SwitchError> {
+    if !e.trigger {
+        // Native mode: the reverse subscription, prepared and positioned inside the pause,
+        // starts now (a no-op with --no-reverse, when there is none, or when it runs).
+        if let Some(sub) =
+            replication::subscription_info(from, e.from_side, &e.new.subscription).await?
+        {
+            if !sub.enabled {
+                replication::set_enabled(from, e.from_side, &e.new.subscription, true).await?;
+            }
+        }
+    }
     if e.trigger {
         cutover_pg::trigger::retire(to, e.to_side, &e.old_t.name).await?;
     } else {
