@@ -625,6 +625,9 @@ pub async fn other_sessions(
 /// any other pid (a walsender, a worker, this connection, a session that already left) is
 /// skipped. Returns how many were ended.
 pub async fn terminate(client: &Client, side: Side, pids: &[i32]) -> Result<usize, PgError> {
+    if pids.is_empty() {
+        return Ok(0);
+    }
     let mut ended = 0;
     for pid in pids {
         let row = client

@@ -338,6 +338,135 @@ pub async fn start_replication(
             .ctx(subscriber_side, "enable the subscription")?;
         return Ok(());
     }
+    create_subscription(
+        publisher,
+        publisher_side,
+        publisher_url,
+        subscriber,
+        subscriber_side,
+        publication,
+        subscription,
+        slot,
+        true,
+    )
+    .await
+}
+
+/// Makes replication `publisher` → `subscriber` ready to start without starting it: the
+/// publication, and a *disabled* subscription whose slot is created now. The slot's creation
+/// (a walsender login and a wait for a consistent snapshot on the publisher) is the slow part
+/// of starting replication; done here, [`start_prepared`] later only moves a position and
+/// flips a flag.
+///
+/// The slot records everything the publisher commits from now on, including what another
+/// subscription still applies there. None of that is ever sent: [`start_prepared`] starts
+/// the subscription at a position given by the caller, and PostgreSQL's logical decoding
+/// skips every transaction that committed before the position a subscriber asks for. So,
+/// unlike [`start_replication`], this needs no other direction to be stopped first.
+///
+/// Idempotent: a disabled subscription of that name is kept (its start position is set
+/// anew by [`start_prepared`]); an enabled one is refused.
+#[allow(clippy::too_many_arguments)]
+pub async fn prepare_replication(
+    publisher: &Client,
+    publisher_side: Side,
+    publisher_url: &ConnString,
+    subscriber: &Client,
+    subscriber_side: Side,
+    publication: &str,
+    subscription: &str,
+    slot: &str,
+    tables: &[Table],
+) -> Result<(), PgError> {
+    ensure_publication(publisher, publisher_side, publication, tables).await?;
+    if let Some(enabled) = subscription_enabled(subscriber, subscriber_side, subscription).await? {
+        if enabled {
+            return Err(PgError::Refused(format!(
+                "subscription {subscription} on the {subscriber_side} is already running; drop it (`cutover db cleanup`) or let the switch that started it finish"
+            )));
+        }
+        return Ok(());
+    }
+    create_subscription(
+        publisher,
+        publisher_side,
+        publisher_url,
+        subscriber,
+        subscriber_side,
+        publication,
+        subscription,
+        slot,
+        false,
+    )
+    .await
+}
+
+/// Sets where a subscription made by [`prepare_replication`] starts: `from_lsn`, a WAL
+/// position of its publisher. Every transaction the publisher committed before it is
+/// skipped, everything committed after is applied, whenever the subscription is enabled
+/// (its slot keeps all of it until then). The position goes to the subscription's
+/// replication origin (`pg_replication_origin_advance`, which PostgreSQL 15 allows the
+/// superusers that may create subscriptions); the apply worker asks the publisher to start
+/// there. The subscription must be disabled.
+pub async fn set_start(
+    subscriber: &Client,
+    subscriber_side: Side,
+    subscription: &str,
+    from_lsn: &str,
+) -> Result<(), PgError> {
+    let row = subscriber
+        .query_opt(
+            "SELECT pg_catalog.pg_replication_origin_advance('pg_' || s.oid, $2::text::pg_lsn), s.subenabled
+               FROM pg_catalog.pg_subscription s
+              WHERE s.subname = $1
+                AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+            &[&subscription, &from_lsn],
+        )
+        .await
+        .ctx(subscriber_side, "set where the prepared subscription starts")?;
+    match row {
+        None => Err(PgError::Refused(format!(
+            "subscription {subscription} is not on the {subscriber_side}; it should have been prepared before the pause"
+        ))),
+        Some(r) if r.get::<_, bool>(1) => Err(PgError::Refused(format!(
+            "subscription {subscription} on the {subscriber_side} is already running, so its start cannot be set"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Whether subscription `name` exists in this database, and if so whether it is enabled.
+async fn subscription_enabled(
+    client: &Client,
+    side: Side,
+    name: &str,
+) -> Result<Option<bool>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT subenabled FROM pg_catalog.pg_subscription
+              WHERE subname = $1
+                AND subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+            &[&name],
+        )
+        .await
+        .ctx(side, "look for the subscription")?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// `CREATE SUBSCRIPTION` with no initial copy, creating the slot unless an idle one of ours
+/// is already there (see [`start_replication`]).
+#[allow(clippy::too_many_arguments)]
+async fn create_subscription(
+    publisher: &Client,
+    publisher_side: Side,
+    publisher_url: &ConnString,
+    subscriber: &Client,
+    subscriber_side: Side,
+    publication: &str,
+    subscription: &str,
+    slot: &str,
+    enabled: bool,
+) -> Result<(), PgError> {
     can_subscribe(subscriber, subscriber_side).await?;
     let existing = publisher
         .query_opt(
@@ -369,7 +498,7 @@ pub async fn start_replication(
     let conninfo = publisher_url.conninfo_with_password();
     let sql = format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} \
-         WITH (copy_data = false, create_slot = {create_slot}, slot_name = {}, enabled = true)",
+         WITH (copy_data = false, create_slot = {create_slot}, slot_name = {}, enabled = {enabled})",
         ident(subscription),
         literal(conninfo.expose()),
         ident(publication),

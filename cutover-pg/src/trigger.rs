@@ -4,12 +4,16 @@
 //! ## Capture
 //!
 //! The *origin* (the side being followed) gets a `cutover` schema with a change log,
-//! `cutover.changes (id, xid, tbl, op, key, at)`, and on every moved table a row trigger
+//! `cutover.changes (xid, tbl, op, key, at)`, and on every moved table a row trigger
 //! (INSERT, UPDATE, DELETE) that logs the changed row's primary key, and a statement trigger
 //! that logs a TRUNCATE. The trigger functions are generated per table (the key columns are
 //! written into them, no `to_jsonb(NEW)` of the whole row) and are `SECURITY DEFINER`, so
 //! the applications' roles need no privilege on the log. All of it needs only what a table
 //! owner has: ownership of the tables and CREATE on the database.
+//!
+//! The log has one index, on `xid`, and no key of its own: batches are chosen by transaction
+//! visibility, never by order (see the rule below), so an id column would only add a
+//! sequence and a second index to every write the applications make.
 //!
 //! ## The rule: which changes a batch applies
 //!
@@ -59,7 +63,6 @@ use crate::inspect::Table;
 const SCHEMA_DDL: &str = "
 CREATE SCHEMA IF NOT EXISTS cutover;
 CREATE TABLE IF NOT EXISTS cutover.changes (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     tbl text NOT NULL,
     op \"char\" NOT NULL,

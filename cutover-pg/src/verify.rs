@@ -75,12 +75,16 @@ pub struct VerifyOptions {
     pub catch_up_timeout: Duration,
 }
 
-/// How to wait for replication to reach a point: the logical replication slot on the
-/// source that the target's subscription confirms through. `None` where it is asked for
-/// means there is no replication to wait for: compare once.
+/// How to wait for replication to reach a point. `None` where it is asked for means there
+/// is no replication to wait for: compare once.
 #[derive(Clone, Debug)]
-pub struct CatchUp {
-    pub slot: String,
+pub enum CatchUp {
+    /// The logical replication slot on the source that the target's subscription confirms
+    /// through.
+    Slot(String),
+    /// Trigger mode: the link whose position (`cutover.applied` on the target) follows the
+    /// source's change log.
+    TriggerLink(String),
 }
 
 /// Progress, for a progress bar.
@@ -163,9 +167,9 @@ pub async fn verify(
     let started = Instant::now();
     let parallel = options.parallel.max(1);
     let pool = Pool::open(source, target, parallel).await?;
-    if let Some(c) = catch_up {
+    if let Some(CatchUp::Slot(slot)) = catch_up {
         let conn = pool.get().await;
-        check_slot(&conn.source, &c.slot).await?;
+        check_slot(&conn.source, slot).await?;
     }
     let run = Run {
         pool,
@@ -636,21 +640,28 @@ async fn compare_chunk(
         if round > 0 {
             s = plan.checksum(&conn.source, Side::Source, range).await?;
         }
-        // Taken after the source was read, so the target holds all the source read saw.
-        let lsn: String = conn
-            .source
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .await
-            .ctx(Side::Source, "read the WAL position")?
-            .get(0);
-        if !wait_for_slot(
-            &conn.source,
-            &catch_up.slot,
-            &lsn,
-            run.options.catch_up_timeout,
-        )
-        .await?
-        {
+        let caught_up = match catch_up {
+            CatchUp::Slot(slot) => {
+                // Taken after the source was read, so the target holds all the source read saw.
+                let lsn: String = conn
+                    .source
+                    .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+                    .await
+                    .ctx(Side::Source, "read the WAL position")?
+                    .get(0);
+                wait_for_slot(&conn.source, slot, &lsn, run.options.catch_up_timeout).await?
+            }
+            CatchUp::TriggerLink(link) => {
+                wait_for_link(
+                    &conn.source,
+                    &conn.target,
+                    link,
+                    run.options.catch_up_timeout,
+                )
+                .await?
+            }
+        };
+        if !caught_up {
             run.stalled.store(true, Ordering::Relaxed);
             break;
         }
@@ -719,6 +730,59 @@ async fn wait_for_slot(
             )));
         };
         if row.get::<_, bool>(0) {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL.min(deadline - now)).await;
+    }
+}
+
+/// Trigger mode: waits until the target has applied every change the source had committed
+/// when this is called (a snapshot taken now, after the source was read): none of the change
+/// log's transactions visible in that snapshot may still be missing from the link's
+/// position. Exact, like the slot test, and for the same reason: the position is a snapshot
+/// and a batch commits with it. False on timeout; an error when the link has no position.
+async fn wait_for_link(
+    source: &Client,
+    target: &Client,
+    link: &str,
+    timeout: Duration,
+) -> Result<bool, PgError> {
+    let deadline = Instant::now() + timeout;
+    let seen: String = source
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await
+        .ctx(Side::Source, "read the current snapshot")?
+        .get(0);
+    loop {
+        let position: Option<String> = target
+            .query_opt(
+                "SELECT position FROM cutover.applied WHERE link = $1",
+                &[&link],
+            )
+            .await
+            .ctx(Side::Target, "read the trigger-mode position")?
+            .map(|r| r.get(0));
+        let Some(position) = position else {
+            return Err(PgError::Refused(format!(
+                "the target has no position for link {link} (trigger mode); is `cutover db sync` or `cutover db follow` running?"
+            )));
+        };
+        let missing: bool = source
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM cutover.changes
+                   WHERE xid >= pg_snapshot_xmin($2::text::pg_snapshot)
+                     AND pg_visible_in_snapshot(xid, $1::text::pg_snapshot)
+                     AND NOT pg_visible_in_snapshot(xid, $2::text::pg_snapshot))",
+                &[&seen, &position],
+            )
+            .await
+            .ctx(Side::Source, "compare the change log with the position")?
+            .get(0);
+        if !missing {
             return Ok(true);
         }
         let now = Instant::now();

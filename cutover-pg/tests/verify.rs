@@ -483,9 +483,7 @@ async fn under_live_replication_verify_waits_for_the_target_to_catch_up() {
     .await;
 
     let tables = tables(&pair.source).await;
-    let slot = CatchUp {
-        slot: "s_slot".into(),
-    };
+    let slot = CatchUp::Slot("s_slot".into());
     let check = |catch_up, timeout| check(&pair, &tables, catch_up, timeout);
     let write = "UPDATE t SET v = 'changed' WHERE id IN (5, 50, 150); DELETE FROM t WHERE id = 77;
                  INSERT INTO t SELECT i, 'new' || i FROM generate_series(201, 230) i;";
@@ -548,9 +546,7 @@ async fn under_live_replication_verify_waits_for_the_target_to_catch_up() {
         (239, 239)
     );
 
-    let wrong = CatchUp {
-        slot: "nope".into(),
-    };
+    let wrong = CatchUp::Slot("nope".into());
     let err = check(Some(&wrong), Duration::from_secs(1))
         .await
         .unwrap_err();

@@ -7,7 +7,7 @@
 //! | `POST /pause` | holds new transactions; running ones go on |
 //! | `POST /drain` `{"timeout_ms": N}` | waits until paused and drained; 409 with the blockers if not in time |
 //! | `POST /prepare` `{"to": "target"}` | sessions log in to that backend ahead of a switch |
-//! | `POST /switch` `{"to": "target"}` | writes the new backend to disk, then moves every session; 409 unless paused and drained |
+//! | `POST /switch` `{"to": "target", "resume": false}` | writes the new backend to disk, then moves every session (and with `resume`, ends the pause in the same step); 409 unless paused and drained |
 //! | `POST /resume` | lets held sessions go on |
 //!
 //! [`AdminClient`] is the other end, used by `db switchover` and `db rollback`.
@@ -153,6 +153,9 @@ async fn prepare(
 #[derive(Deserialize, Serialize)]
 struct SwitchRequest {
     to: Backend,
+    /// End the pause in the same step (see [`Shared::switch`]).
+    #[serde(default)]
+    resume: bool,
 }
 
 async fn switch(
@@ -163,7 +166,7 @@ async fn switch(
     if let Err(r) = authorized(&shared, &headers) {
         return *r;
     }
-    match shared.switch(req.to, MOVE_TIMEOUT).await {
+    match shared.switch(req.to, MOVE_TIMEOUT, req.resume).await {
         Ok(report) => {
             tracing::info!("switched to the {} (epoch {})", report.active, report.epoch);
             Json(report).into_response()
@@ -287,6 +290,14 @@ impl AdminClient {
     pub async fn switch(&self, to: Backend) -> Result<SwitchReport, AdminError> {
         Self::parse(
             self.call("POST", "/switch", Some(json!({"to": to})))
+                .await?,
+        )
+    }
+
+    /// Switches and ends the pause in one step: the held requests go on at once, on `to`.
+    pub async fn switch_and_resume(&self, to: Backend) -> Result<SwitchReport, AdminError> {
+        Self::parse(
+            self.call("POST", "/switch", Some(json!({"to": to, "resume": true})))
                 .await?,
         )
     }

@@ -372,10 +372,14 @@ impl Shared {
             changed
         });
         if changed {
-            let mut p = self.pause.lock().unwrap();
-            if let Some(at) = p.paused_at.take() {
-                p.last_pause_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
-            }
+            self.pause_ended();
+        }
+    }
+
+    fn pause_ended(&self) {
+        let mut p = self.pause.lock().unwrap();
+        if let Some(at) = p.paused_at.take() {
+            p.last_pause_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
         }
     }
 
@@ -398,8 +402,16 @@ impl Shared {
 
     /// Moves every session to `to`. Allowed only while paused and drained. The new backend
     /// is written to disk before any session moves: from here on a restarted proxy uses it.
-    /// Returns once every session has moved (or failed to, and was closed).
-    pub async fn switch(&self, to: Backend, timeout: Duration) -> Result<SwitchReport, GateError> {
+    /// With `resume`, the same change of the gate also ends the pause: every session is idle,
+    /// and an idle session whose epoch is behind moves before it forwards anything, so no
+    /// request can reach the old backend, and the held requests go on without waiting for a
+    /// second call. Returns once every session has moved (or failed to, and was closed).
+    pub async fn switch(
+        &self,
+        to: Backend,
+        timeout: Duration,
+        resume: bool,
+    ) -> Result<SwitchReport, GateError> {
         let _one = self.switching.lock().await;
         let gate = self.gate();
         if gate.active == to {
@@ -432,7 +444,13 @@ impl Shared {
             g.active = next.active;
             g.epoch = next.epoch;
             g.prepare = None;
+            if resume {
+                g.paused = false;
+            }
         });
+        if resume {
+            self.pause_ended();
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();

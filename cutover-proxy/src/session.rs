@@ -750,10 +750,15 @@ impl Session {
             self.password.clone(),
             self.startup.clone(),
         );
-        let handle =
-            tokio::spawn(
-                async move { server::connect(&url, &user, password.as_ref(), &startup).await },
-            );
+        let handle = tokio::spawn(async move {
+            let mut conn = server::connect(&url, &user, password.as_ref(), &startup).await?;
+            // Best effort: a failed warm-up leaves a connection that is only colder.
+            if let Err(e) = conn.simple_query(WARM).await {
+                tracing::debug!("warming a connection to the {backend}: {e}");
+            }
+            conn.async_messages.clear();
+            Ok(conn)
+        });
         self.bare = Some((backend, Bare::Pending(handle)));
     }
 
@@ -940,3 +945,25 @@ const INSPECT: &str = "SELECT
   (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
   (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable),
   (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())";
+
+/// Run on a login made ahead of a switch, before the pause: plans (without running) a query
+/// on each of the backend's busiest tables, so that the server process has their catalog
+/// entries and indexes cached before the first transaction after the switch arrives. A
+/// fresh server process otherwise pays for that on its first statements, and all the
+/// sessions released at once pay together. Bounded: 50 tables, a short lock timeout (a
+/// table locked by DDL is skipped, not waited for), tables the role may read.
+const WARM: &str = "DO $warm$
+DECLARE r record;
+BEGIN
+  PERFORM pg_catalog.set_config('lock_timeout', '50ms', true);
+  FOR r IN SELECT s.relid::regclass::text AS t FROM pg_catalog.pg_stat_user_tables s
+            WHERE pg_catalog.has_table_privilege(s.relid, 'SELECT')
+            ORDER BY coalesce(s.seq_scan, 0) + coalesce(s.idx_scan, 0) + s.n_tup_ins + s.n_tup_upd + s.n_tup_del DESC
+            LIMIT 50
+  LOOP
+    BEGIN
+      EXECUTE 'EXPLAIN SELECT * FROM ' || r.t;
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+  END LOOP;
+END $warm$";

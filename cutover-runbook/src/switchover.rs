@@ -236,7 +236,16 @@ impl PausedProxy {
         self.admin.resume().await?;
         Ok(())
     }
+
+    /// The proxy resumed by itself (the switch ends the pause): nothing left to do.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
 }
+
+/// How long after the switch the new direction starts (native mode) and the old one is
+/// retired.
+const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Drop for PausedProxy {
     fn drop(&mut self) {
@@ -325,8 +334,10 @@ pub async fn run(
                     "finish a switch that an earlier run made but did not complete",
                     || async {
                         admin.resume().await?;
-                        retire_old(&e, &to).await?;
-                        Ok::<_, SwitchError>("resumed; the old direction is retired".to_string())
+                        after_switch(&e, &from, &to).await?;
+                        Ok::<_, SwitchError>(
+                            "resumed; the new direction runs, the old one is retired".to_string(),
+                        )
                     },
                 )
                 .await?;
@@ -362,17 +373,68 @@ pub async fn run(
         .await
         .map_err(|p: SwitchError| p)?;
     push_time(&times, "preconditions", t);
+    let undo = Arc::new(Mutex::new(Undo::default()));
+
+    // Native mode: the reverse subscription and its slot are made now, disabled, so that
+    // inside the pause starting it is a position and a flag (see
+    // `replication::prepare_replication`).
+    if !e.trigger && !options.no_reverse {
+        let t = Instant::now();
+        let mut tables = pre.tables_to.clone();
+        tables.push(marker::table());
+        undo.lock().unwrap().new_started = true;
+        let prepared = steps
+            .run(
+                &format!("{name}.prepare_reverse"),
+                &format!(
+                    "create {} on the {} and, disabled, {} with its slot ({} -> {})",
+                    e.new.publication, e.to_side, e.new.subscription, e.to_side, e.from_side
+                ),
+                || async {
+                    replication::prepare_replication(
+                        &to,
+                        e.to_side,
+                        &e.to_replication_url,
+                        &from,
+                        e.from_side,
+                        &e.new.publication,
+                        &e.new.subscription,
+                        &e.new.slot,
+                        &tables,
+                    )
+                    .await
+                    .map_err(SwitchError::from)
+                },
+            )
+            .await;
+        if let Err(cause) = prepared {
+            let _ = replication::stop_subscription(&from, e.from_side, &e.new.subscription).await;
+            let _ = admin.resume().await;
+            return Err(cause);
+        }
+        push_time(&times, "prepare_reverse", t);
+    }
 
     // 2. Pause.
     let paused_at = Instant::now();
-    steps
+    let paused = steps
         .run(
             &format!("{name}.pause"),
             "hold new transactions at the proxy",
             || async { admin.pause().await.map(|_| ()).map_err(SwitchError::from) },
         )
-        .await?;
-    let undo = Arc::new(Mutex::new(Undo::default()));
+        .await;
+    if let Err(cause) = paused {
+        let undone = undo_all(steps, &e, &from, &to, &undo, name).await;
+        let _ = admin.resume().await;
+        return Err(match undone {
+            Ok(()) => cause,
+            Err(u) => SwitchError::Undo {
+                cause: cause.to_string(),
+                undo: u,
+            },
+        });
+    }
     let guard = PausedProxy {
         admin: admin.clone(),
         armed: true,
@@ -411,68 +473,47 @@ pub async fn run(
         push_time(&times, "drain", t);
         let proxy_pids = drained.server_pids(e.proxy_from);
 
+        // The fence of `from` first. Then, together (two servers, no shared object): the
+        // catch-up, and on `to` the lifting of the fence an earlier switch left there. Never
+        // before `from` is fenced: no moment with two writable primaries.
         let t = Instant::now();
         let plan_of_fence = pre.fence.clone();
         let fence_text = serde_json::to_string(&plan_of_fence).expect("a fence serializes");
         let journal = steps.journal();
-        let fenced = steps
-            .run(
-                &format!("{name}.fence"),
-                &format!(
-                    "revoke {} write privileges on the {} and end every session that is not the proxy's",
-                    plan_of_fence.revoked.len(),
-                    e.from_side
-                ),
-                || async {
-                    journal.set_fact(&fence_key(e.from_side), Some(&fence_text))?;
-                    undo.lock().unwrap().from_fenced = Some(plan_of_fence.clone());
-                    fence::apply_fence(&from, e.from_side, &plan_of_fence).await?;
-                    let others = fence::other_sessions(&from, e.from_side, &proxy_pids).await?;
-                    let pids: Vec<i32> = others.iter().map(|s| s.pid).collect();
-                    let ended = fence::terminate(&from, e.from_side, &pids).await?;
-                    Ok::<_, SwitchError>(format!(
-                        "{} privileges revoked, {ended} sessions ended",
-                        plan_of_fence.revoked.len()
-                    ))
-                },
-            )
-            .await?;
-        let _ = fenced;
-        push_time(&times, "fence", t);
-
-        let t = Instant::now();
-        let lsn = steps
-            .run(
-                &format!("{name}.catch_up"),
-                &format!(
-                    "write a marker on the {} after the fence and wait for it on the {}",
-                    e.from_side, e.to_side
-                ),
-                || async {
-                    if e.trigger {
-                        return trigger_catch_up(
-                            &e,
-                            &pre.tables_from,
-                            plan.switchover.catch_up_timeout,
-                        )
-                        .await;
-                    }
-                    let lsn = marker::write(&from, e.from_side, marker_id).await?;
-                    marker::wait(&to, e.to_side, marker_id, plan.switchover.catch_up_timeout)
-                        .await?;
-                    Ok::<_, SwitchError>(lsn)
-                },
-            )
-            .await?;
-        push_time(&times, "catch_up", t);
-
+        let earlier_fence: Option<Fence> = match journal.fact(&fence_key(e.to_side))? {
+            Some(text) => Some(serde_json::from_str(&text).map_err(|err| {
+                SwitchError::Refused(format!("the journal's fence of the {}: {err}", e.to_side))
+            })?),
+            None => None,
+        };
+        let fence_step = async {
+            steps.run(
+            &format!("{name}.fence"),
+            &format!(
+                "revoke {} write privileges on the {} and end every session that is not the proxy's",
+                plan_of_fence.revoked.len(),
+                e.from_side
+            ),
+            || async {
+                journal.set_fact(&fence_key(e.from_side), Some(&fence_text))?;
+                undo.lock().unwrap().from_fenced = Some(plan_of_fence.clone());
+                fence::apply_fence(&from, e.from_side, &plan_of_fence).await?;
+                let others = fence::other_sessions(&from, e.from_side, &proxy_pids).await?;
+                let pids: Vec<i32> = others.iter().map(|s| s.pid).collect();
+                let ended = fence::terminate(&from, e.from_side, &pids).await?;
+                Ok::<_, SwitchError>(format!(
+                    "{} privileges revoked, {ended} sessions ended",
+                    plan_of_fence.revoked.len()
+                ))
+            },
+        ).await
+        };
         // The new primary takes writes again (its own earlier fence lifted) before anything
         // is written to it: the sequences, the reverse link's position.
-        if let Some(text) = journal.fact(&fence_key(e.to_side))? {
-            let t = Instant::now();
-            let earlier: Fence = serde_json::from_str(&text).map_err(|err| {
-                SwitchError::Refused(format!("the journal's fence of the {}: {err}", e.to_side))
-            })?;
+        let unfence_step = async {
+            let Some(earlier) = &earlier_fence else {
+                return Ok::<_, SwitchError>(());
+            };
             steps
                 .run(
                     &format!("{name}.unfence"),
@@ -482,123 +523,164 @@ pub async fn run(
                         earlier.revoked.len()
                     ),
                     || async {
-                        fence::unfence(&to, e.to_side, &earlier).await?;
+                        fence::unfence(&to, e.to_side, earlier).await?;
                         undo.lock().unwrap().to_unfenced = Some(earlier.clone());
                         journal.set_fact(&fence_key(e.to_side), None)?;
                         Ok::<_, SwitchError>(())
                     },
                 )
-                .await?;
-            push_time(&times, "unfence", t);
-        }
+                .await
+        };
+        fence_step.await?;
+        push_time(&times, "fence", t);
 
         let t = Instant::now();
-        let copied = steps
-            .run(
-                &format!("{name}.sequences"),
-                &format!(
-                    "copy {} sequences {} -> {}",
-                    pre.sequences.len(),
-                    e.from_side,
-                    e.to_side
-                ),
-                || async {
-                    let v = sequences::copy_sequences(
-                        &from,
+        let catch_up_step = async {
+            steps
+                .run(
+                    &format!("{name}.catch_up"),
+                    &format!(
+                        "write a marker on the {} after the fence and wait for it on the {}",
+                        e.from_side, e.to_side
+                    ),
+                    || async {
+                        if e.trigger {
+                            return trigger_catch_up(
+                                &e,
+                                &pre.tables_from,
+                                plan.switchover.catch_up_timeout,
+                            )
+                            .await;
+                        }
+                        let lsn = marker::write(&from, e.from_side, marker_id).await?;
+                        marker::wait(&to, e.to_side, marker_id, plan.switchover.catch_up_timeout)
+                            .await?;
+                        Ok::<_, SwitchError>(lsn)
+                    },
+                )
+                .await
+        };
+        let lsn = if e.trigger {
+            // Trigger mode's catch-up writes on a fenced `to` by granting itself privileges
+            // for the length of its transaction and revoking them after: with the unfence
+            // alongside, that revoke could take back a privilege the unfence just gave.
+            let lsn = catch_up_step.await?;
+            unfence_step.await?;
+            lsn
+        } else {
+            let (caught_up, unfenced) = tokio::join!(catch_up_step, unfence_step);
+            unfenced?;
+            caught_up?
+        };
+        push_time(&times, "catch_up", t);
+
+        // Everything is on `to` now. The sequences and the change of direction touch
+        // different objects: they run together too.
+        let t = Instant::now();
+        let sequences_step = async {
+            steps
+                .run(
+                    &format!("{name}.sequences"),
+                    &format!(
+                        "copy {} sequences {} -> {}",
+                        pre.sequences.len(),
                         e.from_side,
-                        &to,
-                        e.to_side,
-                        &pre.sequences,
-                    )
-                    .await?;
-                    Ok::<_, SwitchError>(format!("{} sequences copied", v.len()))
-                },
-            )
-            .await?;
-        let _ = copied;
-        push_time(&times, "sequences", t);
-
-        let t = Instant::now();
-        steps
-            .run(
-                &format!("{name}.reverse"),
-                &if e.trigger {
-                    format!(
-                        "triggers on for the {}, off for the {}; capture and link {} ({} -> {})",
-                        e.to_side, e.from_side, e.new_t.name, e.to_side, e.from_side
-                    )
-                } else {
-                    format!(
-                        "stop {} and start {} ({} -> {})",
-                        e.old.subscription, e.new.subscription, e.to_side, e.from_side
-                    )
-                },
-                || async {
-                    if e.trigger {
-                        // The new primary's triggers fire (its capture among them); the old
-                        // one's stop (its applied rows are neither captured nor events).
-                        undo.lock().unwrap().triggers_swapped = true;
-                        cutover_pg::trigger::set_user_triggers(
-                            &to,
-                            e.to_side,
-                            &pre.tables_to,
-                            true,
-                        )
-                        .await?;
-                        cutover_pg::trigger::set_user_triggers(
+                        e.to_side
+                    ),
+                    || async {
+                        let v = sequences::copy_sequences(
                             &from,
                             e.from_side,
-                            &pre.tables_from,
-                            false,
+                            &to,
+                            e.to_side,
+                            &pre.sequences,
                         )
                         .await?;
-                        if options.no_reverse {
+                        Ok::<_, SwitchError>(format!("{} sequences copied", v.len()))
+                    },
+                )
+                .await
+        };
+        let reverse_step = async {
+            steps
+                .run(
+                    &format!("{name}.reverse"),
+                    &if e.trigger {
+                        format!(
+                    "triggers on for the {}, off for the {}; capture and link {} ({} -> {})",
+                    e.to_side, e.from_side, e.new_t.name, e.to_side, e.from_side
+                )
+                    } else {
+                        format!(
+                            "stop {} and start {} ({} -> {})",
+                            e.old.subscription, e.new.subscription, e.to_side, e.from_side
+                        )
+                    },
+                    || async {
+                        if e.trigger {
+                            // The new primary's triggers fire (its capture among them); the old
+                            // one's stop (its applied rows are neither captured nor events).
+                            undo.lock().unwrap().triggers_swapped = true;
+                            cutover_pg::trigger::set_user_triggers(
+                                &to,
+                                e.to_side,
+                                &pre.tables_to,
+                                true,
+                            )
+                            .await?;
+                            cutover_pg::trigger::set_user_triggers(
+                                &from,
+                                e.from_side,
+                                &pre.tables_from,
+                                false,
+                            )
+                            .await?;
+                            if options.no_reverse {
+                                return Ok(format!(
+                                    "{} stops; no replication back (--no-reverse)",
+                                    e.old_t.name
+                                ));
+                            }
+                            undo.lock().unwrap().new_started = true;
+                            cutover_pg::trigger::start_link(&to, &from, &e.new_t, &pre.tables_to)
+                                .await?;
                             return Ok(format!(
-                                "{} stops; no replication back (--no-reverse)",
-                                e.old_t.name
+                                "capture on the {}, link {} started",
+                                e.to_side, e.new_t.name
                             ));
                         }
-                        undo.lock().unwrap().new_started = true;
-                        cutover_pg::trigger::start_link(&to, &from, &e.new_t, &pre.tables_to)
+                        // Disabled now, dropped after the resume: nothing is left for it to
+                        // apply, and the drop (which reaches the other server) stays out of the pause.
+                        replication::set_enabled(&to, e.to_side, &e.old.subscription, false)
                             .await?;
-                        return Ok(format!(
-                            "capture on the {}, link {} started",
-                            e.to_side, e.new_t.name
-                        ));
-                    }
-                    // Disabled now, dropped after the resume: nothing is left for it to
-                    // apply, and the drop (which reaches the other server) stays out of the pause.
-                    replication::set_enabled(&to, e.to_side, &e.old.subscription, false).await?;
-                    undo.lock().unwrap().old_stopped = true;
-                    if options.no_reverse {
-                        return Ok::<_, SwitchError>(format!(
-                            "{} stopped; no replication back (--no-reverse)",
-                            e.old.subscription
-                        ));
-                    }
-                    undo.lock().unwrap().new_started = true;
-                    let mut tables = pre.tables_to.clone();
-                    tables.push(marker::table());
-                    replication::start_replication(
-                        &to,
-                        e.to_side,
-                        &e.to_replication_url,
-                        &from,
-                        e.from_side,
-                        &e.new.publication,
-                        &e.new.subscription,
-                        &e.new.slot,
-                        &tables,
-                    )
-                    .await?;
-                    Ok(format!(
-                        "{} disabled, {} started",
-                        e.old.subscription, e.new.subscription
-                    ))
-                },
-            )
-            .await?;
-        push_time(&times, "reverse", t);
+                        undo.lock().unwrap().old_stopped = true;
+                        if options.no_reverse {
+                            return Ok::<_, SwitchError>(format!(
+                                "{} stopped; no replication back (--no-reverse)",
+                                e.old.subscription
+                            ));
+                        }
+                        // Every change `to` committed so far came from `from` (the old direction
+                        // applied them, and no client reached `to` yet): the new direction starts
+                        // after the last of them. Its slot keeps every later change; it is
+                        // enabled after the resume (see `after_switch`), so that its start-up
+                        // (a worker, a walsender, decoding since the slot was made) does not
+                        // compete with the transactions the resume releases.
+                        let start = fence::wal_position(&to, e.to_side).await?;
+                        replication::set_start(&from, e.from_side, &e.new.subscription, &start)
+                            .await?;
+                        Ok(format!(
+                            "{} disabled, {} to start at {start} of the {}",
+                            e.old.subscription, e.new.subscription, e.to_side
+                        ))
+                    },
+                )
+                .await
+        };
+        let (copied, reversed) = tokio::join!(sequences_step, reverse_step);
+        copied?;
+        reversed?;
+        push_time(&times, "sequences_reverse", t);
 
         Ok::<_, SwitchError>(lsn)
     };
@@ -632,22 +714,27 @@ pub async fn run(
         .run(
             &format!("{name}.switch"),
             &format!(
-                "move every proxy session to the {} (point of no return)",
+                "move every proxy session to the {} and let the held transactions go on (point of no return)",
                 e.to_side
             ),
             || async {
-                match admin.switch(e.proxy_to).await {
+                match admin.switch_and_resume(e.proxy_to).await {
                     Ok(r) => Ok(r),
                     Err(err) => {
                         // The answer may have been lost after the proxy switched.
                         match admin.status().await {
-                            Ok(s) if s.active == e.proxy_to => Ok(cutover_proxy::SwitchReport {
-                                active: s.active,
-                                epoch: s.epoch,
-                                moved: s.sessions.len(),
-                                failed: vec![],
-                                already: false,
-                            }),
+                            Ok(s) if s.active == e.proxy_to => {
+                                if s.paused {
+                                    admin.resume().await?;
+                                }
+                                Ok(cutover_proxy::SwitchReport {
+                                    active: s.active,
+                                    epoch: s.epoch,
+                                    moved: s.sessions.len(),
+                                    failed: vec![],
+                                    already: false,
+                                })
+                            }
                             _ => Err(SwitchError::from(err)),
                         }
                     }
@@ -674,17 +761,12 @@ pub async fn run(
         }
     };
     push_time(&times, "switch", t);
-
-    let t = Instant::now();
-    steps
-        .run(
-            &format!("{name}.resume"),
-            "let the held transactions go on",
-            || async { guard.release().await },
-        )
-        .await?;
-    push_time(&times, "resume", t);
+    guard.disarm();
     let pause_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
+
+    // The new direction starts and the old one is dropped once the released transactions
+    // are through: both reach both servers, and nobody waits for them.
+    tokio::time::sleep(RETIRE_AFTER).await;
     let t = Instant::now();
     steps
         .run(
@@ -696,11 +778,11 @@ pub async fn run(
                 )
             } else {
                 format!(
-                    "drop {} and its slot on the {}",
-                    e.old.subscription, e.from_side
+                    "start {} on the {}; drop {} on the {} and its slot",
+                    e.new.subscription, e.from_side, e.old.subscription, e.to_side
                 )
             },
-            || async { retire_old(&e, &to).await },
+            || async { after_switch(&e, &from, &to).await },
         )
         .await?;
     push_time(&times, "retire", t);
@@ -928,9 +1010,21 @@ async fn trigger_preconditions(e: &Ends, from: &Client, to: &Client) -> Result<(
     Ok(())
 }
 
-/// Ends the old direction after the switch: the subscription and its slot, or the trigger
-/// link's position (a running `db follow` notices and follows the new direction).
-async fn retire_old(e: &Ends, to: &Client) -> Result<(), SwitchError> {
+/// After the switch: starts the new direction where it waits to be enabled (native mode),
+/// then ends the old one: the subscription and its slot, or the trigger link's position (a
+/// running `db follow` notices and follows the new direction).
+async fn after_switch(e: &Ends, from: &Client, to: &Client) -> Result<(), SwitchError> {
+    if !e.trigger {
+        // Native mode: the reverse subscription, prepared and positioned inside the pause,
+        // starts now (a no-op with --no-reverse, when there is none, or when it runs).
+        if let Some(sub) =
+            replication::subscription_info(from, e.from_side, &e.new.subscription).await?
+        {
+            if !sub.enabled {
+                replication::set_enabled(from, e.from_side, &e.new.subscription, true).await?;
+            }
+        }
+    }
     if e.trigger {
         cutover_pg::trigger::retire(to, e.to_side, &e.old_t.name).await?;
     } else {

@@ -50,6 +50,31 @@ pub async fn verify(
         }
         tables.retain(|t| args.tables.contains(&t.display()));
     }
+    let options = VerifyOptions {
+        chunk_rows: plan.verify.chunk_rows,
+        parallel: plan.verify.parallel,
+        catch_up_timeout: plan.verify.catch_up_timeout,
+    };
+    let progress = |e: VerifyEvent| {
+        if let VerifyEvent::TableDone { table, equal } = e {
+            tracing::info!(table, equal, "verified");
+        }
+    };
+    if plan.sync.mode == cutover_core::Mode::Trigger {
+        // The link in force says which side is followed: differences are re-checked once
+        // the follower's position covers what the other side had committed.
+        let link = cutover_pg::sync::current_link(plan).await?;
+        let catch_up = CatchUp::TriggerLink(link.name.clone());
+        return cutover_pg::verify::verify(
+            &link.origin,
+            &link.follower,
+            &tables,
+            &options,
+            Some(&catch_up),
+            &progress,
+        )
+        .await;
+    }
     let slot = plan.sync.slot();
     let has_slot = source
         .query_opt(
@@ -73,25 +98,15 @@ pub async fn verify(
             .map_err(|e| cutover_pg::PgError::sql(Side::Target, "look for the slot", e))?
             .is_some();
     let catch_up = if reversed {
-        Some(CatchUp { slot: reverse })
+        Some(CatchUp::Slot(reverse))
     } else {
-        has_slot.then(|| CatchUp { slot: slot.clone() })
+        has_slot.then(|| CatchUp::Slot(slot.clone()))
     };
     let (writer, follower) = if reversed {
         tracing::info!("the target is the primary: comparing from it");
         (&plan.target.url, &plan.source.url)
     } else {
         (&plan.source.url, &plan.target.url)
-    };
-    let options = VerifyOptions {
-        chunk_rows: plan.verify.chunk_rows,
-        parallel: plan.verify.parallel,
-        catch_up_timeout: plan.verify.catch_up_timeout,
-    };
-    let progress = |e: VerifyEvent| {
-        if let VerifyEvent::TableDone { table, equal } = e {
-            tracing::info!(table, equal, "verified");
-        }
     };
     cutover_pg::verify::verify(
         writer,
