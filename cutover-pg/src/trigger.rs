@@ -635,64 +635,19 @@ impl Applier {
             }
         }
         batch.truncates = truncated.len() as u64;
-        // The state of every changed key as of the snapshot.
-        let mut upserts: HashMap<usize, String> = HashMap::new();
-        let mut replaces: HashMap<usize, String> = HashMap::new();
-        let mut deletes: HashMap<usize, String> = HashMap::new();
-        for (tbl, set) in &keys {
-            let Some(i) = self.shapes.iter().position(|s| &s.display == tbl) else {
-                continue;
-            };
-            batch.keys += set.len() as u64;
-            let s = &self.shapes[i];
-            let json = format!("[{}]", set.iter().cloned().collect::<Vec<_>>().join(","));
-            if s.key.is_empty() {
-                // Whole-row identity: how many rows equal to each logged row there are now.
-                let row = self
-                    .origin
-                    .query_one(
-                        &format!(
-                            "WITH k AS (SELECT e AS key, jsonb_populate_record(NULL::{q}, e) AS r
-                                          FROM jsonb_array_elements($1::text::jsonb) e)
-                             SELECT coalesce(jsonb_agg(jsonb_build_array(k.key,
-                                        (SELECT count(*) FROM {q} t WHERE t::text = k.r::text))), '[]')::text
-                               FROM k",
-                            q = s.qualified
-                        ),
-                        &[&json],
-                    )
-                    .await
-                    .ctx(os, "read the changed rows")?;
-                replaces.insert(i, row.get::<_, String>(0));
-                continue;
-            }
-            let tuple = key_tuple(s);
-            let keyed = key_cols(s);
-            let row = self
-                .origin
-                .query_one(
-                    &format!(
-                        "WITH k AS (SELECT {tuple} FROM jsonb_array_elements($1::text::jsonb) e)
-                         SELECT (SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]')::text FROM {q} t WHERE ({keyed}) IN (SELECT * FROM k)),
-                                (SELECT coalesce(jsonb_agg(jsonb_build_array({kk})), '[]')::text FROM k
-                                  WHERE NOT EXISTS (SELECT 1 FROM {q} t WHERE ({keyed}) = ({kk})))",
-                        q = s.qualified,
-                        kk = (0..s.key.len()).map(|n| format!("k.k{n}")).collect::<Vec<_>>().join(", ")
-                    ),
-                    &[&json],
-                )
-                .await
-                .ctx(os, "read the changed rows")?;
-            let (present, gone): (String, String) = (row.get(0), row.get(1));
-            if present != "[]" {
-                upserts.insert(i, present);
-            }
-            if gone != "[]" {
-                deletes.insert(i, gone);
+        // The tables with changes, parents first, each with its keys as one JSON array.
+        let mut changed: Vec<(usize, String)> = vec![];
+        for &i in &self.order {
+            if let Some(set) = keys.get(&self.shapes[i].display) {
+                batch.keys += set.len() as u64;
+                let json = format!("[{}]", set.iter().cloned().collect::<Vec<_>>().join(","));
+                changed.push((i, json));
             }
         }
         // One follower transaction: truncates, upserts parents first, deletes children
-        // first, the position.
+        // first, the position. It runs alongside the reads of the origin: while table n's
+        // rows are written to the follower, table n + 1's are read from the origin (two
+        // servers, and the reads all share the batch's snapshot, so their order is free).
         let tx = self
             .follower
             .transaction()
@@ -705,14 +660,8 @@ impl Applier {
         let touched: Vec<String> = self
             .shapes
             .iter()
-            .enumerate()
-            .filter(|(i, s)| {
-                upserts.contains_key(i)
-                    || deletes.contains_key(i)
-                    || replaces.contains_key(i)
-                    || truncated.contains(&s.display)
-            })
-            .map(|(_, s)| s.qualified.clone())
+            .filter(|s| keys.contains_key(&s.display) || truncated.contains(&s.display))
+            .map(|s| s.qualified.clone())
             .collect();
         let lacking = tx
             .query(
@@ -740,33 +689,51 @@ impl Applier {
                     .ctx(fs, "apply a TRUNCATE")?;
             }
         }
-        for &i in &self.order {
-            if let Some(json) = upserts.get(&i) {
-                tx.execute(&upsert_sql(&self.shapes[i]), &[json])
-                    .await
-                    .ctx(fs, "apply inserts and updates")?;
-            }
-            if let Some(json) = replaces.get(&i) {
-                tx.execute(&replace_sql(&self.shapes[i]), &[json])
-                    .await
-                    .ctx(fs, "apply whole-row changes")?;
+        // `written` trails `read` by one table; the last round only writes.
+        let mut deletes: Vec<(usize, String)> = vec![];
+        let mut pending: Option<(usize, State)> = None;
+        let shapes = &self.shapes;
+        for round in 0..=changed.len() {
+            let read = async {
+                match changed.get(round) {
+                    Some((i, json)) => read_state(&self.origin, os, &shapes[*i], json)
+                        .await
+                        .map(|state| Some((*i, state))),
+                    None => Ok(None),
+                }
+            };
+            let write = async {
+                match &pending {
+                    Some((i, state)) => write_state(&tx, fs, &shapes[*i], state).await,
+                    None => Ok(()),
+                }
+            };
+            let (read, written) = tokio::join!(read, write);
+            written?;
+            pending = read?;
+            if let Some((
+                i,
+                State {
+                    gone: Some(gone), ..
+                },
+            )) = &pending
+            {
+                deletes.push((*i, gone.clone()));
             }
         }
-        for &i in self.order.iter().rev() {
-            if let Some(json) = deletes.get(&i) {
-                let s = &self.shapes[i];
-                tx.execute(
-                    &format!(
-                        "DELETE FROM {q} t WHERE ({keyed}) IN (SELECT {tuple} FROM jsonb_array_elements($1::text::jsonb) e)",
-                        q = s.qualified,
-                        keyed = key_cols(s),
-                        tuple = key_tuple(s)
-                    ),
-                    &[json],
-                )
-                .await
-                .ctx(fs, "apply deletes")?;
-            }
+        for (i, json) in deletes.iter().rev() {
+            let s = &self.shapes[*i];
+            tx.execute(
+                &format!(
+                    "DELETE FROM {q} t WHERE ({keyed}) IN (SELECT {tuple} FROM jsonb_array_elements($1::text::jsonb) e)",
+                    q = s.qualified,
+                    keyed = key_cols(s),
+                    tuple = key_tuple(s)
+                ),
+                &[json],
+            )
+            .await
+            .ctx(fs, "apply deletes")?;
         }
         for (t, p) in &lacking {
             tx.batch_execute(&format!("REVOKE {p} ON {t} FROM CURRENT_USER"))
@@ -802,6 +769,84 @@ impl Applier {
             .ctx(self.link.origin_side, "prune the change log")?;
         Ok(())
     }
+}
+
+/// The state of a table's changed keys as of the batch's snapshot.
+struct State {
+    /// Keyed tables: the rows there now (JSON array), to upsert.
+    present: Option<String>,
+    /// Keyed tables: the keys with no row now, to delete.
+    gone: Option<String>,
+    /// Whole-row identity: each logged row with how many equal rows there are now.
+    replace: Option<String>,
+}
+
+/// Reads, in the origin's open snapshot, the state of the keys in `json`.
+async fn read_state(origin: &Client, os: Side, s: &Shape, json: &str) -> Result<State, PgError> {
+    if s.key.is_empty() {
+        // Whole-row identity: how many rows equal to each logged row there are now.
+        let row = origin
+            .query_one(
+                &format!(
+                    "WITH k AS (SELECT e AS key, jsonb_populate_record(NULL::{q}, e) AS r
+                                  FROM jsonb_array_elements($1::text::jsonb) e)
+                     SELECT coalesce(jsonb_agg(jsonb_build_array(k.key,
+                                (SELECT count(*) FROM {q} t WHERE t::text = k.r::text))), '[]')::text
+                       FROM k",
+                    q = s.qualified
+                ),
+                &[&json],
+            )
+            .await
+            .ctx(os, "read the changed rows")?;
+        return Ok(State {
+            present: None,
+            gone: None,
+            replace: Some(row.get(0)),
+        });
+    }
+    let tuple = key_tuple(s);
+    let keyed = key_cols(s);
+    let row = origin
+        .query_one(
+            &format!(
+                "WITH k AS (SELECT {tuple} FROM jsonb_array_elements($1::text::jsonb) e)
+                 SELECT (SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]')::text FROM {q} t WHERE ({keyed}) IN (SELECT * FROM k)),
+                        (SELECT coalesce(jsonb_agg(jsonb_build_array({kk})), '[]')::text FROM k
+                          WHERE NOT EXISTS (SELECT 1 FROM {q} t WHERE ({keyed}) = ({kk})))",
+                q = s.qualified,
+                kk = (0..s.key.len()).map(|n| format!("k.k{n}")).collect::<Vec<_>>().join(", ")
+            ),
+            &[&json],
+        )
+        .await
+        .ctx(os, "read the changed rows")?;
+    let (present, gone): (String, String) = (row.get(0), row.get(1));
+    Ok(State {
+        present: (present != "[]").then_some(present),
+        gone: (gone != "[]").then_some(gone),
+        replace: None,
+    })
+}
+
+/// Writes a table's inserts and updates (or whole-row replacements) in the follower's batch.
+async fn write_state(
+    tx: &tokio_postgres::Transaction<'_>,
+    fs: Side,
+    s: &Shape,
+    state: &State,
+) -> Result<(), PgError> {
+    if let Some(json) = &state.present {
+        tx.execute(&upsert_sql(s), &[json])
+            .await
+            .ctx(fs, "apply inserts and updates")?;
+    }
+    if let Some(json) = &state.replace {
+        tx.execute(&replace_sql(s), &[json])
+            .await
+            .ctx(fs, "apply whole-row changes")?;
+    }
+    Ok(())
 }
 
 fn key_cols(s: &Shape) -> String {
