@@ -40,6 +40,9 @@ use crate::proxy::{Gate, SessionCell, SessionView, Shared};
 use crate::server::{self, build, BoxStream, ServerConn, ServerError};
 use crate::state;
 
+/// How long a moved session's old server connection stays open, idle, before it is ended.
+const OLD_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Above this many buffered bytes a direction stops reading until the other side catches up.
 const HIGH_WATER: usize = 1 << 20;
 
@@ -837,7 +840,14 @@ impl Session {
         self.take_async(&mut conn);
         let old = self.server.replace(Live::from(conn));
         if let Some(old) = old {
-            tokio::spawn(old.into_conn().terminate());
+            // Ended a little later: every session moves at the same moment, and the old
+            // server's processes exiting together would compete for the CPUs with the
+            // first transactions on the new one.
+            let conn = old.into_conn();
+            tokio::spawn(async move {
+                tokio::time::sleep(OLD_CONNECTION_GRACE).await;
+                conn.terminate().await;
+            });
         }
         self.backend = gate.active;
         self.epoch = gate.epoch;
