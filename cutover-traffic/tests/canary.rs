@@ -12,6 +12,7 @@ use cutover_core::{Journal, Secret};
 use cutover_traffic::canary::gates::{SplitterGates, Thresholds};
 use cutover_traffic::canary::{self, Canary, Control, Phase, Weights};
 use cutover_traffic::splitter::admin::AdminClient;
+use cutover_traffic::splitter::Side;
 use futures_util::future::BoxFuture;
 
 fn canary(interval_ms: u64) -> Canary {
@@ -32,12 +33,17 @@ fn canary(interval_ms: u64) -> Canary {
 struct Load(Arc<AtomicBool>);
 impl Load {
     fn start(addr: std::net::SocketAddr) -> Load {
+        Load::users(addr, 2, None)
+    }
+
+    /// `workers` users sending requests one after the other, with `cookie` if any.
+    fn users(addr: std::net::SocketAddr, workers: usize, cookie: Option<&'static str>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        for _ in 0..2 {
+        for _ in 0..workers {
             let stop = stop.clone();
             tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
-                    get(addr, "GET", "/", None, b"").await;
+                    get(addr, "GET", "/", cookie, b"").await;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             });
@@ -57,6 +63,25 @@ impl Weights for Recording {
     fn set(&self, p: u8) -> BoxFuture<'_, Result<(), String>> {
         self.1.lock().unwrap().push(p);
         self.0.set(p)
+    }
+}
+
+/// Moves the weight, and breaks the new origin once the weight reaches `at` percent: an app
+/// that works for its first users and fails under its share of real traffic.
+struct BreaksAt {
+    weights: Recording,
+    at: u8,
+    failing: Arc<AtomicBool>,
+}
+impl Weights for BreaksAt {
+    fn set(&self, p: u8) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.weights.set(p).await?;
+            if p >= self.at {
+                self.failing.store(true, Ordering::SeqCst);
+            }
+            Ok(())
+        })
     }
 }
 
@@ -142,6 +167,140 @@ async fn a_failing_new_origin_is_rolled_back_to_0_within_one_interval() {
         .map(|s| s.step.clone())
         .collect();
     assert_eq!(names, ["traffic.canary.step.1", "traffic.canary.rollback"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_starts_failing_at_10_is_rolled_back_to_0_within_one_interval() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let mut config = common::config(&old, &new);
+    // Its liveness probe keeps passing: the splitter does not mark it down, the gates must
+    // see the failures.
+    config.health_path = "/live".into();
+    let s = cutover_traffic::splitter::start(config).await.unwrap();
+    // New users, and users already on the new side (their cookie keeps them there while it
+    // has a share): at 1% new users alone would leave a short check window nearly empty,
+    // which is "no data" and would fail the 1% step for the wrong reason.
+    let _load = Load::start(s.addr);
+    let _pinned = Load::users(s.addr, 1, Some("cutover_origin=new"));
+    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    let j = journal(&dir);
+    let run = j.begin_run("traffic canary").unwrap();
+    let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
+    let steps = Steps::new(&j, run, &obs);
+    let weights = BreaksAt {
+        weights: Recording(admin.clone(), Mutex::new(vec![])),
+        at: 10,
+        failing: new.failing.clone(),
+    };
+    let c = Canary {
+        steps: vec![1, 10, 25, 100],
+        ..canary(1200)
+    };
+    let checks_per_step = (c.interval.as_millis() / c.check_every.as_millis()) as usize;
+    let lines = Mutex::new(vec![]);
+    let report = |l: &str| lines.lock().unwrap().push(l.to_string());
+    let out = canary::run(
+        &c,
+        &weights,
+        &SplitterGates::new(admin.clone()),
+        &steps,
+        &report,
+    )
+    .await
+    .unwrap();
+    let lines = lines.into_inner().unwrap();
+    assert_eq!(
+        (out.phase, out.new_percent),
+        (Phase::RolledBack, 0),
+        "{lines:#?}"
+    );
+    // 25% was never set: the rollback came before the 10% step's interval was over.
+    assert_eq!(*weights.weights.1.lock().unwrap(), [1, 10, 0], "{lines:#?}");
+    let reason = out.reason.unwrap();
+    assert!(
+        reason.contains("below traffic.min_success_rate"),
+        "the gate saw the failures, not an empty window: {reason}"
+    );
+    // Healthy at 1%: every check of the step passed.
+    let checks_at = |p: u8| -> Vec<&str> {
+        lines
+            .iter()
+            .map(|l| l.trim_start())
+            .filter(|l| {
+                ["check passed at", "check failed at"]
+                    .iter()
+                    .any(|k| l.starts_with(&format!("{k} {p}%")))
+            })
+            .collect()
+    };
+    let at_1 = checks_at(1);
+    assert_eq!(at_1.len(), checks_per_step, "{lines:#?}");
+    assert!(
+        at_1.iter().all(|l| l.starts_with("check passed")),
+        "{lines:#?}"
+    );
+    // At 10%: no check passed, and the rollback came within the step's checks.
+    let at_10 = checks_at(10);
+    assert!(
+        !at_10.is_empty() && at_10.len() <= checks_per_step,
+        "{lines:#?}"
+    );
+    assert!(
+        at_10.iter().all(|l| l.starts_with("check failed")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!("rolled back to 0%: {reason}")
+    );
+
+    // The journal: both steps, then the rollback with its reason, each done.
+    let journaled: Vec<(String, String)> = j.timeline().unwrap()[0]
+        .steps
+        .iter()
+        .map(|s| {
+            assert_eq!(s.status, Some(cutover_core::journal::Status::Ok), "{s:?}");
+            (s.step.clone(), s.intent.clone())
+        })
+        .collect();
+    assert_eq!(
+        journaled,
+        [
+            (
+                "traffic.canary.step.1".to_string(),
+                "send 1% of new users to the new app".to_string()
+            ),
+            (
+                "traffic.canary.step.2".to_string(),
+                "send 10% of new users to the new app".to_string()
+            ),
+            (
+                "traffic.canary.rollback".to_string(),
+                format!("set the new app to 0%: {reason}")
+            ),
+        ]
+    );
+    let state = canary::state(&j).unwrap().unwrap();
+    assert_eq!(
+        (state.phase, state.step, state.new_percent),
+        (Phase::RolledBack, 1, 0),
+        "rolled back from the second step (10%)"
+    );
+
+    // The splitter: the new origin answered 2xx at 1% and 5xx at 10%; nobody is sent to it
+    // any more, not even the users whose cookie names it.
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.new_percent, 0);
+    let m = &status.origins[Side::New.index()].metrics;
+    assert!(m.classes[1] > 0 && m.classes[4] > 0, "{m:?}");
+    assert_eq!(
+        get(s.addr, "GET", "/", Some("cutover_origin=new"), b"")
+            .await
+            .origin,
+        "old"
+    );
     s.stop().await;
 }
 

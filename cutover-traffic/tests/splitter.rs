@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{get, splitter, until, Origin, TOKEN};
+use common::{get, get_with, splitter, until, Origin, TOKEN};
 use cutover_core::Secret;
 use cutover_traffic::splitter::admin::AdminClient;
 use cutover_traffic::splitter::Side;
@@ -261,5 +261,71 @@ async fn the_weight_survives_a_restart_and_needs_the_token() {
     s.stop().await;
     let s = cutover_traffic::splitter::start(config).await.unwrap();
     assert_eq!(admin(&s).status().await.unwrap().new_percent, 40);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_connections_are_kept_alive_between_requests() {
+    // Before, a response with a Content-Length (or none at all, as for HEAD) ended without
+    // its body being polled to the end, and the connection to the origin was dropped: every
+    // request opened a new one.
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let mut config = common::config(&old, &new);
+    // One health check per origin, at start.
+    config.health_interval = Duration::from_secs(3600);
+    let s = cutover_traffic::splitter::start(config).await.unwrap();
+    until("the first health check", || {
+        old.conns.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+    let before = old.conns.load(std::sync::atomic::Ordering::SeqCst);
+    for i in 0..60 {
+        let (method, body): (&str, &[u8]) = match i % 3 {
+            0 => ("GET", b""),
+            1 => ("HEAD", b""),
+            _ => ("PUT", b"some bytes"),
+        };
+        let g = get(s.addr, method, "/", None, body).await;
+        assert_eq!((g.status, g.origin.as_str()), (200, "old"));
+    }
+    // A slow, streamed response too.
+    let g = get(s.addr, "GET", "/slow", None, b"").await;
+    assert_eq!(g.body, "first,last");
+    // One connection carries them all; a few spare ones are allowed for a connection that
+    // was not yet ready for the next request when it came.
+    let opened = old.conns.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(
+        (1..=6).contains(&opened),
+        "{opened} connections to the origin for 61 requests one after the other"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_name_the_client_and_hop_by_hop_ones_stay_behind() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let s = splitter(&old, &new).await;
+    let g = get(s.addr, "GET", "/", None, b"").await;
+    assert_eq!(g.seen_forwarded, "127.0.0.1 | http | app.example.test");
+    // A chain from a proxy in front is extended; what the client set is kept; headers
+    // named by Connection go no further.
+    let g = get_with(
+        s.addr,
+        "GET",
+        "/",
+        &[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example"),
+            ("connection", "x-private"),
+            ("x-private", "secret-for-the-next-hop-only"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (g.status, g.seen_forwarded.as_str()),
+        (200, "203.0.113.7, 127.0.0.1 | https | shop.example")
+    );
     s.stop().await;
 }

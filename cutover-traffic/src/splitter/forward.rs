@@ -1,7 +1,6 @@
 //! Accepting clients and forwarding their requests.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::route::{choose, sticky_side, Side};
+use super::route::{choose, roll, sticky_side, Side};
 use super::{InFlight, Shared};
 use crate::http::{full, Body, BoxError};
 
@@ -37,9 +36,12 @@ pub(super) async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: Can
         let _ = stream.set_nodelay(true);
         let shared2 = shared.clone();
         let stop = stop.clone();
+        // X-Forwarded-For's value, made once per client connection.
+        let peer = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         shared.tasks.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let shared = shared2.clone();
+                let (shared, peer) = (shared2.clone(), peer.clone());
                 async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -59,16 +61,20 @@ pub(super) async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: Can
 }
 
 /// Headers that belong to one connection, not to the request.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let named: Vec<HeaderName> = headers
@@ -82,8 +88,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         headers.remove(n);
     }
-    for h in HOP_BY_HOP {
-        if keep_upgrade && (h == "connection" || h == "upgrade") {
+    for h in &HOP_BY_HOP {
+        if keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
             continue;
         }
         headers.remove(h);
@@ -120,52 +126,59 @@ fn error_response(status: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
-/// The request as the origin `side` gets it: its Host, forwarding headers.
+/// The request as the origin `side` gets it: its Host, forwarding headers, origin-form
+/// target. `peer` is the client's address as X-Forwarded-For carries it.
 fn for_origin(
     shared: &Shared,
     side: Side,
     parts: &hyper::http::request::Parts,
-    peer: SocketAddr,
+    peer: &HeaderValue,
     upgrade: bool,
-) -> hyper::http::request::Builder {
+    body: Body,
+) -> Request<Body> {
     let origin = shared.origin(side);
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers, upgrade);
-    let client_host = parts.headers.get(header::HOST).cloned();
-    let host = match &origin.host {
-        Some(h) => HeaderValue::from_str(h).ok(),
-        None => client_host.clone(),
+    let client_host = parts.headers.get(header::HOST);
+    if let Some(h) = origin
+        .host_header
+        .as_ref()
+        .or(client_host)
+        .or(origin.authority_header.as_ref())
+    {
+        headers.insert(header::HOST, h.clone());
     }
-    .or_else(|| HeaderValue::from_str(&origin.target.authority()).ok());
-    if let Some(h) = host {
-        headers.insert(header::HOST, h);
-    }
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    // The client's address appended to the chain; a chain that is not text is replaced.
+    let xff = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|prev| prev.to_str().ok())
+        .and_then(|prev| {
+            HeaderValue::from_str(&format!("{prev}, {}", peer.to_str().unwrap_or_default())).ok()
+        })
+        .unwrap_or_else(|| peer.clone());
+    headers.insert(X_FORWARDED_FOR, xff);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if let Some(h) = client_host {
-        headers.entry("x-forwarded-host").or_insert(h);
+        headers.entry(X_FORWARDED_HOST).or_insert_with(|| h.clone());
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let mut b = Request::builder()
-        .method(parts.method.clone())
-        .uri(path)
-        .version(hyper::Version::HTTP_11);
-    if let Some(h) = b.headers_mut() {
-        *h = headers;
-    }
-    b
+    // Origin-form ("/path?query") as it came, or made from an absolute-form target.
+    let uri = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        parts.uri.clone()
+    } else {
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| hyper::Uri::from(p.clone()))
+            .unwrap_or_else(|| hyper::Uri::from_static("/"))
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = hyper::Version::HTTP_11;
+    *req.headers_mut() = headers;
+    req
 }
 
 enum Failure {
@@ -220,7 +233,7 @@ async fn send(
     unreachable!("the second attempt returns")
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: HeaderValue) -> Response<Body> {
     let sticky = req
         .headers()
         .get_all(header::COOKIE)
@@ -231,9 +244,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
         shared.origin(Side::Old).is_up(),
         shared.origin(Side::New).is_up(),
     ];
-    let mut side = choose(shared.new_percent(), sticky, up, rand::random::<u8>() % 100);
+    let mut side = choose(shared.new_percent(), sticky, up, roll());
     if is_upgrade(&req) {
-        return upgrade(shared, req, peer, side).await;
+        return upgrade(shared, req, &peer, side).await;
     }
     let replayable = idempotent(req.method()) && req.body().is_end_stream();
     let (parts, body) = req.into_parts();
@@ -249,10 +262,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
             Err(reason) => Failure::NotSent(None, reason),
             Ok(sender) => {
                 let b = body.take().unwrap_or_else(crate::http::empty);
-                let out = match for_origin(&shared, side, &parts, peer, false).body(b) {
-                    Ok(r) => r,
-                    Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
-                };
+                let out = for_origin(&shared, side, &parts, &peer, false, b);
                 match send(&shared, side, sender, out).await {
                     Ok((resp, sender)) => {
                         origin
@@ -271,7 +281,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
         drop(guard);
         let (retry, reason) = match failure {
             Failure::NotSent(_, reason) => {
-                origin.mark_failed();
+                origin.mark_failed(&reason);
                 (body.is_some() || replayable, reason)
             }
             Failure::Sent(reason) => (replayable, reason),
@@ -294,7 +304,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
 }
 
 /// The origin's response, streamed back, with the sticky cookie when the user has none for
-/// this side. The connection goes back to the idle list once the body is read to its end.
+/// this side. The connection goes back to the idle list once the body has arrived whole.
 fn respond(
     shared: &Arc<Shared>,
     side: Side,
@@ -306,13 +316,8 @@ fn respond(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     if sticky != Some(side) {
-        let cookie = format!(
-            "{}={}; Path=/; HttpOnly; SameSite=Lax",
-            shared.sticky_cookie,
-            side.as_str()
-        );
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            parts.headers.append(header::SET_COOKIE, v);
+        if let Some(v) = &shared.origin(side).set_cookie {
+            parts.headers.append(header::SET_COOKIE, v.clone());
         }
     }
     let body = Tracked {
@@ -326,13 +331,27 @@ fn respond(
 }
 
 /// A response body that holds its request's place in flight and returns the connection to
-/// the idle list when the body ends.
+/// the idle list when the body has arrived whole.
+///
+/// "Whole" is the origin's body reporting its end of stream, not a poll that returns None:
+/// hyper's server stops polling a body once `is_end_stream` says so (a Content-Length
+/// reached, or no body at all, as for HEAD, 204 and 304), and drops it unpolled. Keying the
+/// return to that last poll closed the connection after nearly every response.
 struct Tracked {
     inner: Incoming,
     sender: Option<SendRequest<Body>>,
     shared: Arc<Shared>,
     side: Side,
     _guard: InFlight,
+}
+
+impl Tracked {
+    /// The response has arrived whole: its connection can carry another request.
+    fn done(&mut self) {
+        if let Some(s) = self.sender.take() {
+            self.shared.release(self.side, s);
+        }
+    }
 }
 
 impl hyper::body::Body for Tracked {
@@ -345,16 +364,9 @@ impl hyper::body::Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
-            Poll::Ready(None) => {
-                if let Some(s) = self.sender.take() {
-                    if self.side.share(self.shared.new_percent()) > 0 {
-                        self.shared.origin(self.side).checkin(s);
-                    }
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                self.sender = None;
-            }
+            Poll::Ready(None) => self.done(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.done(),
+            Poll::Ready(Some(Err(_))) => self.sender = None,
             _ => {}
         }
         r.map(|o| o.map(|r| r.map_err(BoxError::from)))
@@ -369,25 +381,32 @@ impl hyper::body::Body for Tracked {
     }
 }
 
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Dropped unpolled at its end (see above); cut short otherwise, and then the
+        // connection, with the rest of a response on it, is closed.
+        if self.inner.is_end_stream() {
+            self.done();
+        }
+    }
+}
+
 /// WebSocket and other upgrades: a connection of their own, then bytes both ways.
 async fn upgrade(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &HeaderValue,
     side: Side,
 ) -> Response<Body> {
     let origin = shared.origin(side);
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
-    let out = match for_origin(&shared, side, &parts, peer, true).body(crate::http::empty()) {
-        Ok(r) => r,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
-    };
+    let out = for_origin(&shared, side, &parts, peer, true, crate::http::empty());
     let started = Instant::now();
     let mut sender = match origin.target.handshake().await {
         Ok(s) => s,
         Err(e) => {
-            origin.mark_failed();
+            origin.mark_failed(&e.to_string());
             origin.metrics.record(None, started.elapsed());
             tracing::warn!(origin = side.as_str(), "upgrade failed: {e}");
             return error_response(StatusCode::BAD_GATEWAY, "the origin did not answer");

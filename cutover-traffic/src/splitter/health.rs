@@ -27,9 +27,9 @@ pub(super) async fn check_loop(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let ok = check(&shared, side, &path, interval.max(Duration::from_secs(1))).await;
+        let result = check(&shared, side, &path, interval.max(Duration::from_secs(1))).await;
         let origin = shared.origin(side);
-        if let Some(up) = origin.checked(ok, healthy_after, unhealthy_after) {
+        if let Some(up) = origin.checked(result, healthy_after, unhealthy_after) {
             if up {
                 tracing::info!(
                     origin = side.as_str(),
@@ -38,31 +38,47 @@ pub(super) async fn check_loop(
             } else {
                 tracing::warn!(
                     origin = side.as_str(),
-                    "origin fails its health checks: down"
+                    "origin fails its health checks, marked down: {}",
+                    origin.last_error().unwrap_or_default()
                 );
             }
         }
     }
 }
 
-async fn check(shared: &Shared, side: Side, path: &str, timeout: Duration) -> bool {
+/// One check: Ok, or why it failed.
+async fn check(shared: &Shared, side: Side, path: &str, timeout: Duration) -> Result<(), String> {
     let origin = shared.origin(side);
     let host = origin
         .host
         .clone()
         .unwrap_or_else(|| origin.target.authority());
     let work = async {
-        let mut sender = origin.target.handshake().await.ok()?;
+        let mut sender = origin.target.handshake().await.map_err(|e| e.to_string())?;
         let req = hyper::Request::get(path)
             .header(header::HOST, host)
             .header(header::USER_AGENT, "cutover-health-check")
             .header(header::CONNECTION, "close")
             .body(crate::http::empty())
-            .ok()?;
-        let resp = sender.send_request(req).await.ok()?;
-        let ok = resp.status().is_success() || resp.status().is_redirection();
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("health check GET {path}: {e}"))?;
+        let status = resp.status();
         let _ = resp.into_body().collect().await;
-        Some(ok)
+        if status.is_success() || status.is_redirection() {
+            Ok(())
+        } else {
+            Err(format!(
+                "health check GET {path} answered {status}; it passes with 2xx or 3xx (traffic.health_path)"
+            ))
+        }
     };
-    matches!(tokio::time::timeout(timeout, work).await, Ok(Some(true)))
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        format!(
+            "health check GET {path} had no answer within {}s",
+            timeout.as_secs()
+        )
+    })?
 }

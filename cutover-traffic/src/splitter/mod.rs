@@ -14,6 +14,12 @@
 //!   `drain_timeout` for requests in flight.
 //! - Upgrades (WebSocket) get a connection of their own and are copied both ways; bodies
 //!   are streamed in both directions, never buffered.
+//! - Connections to the origins are kept alive: one goes back to its origin's idle list
+//!   as soon as the origin's response has arrived whole (hyper stops polling a body whose
+//!   length is reached, so "whole" is the body's own end-of-stream, not a last poll), once
+//!   hyper says it can take the next request.
+//! - An origin that cannot be reached is marked down at once with the reason, shown in
+//!   `/status` as `last_error` until it is up again; health checks bring it back.
 
 pub mod admin;
 mod forward;
@@ -30,6 +36,7 @@ use std::time::Duration;
 
 use cutover_core::{Plan, Secret};
 use hyper::client::conn::http1::SendRequest;
+use hyper::header::HeaderValue;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -110,24 +117,50 @@ pub struct Origin {
     pub metrics: OriginMetrics,
     /// Health check streaks: passed, failed.
     streak: Mutex<(u32, u32)>,
+    /// The last failure to reach it (a request's connection or a health check); cleared by
+    /// a passing check once it is up.
+    last_error: Mutex<Option<String>>,
+    /// The sticky cookie that keeps a user on this side, ready to send.
+    set_cookie: Option<HeaderValue>,
+    /// `host` as a header; and the URL's authority, the Host when the client sent none.
+    host_header: Option<HeaderValue>,
+    authority_header: Option<HeaderValue>,
 }
 
 /// Idle connections kept per origin.
 const MAX_IDLE: usize = 256;
 
 impl Origin {
-    fn new(side: Side, c: &OriginConfig) -> Result<Origin, String> {
+    fn new(side: Side, c: &OriginConfig, sticky_cookie: &str) -> Result<Origin, String> {
+        let target = Target::new(&c.url, c.sni.as_deref(), c.ca_file.as_deref())
+            .map_err(|e| format!("traffic.{}: {e}", side.as_str()))?;
+        let host_header = match &c.host {
+            Some(h) => Some(HeaderValue::from_str(h).map_err(|_| {
+                format!(
+                    "traffic.{}.host: \"{h}\" is not a valid Host header",
+                    side.as_str()
+                )
+            })?),
+            None => None,
+        };
         Ok(Origin {
             side,
             url: c.url.clone(),
-            target: Target::new(&c.url, c.sni.as_deref(), c.ca_file.as_deref())
-                .map_err(|e| format!("traffic.{}: {e}", side.as_str()))?,
+            authority_header: HeaderValue::from_str(&target.authority()).ok(),
+            host_header,
+            target,
             host: c.host.clone(),
             up: AtomicBool::new(true),
             in_flight: AtomicU64::new(0),
             idle: Mutex::new(vec![]),
             metrics: OriginMetrics::default(),
             streak: Mutex::new((0, 0)),
+            last_error: Mutex::new(None),
+            set_cookie: HeaderValue::from_str(&format!(
+                "{sticky_cookie}={}; Path=/; HttpOnly; SameSite=Lax",
+                side.as_str()
+            ))
+            .ok(),
         })
     }
 
@@ -140,29 +173,56 @@ impl Origin {
     }
 
     /// A request failed to reach this origin: down at once; health checks bring it back.
-    fn mark_failed(&self) {
+    fn mark_failed(&self, reason: &str) {
+        let reason = self.explain(reason);
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 origin = self.side.as_str(),
-                "origin unreachable: marked down"
+                "origin unreachable, marked down: {reason}"
             );
         }
+        *lock(&self.last_error) = Some(reason);
         *lock(&self.streak) = (0, 0);
         lock(&self.idle).clear();
     }
 
-    /// A health check's result; returns the new state when it changed.
-    fn checked(&self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
-        let mut s = lock(&self.streak);
-        if ok {
-            *s = (s.0.saturating_add(1), 0);
+    /// The reason with what to check when it is the origin's TLS that failed.
+    fn explain(&self, reason: &str) -> String {
+        if self.target.https && reason.contains("TLS: ") {
+            let side = self.side.as_str();
+            format!("{reason} (check traffic.{side}.ca_file and traffic.{side}.sni)")
         } else {
-            *s = (0, s.1.saturating_add(1));
+            reason.to_string()
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
+    /// A health check's result; returns the new state when it changed.
+    fn checked(
+        &self,
+        result: Result<(), String>,
+        healthy_after: u32,
+        unhealthy_after: u32,
+    ) -> Option<bool> {
+        let mut s = lock(&self.streak);
+        match &result {
+            Ok(()) => *s = (s.0.saturating_add(1), 0),
+            Err(e) => {
+                *s = (0, s.1.saturating_add(1));
+                *lock(&self.last_error) = Some(self.explain(e));
+            }
         }
         let up = self.is_up();
         if !up && s.0 >= healthy_after {
             self.up.store(true, Ordering::Relaxed);
+            *lock(&self.last_error) = None;
             return Some(true);
+        }
+        if up && result.is_ok() {
+            *lock(&self.last_error) = None;
         }
         if up && s.1 >= unhealthy_after {
             self.up.store(false, Ordering::Relaxed);
@@ -244,6 +304,10 @@ pub struct OriginStatus {
     pub in_flight: u64,
     /// Weight 0 and requests still in flight.
     pub draining: bool,
+    /// Why it is down or failing health checks: the last failure to reach it (a request's
+    /// connection or a health check), one line; None once a check passes and it is up.
+    #[serde(default)]
+    pub last_error: Option<String>,
     pub metrics: Snapshot,
 }
 
@@ -262,6 +326,26 @@ impl Shared {
 
     pub fn new_percent(&self) -> u8 {
         *self.weight.borrow()
+    }
+
+    /// Hands a connection whose response has arrived whole back to `side`'s idle list for
+    /// the next request: now when hyper is ready for one, else once it is (it may still be
+    /// sending a request body the origin answered early; no request waits for that). Not
+    /// while the side is draining: then the connection closes.
+    fn release(self: &Arc<Shared>, side: Side, mut sender: SendRequest<Body>) {
+        if side.share(self.new_percent()) == 0 {
+            return;
+        }
+        if sender.is_ready() {
+            self.origin(side).checkin(sender);
+            return;
+        }
+        let shared = self.clone();
+        self.tasks.spawn(async move {
+            if sender.ready().await.is_ok() && side.share(shared.new_percent()) > 0 {
+                shared.origin(side).checkin(sender);
+            }
+        });
     }
 
     /// Moves the weight, keeps it on disk first, and closes idle connections of an origin
@@ -296,6 +380,7 @@ impl Shared {
                         weight: s.share(p),
                         in_flight: o.in_flight(),
                         draining: s.share(p) == 0 && o.in_flight() > 0,
+                        last_error: o.last_error(),
                         metrics: o.metrics.snapshot(),
                     }
                 })
@@ -355,8 +440,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
     };
     let shared = Arc::new(Shared {
         origins: [
-            Origin::new(Side::Old, &config.old)?,
-            Origin::new(Side::New, &config.new)?,
+            Origin::new(Side::Old, &config.old, &config.sticky_cookie)?,
+            Origin::new(Side::New, &config.new, &config.sticky_cookie)?,
         ],
         weight: watch::Sender::new(weight),
         sticky_cookie: config.sticky_cookie.clone(),

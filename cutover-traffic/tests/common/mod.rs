@@ -23,11 +23,17 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 /// An HTTP origin: answers with its name, can be told to fail, or be killed.
+///
+/// `/health` fails along with the app; `/live` always passes, like a liveness probe that
+/// does not touch what broke (the canary's gates, not the health checks, must catch that).
 pub struct Origin {
     pub name: &'static str,
     pub addr: SocketAddr,
     pub failing: Arc<AtomicBool>,
+    /// Requests, health checks aside.
     pub hits: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -37,17 +43,19 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let failing = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(AtomicU64::new(0));
-        let (f, h) = (failing.clone(), hits.clone());
+        let conns = Arc::new(AtomicU64::new(0));
+        let (f, h, c) = (failing.clone(), hits.clone(), conns.clone());
         let task = tokio::spawn(async move {
             // Connections live in this set: aborting the task closes every one of them.
-            let mut conns = JoinSet::new();
+            let mut open = JoinSet::new();
             loop {
                 let (stream, _) = match listener.accept().await {
                     Ok(x) => x,
                     Err(_) => continue,
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (f, h) = (f.clone(), h.clone());
-                conns.spawn(async move {
+                open.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let (f, h) = (f.clone(), h.clone());
                         async move { Ok::<_, Infallible>(answer(name, req, &f, &h).await) }
@@ -57,7 +65,7 @@ impl Origin {
                         .with_upgrades()
                         .await;
                 });
-                while conns.try_join_next().is_some() {}
+                while open.try_join_next().is_some() {}
             }
         });
         Origin {
@@ -65,6 +73,7 @@ impl Origin {
             addr,
             failing,
             hits,
+            conns,
             task,
         }
     }
@@ -96,10 +105,22 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let forwarded = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+        .map(|h| {
+            req.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        })
+        .join(" | ");
     let fail = failing.load(Ordering::SeqCst);
     if path == "/health" {
         let code = if fail { 503 } else { 200 };
         return with(name, code, full("health"), &host);
+    }
+    if path == "/live" {
+        return with(name, 200, full("live"), &host);
     }
     hits.fetch_add(1, Ordering::SeqCst);
     if path == "/ws" {
@@ -146,7 +167,11 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    with(name, 200, full(format!("{name} {}", body.len())), &host)
+    let mut r = with(name, 200, full(format!("{name} {}", body.len())), &host);
+    if let Ok(v) = forwarded.parse() {
+        r.headers_mut().insert("x-seen-forwarded", v);
+    }
+    r
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -199,6 +224,8 @@ pub struct Got {
     pub body: String,
     pub set_cookie: Option<String>,
     pub seen_host: String,
+    /// X-Forwarded-For, -Proto and -Host as the origin saw them, joined by " | ".
+    pub seen_forwarded: String,
 }
 
 /// One request through a new connection, like a new user.
@@ -209,14 +236,28 @@ pub async fn get(
     cookie: Option<&str>,
     body: &[u8],
 ) -> Got {
+    match cookie {
+        Some(c) => get_with(addr, method, path, &[("cookie", c)], body).await,
+        None => get_with(addr, method, path, &[], body).await,
+    }
+}
+
+/// The same with any headers (Host is app.example.test).
+pub async fn get_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Got {
     let target = cutover_traffic::http::Target::new(&format!("http://{addr}"), None, None).unwrap();
     let mut sender = target.handshake().await.expect("connect to the splitter");
     let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header("host", "app.example.test");
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let resp = sender
         .send_request(req.body(full(body.to_vec())).unwrap())
@@ -228,10 +269,11 @@ pub async fn get(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let (origin, set_cookie, seen_host) = (
+    let (origin, set_cookie, seen_host, seen_forwarded) = (
         h("x-origin").unwrap_or_default(),
         h("set-cookie"),
         h("x-seen-host").unwrap_or_default(),
+        h("x-seen-forwarded").unwrap_or_default(),
     );
     let status = resp.status().as_u16();
     let body = resp
@@ -246,6 +288,7 @@ pub async fn get(
         body: String::from_utf8_lossy(&body).into_owned(),
         set_cookie,
         seen_host,
+        seen_forwarded,
     }
 }
 
