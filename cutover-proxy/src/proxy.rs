@@ -343,17 +343,25 @@ impl Shared {
     /// Waits until every session has its login to `to` (or `timeout`); best effort: a
     /// session without one logs in when it moves.
     pub async fn wait_prepared(&self, to: Backend, timeout: Duration) -> Status {
+        self.wait_for(timeout, |status| {
+            status
+                .sessions
+                .iter()
+                .all(|s| s.standby || s.backend == Some(to))
+        })
+        .await
+    }
+
+    /// Waits until `done` holds for the status (re-checked whenever a session's view
+    /// changes), or until `timeout`; returns the last status either way.
+    async fn wait_for(&self, timeout: Duration, done: impl Fn(&Status) -> bool) -> Status {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let status = self.status();
-            if status
-                .sessions
-                .iter()
-                .all(|s| s.standby || s.backend == Some(to))
-            {
+            if done(&status) {
                 return status;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -385,19 +393,8 @@ impl Shared {
 
     /// Waits until paused and drained, or until `timeout`; returns the last status.
     pub async fn wait_drained(&self, timeout: Duration) -> Status {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let status = self.status();
-            if status.drained || !status.paused {
-                return status;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.status();
-            }
-        }
+        self.wait_for(timeout, |status| status.drained || !status.paused)
+            .await
     }
 
     /// Moves every session to `to`. Allowed only while paused and drained. The new backend
@@ -451,40 +448,24 @@ impl Shared {
         if resume {
             self.pause_ended();
         }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let status = self.status();
-            let behind: Vec<&SessionView> = status
-                .sessions
-                .iter()
-                .filter(|s| s.epoch != next.epoch)
-                .collect();
-            if behind.is_empty() {
-                return Ok(SwitchReport {
-                    active: to,
-                    epoch: next.epoch,
-                    moved: status.sessions.len(),
-                    failed: vec![],
-                    already: false,
-                });
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let failed = behind
-                    .iter()
-                    .map(|s| format!("session {} (user {})", s.id, s.user))
-                    .collect();
-                return Ok(SwitchReport {
-                    active: to,
-                    epoch: next.epoch,
-                    moved: status.sessions.len() - behind.len(),
-                    failed,
-                    already: false,
-                });
-            }
-        }
+        let status = self
+            .wait_for(timeout, |status| {
+                status.sessions.iter().all(|s| s.epoch == next.epoch)
+            })
+            .await;
+        let failed: Vec<String> = status
+            .sessions
+            .iter()
+            .filter(|s| s.epoch != next.epoch)
+            .map(|s| format!("session {} (user {})", s.id, s.user))
+            .collect();
+        Ok(SwitchReport {
+            active: to,
+            epoch: next.epoch,
+            moved: status.sessions.len() - failed.len(),
+            failed,
+            already: false,
+        })
     }
 }
 

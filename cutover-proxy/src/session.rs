@@ -20,11 +20,16 @@
 //! settings changed with `SET` (`pg_settings` whose source is `session`), the role, the
 //! prepared statements (protocol-level and SQL `PREPARE`), and state that cannot move:
 //! LISTEN channels, advisory locks, WITH HOLD cursors, temporary tables. A session with such
-//! state is *pinned*: it is not held, and a switch waits for it to end. When the gate's
-//! epoch changes, an idle session logs in to the new backend with the client's startup
-//! parameters, replays the role and settings, re-prepares every prepared statement under its
-//! name, tells the client about parameters whose values differ, and drops the old
-//! connection. The client sees only a slower next request.
+//! state is *pinned*: it is not held, and a switch waits for it to end.
+//!
+//! The connection to the other backend is made ahead: `POST /prepare` has every session log
+//! in there with the client's startup parameters before the pause, and plan a query on the
+//! busiest tables so that the new server process has them cached ([`WARM`]). Once paused and
+//! checked, the session gives that connection its state: the role and settings replayed,
+//! every prepared statement re-prepared under its name. When the gate's epoch changes, an
+//! idle session swaps to it (logging in then only if the early login failed), tells the
+//! client about parameters whose values differ, and ends the old connection a little later
+//! ([`OLD_CONNECTION_GRACE`]). The client sees only a slower next request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
