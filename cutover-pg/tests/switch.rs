@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cutover_core::plan::SyncSettings;
-use cutover_core::{ConnString, Mode};
+use cutover_core::ConnString;
 use cutover_pg::fence::{
     apply_fence, other_sessions, plan_fence, terminate, unfence, wal_position, Fence,
 };
@@ -18,15 +18,9 @@ use tokio_postgres::Client;
 
 fn settings() -> SyncSettings {
     SyncSettings {
-        mode: Mode::Native,
-        schemas: vec![],
-        exclude_tables: vec![],
-        whole_row_tables: vec![],
-        copy_schema: true,
-        name: "cutover".into(),
         ready_timeout: Duration::from_secs(3600),
-        copy: cutover_core::plan::CopyMethod::Parallel,
         copy_jobs: 2,
+        ..SyncSettings::default()
     }
 }
 

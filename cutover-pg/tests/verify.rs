@@ -5,7 +5,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cutover_core::plan::SyncSettings;
-use cutover_core::Mode;
 use cutover_pg::inspect::Table;
 use cutover_pg::verify::{
     verify, CatchUp, KeyDiff, TableReport, VerifyEvent, VerifyOptions, VerifyReport,
@@ -62,15 +61,9 @@ INSERT INTO devices SELECT 'dev-' || i, 'o' || (i % 5), i FROM generate_series(1
 
 fn settings() -> SyncSettings {
     SyncSettings {
-        mode: Mode::Native,
-        schemas: vec![],
-        exclude_tables: vec![],
-        whole_row_tables: vec![],
-        copy_schema: true,
-        name: "cutover".into(),
         ready_timeout: Duration::from_secs(3600),
-        copy: cutover_core::plan::CopyMethod::Parallel,
         copy_jobs: 2,
+        ..SyncSettings::default()
     }
 }
 
