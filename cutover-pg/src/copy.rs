@@ -150,6 +150,19 @@ pub struct TableCounters {
     pub parts_left: AtomicI64,
 }
 
+impl TableCounters {
+    /// One set per table, before the copy starts (parts not yet known: -1).
+    pub fn for_tables(n: usize) -> Vec<TableCounters> {
+        (0..n)
+            .map(|_| TableCounters {
+                rows: 0.into(),
+                bytes: 0.into(),
+                parts_left: (-1).into(),
+            })
+            .collect()
+    }
+}
+
 /// What the copy did.
 #[derive(Clone, Debug, Serialize)]
 pub struct CopyStats {

@@ -549,14 +549,7 @@ async fn trigger_sync(
             "the copy is done; the applier's position is on the target",
         )?;
     } else {
-        let counters: Vec<copy::TableCounters> = tables
-            .iter()
-            .map(|_| copy::TableCounters {
-                rows: 0.into(),
-                bytes: 0.into(),
-                parts_left: (-1).into(),
-            })
-            .collect();
+        let counters = copy::TableCounters::for_tables(tables.len());
         let intent = format!(
             "copy {} tables from one exported snapshot into {location}, {} parts at once",
             tables.len(),
@@ -806,14 +799,7 @@ async fn parallel_copy(
         }
         crate::cleanup::drop_slot(source, &slot).await?;
     }
-    let counters: Vec<copy::TableCounters> = tables
-        .iter()
-        .map(|_| copy::TableCounters {
-            rows: 0.into(),
-            bytes: 0.into(),
-            parts_left: (-1).into(),
-        })
-        .collect();
+    let counters = copy::TableCounters::for_tables(tables.len());
     let intent = format!(
         "copy {} tables from slot {slot}'s snapshot into {location}, {} parts at once",
         tables.len(),

@@ -185,15 +185,7 @@ async fn initial_copy(s: &Setup) {
     let snapshot = ExportedSnapshot::export(&s.owner_source, Side::Source)
         .await
         .unwrap();
-    let counters: Vec<copy::TableCounters> = s
-        .tables
-        .iter()
-        .map(|_| copy::TableCounters {
-            rows: 0.into(),
-            bytes: 0.into(),
-            parts_left: (-1).into(),
-        })
-        .collect();
+    let counters = copy::TableCounters::for_tables(s.tables.len());
     let target = connect(&s.owner_target, Side::Target).await.unwrap();
     copy::copy_tables(
         &s.owner_source,
