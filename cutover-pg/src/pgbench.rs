@@ -29,6 +29,24 @@ impl Verdict {
     }
 }
 
+/// `pgbench -i -q -s scale`: the four pgbench tables with their data (the demo's and the
+/// tests' application). Its error output, trimmed, is the error.
+pub async fn init(url: &ConnString, scale: u32) -> Result<(), PgError> {
+    let out = client_program("pgbench", Some(url))
+        .args(["-i", "-q", "-s", &scale.to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| crate::connect::cannot_run("pgbench", e))?;
+    if !out.status.success() {
+        return Err(PgError::Io(format!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Starts `pgbench` against `url` with `args` (e.g. `-c 16 -j 16 -T 10 -M prepared -n`).
 pub fn start(url: &ConnString, args: &[&str]) -> Result<Child, PgError> {
     let mut cmd = client_program("pgbench", Some(url));

@@ -29,16 +29,7 @@ async fn fixture() -> Fixture {
         .source
         .cluster
         .url_as("app", Some(pw.clone()), &pair.source.db);
-    let out = cutover_pg::connect::client_program("pgbench", Some(&app_source))
-        .args(["-i", "-s", "1", "-q"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cutover_pg::pgbench::init(&app_source, 1).await.unwrap();
     pair.source
         .exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
         .await;

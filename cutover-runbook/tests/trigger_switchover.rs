@@ -58,16 +58,7 @@ async fn trigger_mode_switchover_and_lossless_rollback_from_a_heroku_like_source
             pair.target.db
         ))
         .await;
-    let out = cutover_pg::connect::client_program("pgbench", Some(&owner))
-        .args(["-i", "-s", "1", "-q"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cutover_pg::pgbench::init(&owner, 1).await.unwrap();
     cutover_pg::connect(&owner, cutover_pg::Side::Source)
         .await
         .unwrap()

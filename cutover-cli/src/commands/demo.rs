@@ -3,10 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use cutover_core::engine::Steps;
 use cutover_core::{ConnString, Journal, Plan};
 use cutover_pg::local::{ClusterOptions, LocalCluster, WalLevel};
@@ -96,20 +94,6 @@ struct SwitchFigures {
     steps: Vec<cutover_runbook::switchover::StepTime>,
     /// Errors pgbench reported during the copy (it ran through the proxy too).
     errors_during_copy: Vec<String>,
-}
-
-async fn pgbench_init(url: &ConnString, scale: u32) -> anyhow::Result<()> {
-    let mut cmd = cutover_pg::connect::client_program("pgbench", Some(url));
-    cmd.args(["-i", "-q", "-s", &scale.to_string()])
-        .stdin(Stdio::null());
-    let out = cmd.output().await.context("run pgbench -i")?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "pgbench -i failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Starts the write load through the proxy: pgbench's TPC-B-like transactions at `rate`
@@ -263,7 +247,7 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
         "loading demo data as the application's role (pgbench scale {} and a shop schema)...",
         args.scale
     );
-    pgbench_init(&app_src, args.scale).await?;
+    cutover_pg::pgbench::init(&app_src, args.scale).await?;
     connect(&app_src, Side::Source)
         .await?
         .batch_execute(SHOP_SCHEMA)
