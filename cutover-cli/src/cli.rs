@@ -357,7 +357,8 @@ pub enum TrafficCommand {
     Serve(TrafficServeArgs),
     /// Move users in steps with gates; roll back to 0% by itself when a gate fails.
     Canary(TrafficCanaryArgs),
-    /// Show the canary's step and the splitter's weight, health and traffic per origin.
+    /// Show the canary's step and the splitter's weight, health and traffic per origin, and
+    /// why an origin is down.
     Status,
     /// Ask the running canary to go to 100% now (without a canary: set the splitter to 100%).
     Promote,

@@ -166,6 +166,89 @@ async fn serve_canary_and_control_from_the_command_line() {
     );
 }
 
+/// An origin answering 200 with its name, and the task that serves it: aborting it closes
+/// the listener, so connections are refused from then on.
+async fn killable_origin(name: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    let app = axum::Router::new().fallback(move || async move { name });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), task)
+}
+
+/// Lines of `cutover traffic status` that explain an origin's health, like "old: down (...)".
+fn health_lines(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("old: ") || l.starts_with("new: "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_why_an_origin_is_down() {
+    let (old, old_task) = killable_origin("old").await;
+    let new = origin("new").await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cutover.toml"),
+        format!("[source]\nurl = \"${{SRC_URL}}\"\n[target]\nurl = \"${{DST_URL}}\"\n\n[traffic]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nadmin_token = \"${{TRAFFIC_TOKEN}}\"\nhealth_interval = \"200ms\"\n\n[traffic.old]\nurl = \"{old}\"\n\n[traffic.new]\nurl = \"{new}\"\n"),
+    )
+    .unwrap();
+    let _serve = Serve(
+        command(dir.path(), &["traffic", "serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Both origins pass their checks: no line explains anything.
+    let mut healthy = None;
+    for _ in 0..300 {
+        let s = cutover(dir.path(), &["traffic", "status"]);
+        if s.stdout.contains("splitter: 0% of new users") {
+            healthy = Some(s.stdout);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healthy = healthy.expect("the splitter answered");
+    assert_eq!(health_lines(&healthy), Vec::<&str>::new(), "{healthy}");
+
+    old_task.abort();
+    let mut down = None;
+    for _ in 0..300 {
+        let s = cutover(dir.path(), &["traffic", "status"]);
+        if s.stdout.lines().any(|l| l.starts_with("old: down (")) {
+            down = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let down = down.expect("status showed the old origin down with its reason");
+    assert_eq!(down.code, 0);
+    // The reason is the splitter's own last_error, which --json carries too.
+    let json = cutover(dir.path(), &["traffic", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let origins = v["splitter"]["origins"].as_array().unwrap();
+    assert_eq!(origins[0]["side"], "old");
+    assert_eq!(origins[0]["up"], false);
+    let last_error = origins[0]["last_error"].as_str().unwrap();
+    assert!(
+        last_error.to_lowercase().contains("connection refused"),
+        "{last_error}"
+    );
+    assert_eq!(origins[1]["last_error"], serde_json::Value::Null);
+    assert_eq!(
+        health_lines(&down.stdout),
+        [format!("old: down ({last_error})")],
+        "{}",
+        down.stdout
+    );
+}
+
 /// One GET through a new connection.
 async fn reqwest_free_get(url: &str) -> Result<(), String> {
     let stream =

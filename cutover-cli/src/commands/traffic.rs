@@ -221,6 +221,14 @@ async fn status(g: &Global) -> anyhow::Result<i32> {
                     &rows
                 )
             );
+            // Why an origin is down (or failing its checks while still up), one line each:
+            // the first thing to read when users are not where they should be.
+            for o in &st.origins {
+                if let Some(e) = &o.last_error {
+                    let health = if o.up { "up" } else { "down" };
+                    println!("{}: {health} ({e})", o.side.as_str());
+                }
+            }
         }
         Err(e) => println!("splitter: {e}"),
     }
