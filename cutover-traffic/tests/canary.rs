@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{get, splitter, Origin, TOKEN};
+use common::{get, splitter, Load, Origin, TOKEN};
 use cutover_core::engine::Steps;
 use cutover_core::{Journal, Secret};
 use cutover_traffic::canary::gates::{SplitterGates, Thresholds};
@@ -26,34 +26,6 @@ fn canary(interval_ms: u64) -> Canary {
             max_p99: Duration::from_secs(5),
             min_requests: 3,
         },
-    }
-}
-
-/// Requests without cookies until dropped, like a stream of new users.
-struct Load(Arc<AtomicBool>);
-impl Load {
-    fn start(addr: std::net::SocketAddr) -> Load {
-        Load::users(addr, 2, None)
-    }
-
-    /// `workers` users sending requests one after the other, with `cookie` if any.
-    fn users(addr: std::net::SocketAddr, workers: usize, cookie: Option<&'static str>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        for _ in 0..workers {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                while !stop.load(Ordering::SeqCst) {
-                    get(addr, "GET", "/", cookie, b"").await;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            });
-        }
-        Load(stop)
-    }
-}
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
     }
 }
 

@@ -4,7 +4,8 @@
 //! difference of two `/status` snapshots of the new origin; from Prometheus, the queries
 //! are expected to cover a window themselves (`rate(...[1m])`). No number, or fewer requests
 //! than `min_requests`, is "no data", and no data fails the check: a canary that sees nothing
-//! must not be promoted.
+//! must not be promoted. Prometheus gives no request count, so there `min_requests` does not
+//! apply; a window without requests makes a rate ratio NaN (0/0), which is no data too.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -177,12 +178,13 @@ pub struct PrometheusGates {
 }
 
 impl PrometheusGates {
-    /// The value of an instant query; None when it has no sample.
-    async fn scalar(&self, query: &str) -> Result<Option<f64>, String> {
-        let encoded: String = url_encode(query);
+    /// The one number of an instant query. Err says why there is none: Prometheus cannot be
+    /// reached or refused the query, the query gives no sample (no data) or several, or its
+    /// value is NaN (0/0: no requests in its window). The canary counts each as no data.
+    async fn scalar(&self, field: &str, query: &str) -> Result<f64, String> {
         let (code, body) = crate::http::request(
             hyper::Method::GET,
-            &format!("{}/api/v1/query?query={encoded}", self.url),
+            &format!("{}/api/v1/query?query={}", self.url, url_encode(query)),
             &[],
             None,
             Duration::from_secs(10),
@@ -194,26 +196,73 @@ impl PrometheusGates {
                 self.url
             )
         })?;
-        if !code.is_success() {
+        let v: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        if !code.is_success() || v.as_ref().is_some_and(|v| v["status"] != "success") {
+            // Prometheus explains a refused query in the JSON body's "error".
+            let why = v
+                .as_ref()
+                .and_then(|v| v["error"].as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+            // A proxy's error page can be long; its start says enough.
+            let why: String = why.chars().take(300).collect();
             return Err(format!(
-                "Prometheus answered {code} to {query:?}: {}; fix the query in the plan",
-                String::from_utf8_lossy(&body).trim()
+                "Prometheus refused {field} ({code}: {why}); fix the query in the plan"
             ));
         }
-        let v: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| format!("Prometheus' answer: {e}"))?;
-        let data = &v["data"];
-        let value = match data["resultType"].as_str() {
-            Some("scalar") => data["result"][1].as_str().map(str::to_string),
-            Some("vector") => data["result"][0]["value"][1].as_str().map(str::to_string),
-            _ => None,
+        let Some(v) = v else {
+            return Err(format!(
+                "Prometheus at {} answered {field} with something other than JSON; check traffic.prometheus_url",
+                self.url
+            ));
         };
-        Ok(value
-            .and_then(|s| s.parse::<f64>().ok())
-            .filter(|f| f.is_finite()))
+        read_scalar(field, &v["data"])
     }
 }
 
+/// The one number in the `data` of an instant query's answer.
+fn read_scalar(field: &str, data: &serde_json::Value) -> Result<f64, String> {
+    let text = match data["resultType"].as_str() {
+        Some("scalar") => data["result"][1].as_str(),
+        Some("vector") => {
+            let series = data["result"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            match series {
+                [] => {
+                    return Err(format!(
+                        "{field} gave no sample (the series does not exist or had nothing in its window)"
+                    ))
+                }
+                [one] => one["value"][1].as_str(),
+                many => {
+                    return Err(format!(
+                        "{field} gave {} series, not one number; aggregate it, e.g. sum(...) or sum by (le) (...) inside histogram_quantile",
+                        many.len()
+                    ))
+                }
+            }
+        }
+        Some("matrix") => {
+            return Err(format!(
+                "{field} is a range vector, not one number; wrap it, e.g. rate(...[1m])"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "{field} gave a {} result, not one number",
+                other.unwrap_or("missing")
+            ))
+        }
+    };
+    let text = text.ok_or_else(|| format!("{field}: Prometheus' answer has no value"))?;
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() => Ok(f),
+        Ok(f) if f.is_nan() => Err(format!("{field} gave NaN (0/0: no requests in its window)")),
+        _ => Err(format!("{field} gave {text}, not a finite number")),
+    }
+}
+
+/// Percent-encodes a query parameter: only RFC 3986's unreserved characters are left as
+/// they are, so PromQL's quotes, braces, `+` and `|` reach Prometheus unchanged.
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -234,8 +283,11 @@ impl Gates for PrometheusGates {
         Box::pin(async move {
             Ok(Measured {
                 requests: None,
-                success_rate: self.scalar(&self.success_rate_query).await?,
-                p99: self.scalar(&self.p99_query).await?,
+                success_rate: Some(
+                    self.scalar("traffic.success_rate_query", &self.success_rate_query)
+                        .await?,
+                ),
+                p99: Some(self.scalar("traffic.p99_query", &self.p99_query).await?),
             })
         })
     }
@@ -293,5 +345,51 @@ mod tests {
             &t(),
         );
         assert!(good.passed());
+    }
+
+    #[test]
+    fn prometheus_answers_give_one_number_or_say_why_not() {
+        let f = "traffic.p99_query";
+        let data = |v: serde_json::Value| read_scalar(f, &v);
+        assert_eq!(
+            data(serde_json::json!({"resultType": "scalar", "result": [1.5, "0.25"]})),
+            Ok(0.25)
+        );
+        assert_eq!(
+            data(
+                serde_json::json!({"resultType": "vector", "result": [{"metric": {}, "value": [1.5, "99.5"]}]})
+            ),
+            Ok(99.5)
+        );
+        let none = data(serde_json::json!({"resultType": "vector", "result": []})).unwrap_err();
+        assert!(
+            none.starts_with("traffic.p99_query gave no sample"),
+            "{none}"
+        );
+        let two = data(serde_json::json!({"resultType": "vector", "result": [
+            {"metric": {"origin": "old"}, "value": [1.5, "1"]},
+            {"metric": {"origin": "new"}, "value": [1.5, "2"]}
+        ]}))
+        .unwrap_err();
+        assert!(two.contains("gave 2 series, not one number"), "{two}");
+        let range = data(serde_json::json!({"resultType": "matrix", "result": [
+            {"metric": {}, "values": [[1.5, "1"]]}
+        ]}))
+        .unwrap_err();
+        assert!(range.contains("is a range vector"), "{range}");
+        let nan =
+            data(serde_json::json!({"resultType": "scalar", "result": [1.5, "NaN"]})).unwrap_err();
+        assert!(nan.contains("NaN"), "{nan}");
+        let inf =
+            data(serde_json::json!({"resultType": "scalar", "result": [1.5, "+Inf"]})).unwrap_err();
+        assert!(inf.contains("+Inf, not a finite number"), "{inf}");
+    }
+
+    #[test]
+    fn promql_is_percent_encoded_whole() {
+        assert_eq!(
+            url_encode("sum(rate(x{a=\"b|c\",d!~\"5xx\"}[1m])) + 1"),
+            "sum%28rate%28x%7Ba%3D%22b%7Cc%22%2Cd%21~%225xx%22%7D%5B1m%5D%29%29%20%2B%201"
+        );
     }
 }

@@ -7,8 +7,11 @@
 //!
 //! Every step is journaled (intent, then outcome) and the canary's state is a journal fact
 //! written before each weight change, so a killed canary started again resumes at the step it
-//! was on. `promote`, `abort`, `pause` and `resume` come from other processes through the
-//! journal too: the running canary reads them between checks.
+//! was on. A weight that cannot be set (the DNS provider refused the batch) stops the canary
+//! at its step the same way, with the reason in its state. `promote`, `abort`, `pause` and
+//! `resume` come from other processes through the journal too: the running canary reads them
+//! between checks, and a stopped one acts on `abort` or `promote` before anything else when
+//! it is started again.
 
 pub mod gates;
 
@@ -53,7 +56,8 @@ pub struct State {
     /// The weight of the new app, percent.
     pub new_percent: u8,
     pub phase: Phase,
-    /// Why it was rolled back or aborted.
+    /// Why it was rolled back or aborted, or why it stopped at its step (the weight could
+    /// not be set) while still running.
     pub reason: Option<String>,
     pub updated_ms: i64,
 }
@@ -83,6 +87,15 @@ impl Control {
 pub enum CanaryError {
     #[error("cannot set the weight: {0}")]
     Weight(String),
+    /// A step's weight could not be set: the canary stopped at that step, and its state in
+    /// the journal says so; started again, it resumes there.
+    #[error("the canary stopped at step {step} ({percent}%): cannot set the weight: {reason}; `cutover traffic canary` tries this step again, `cutover traffic abort` goes back to 0%")]
+    Stopped {
+        /// Counted from 1, as the journal's step names are.
+        step: usize,
+        percent: u8,
+        reason: String,
+    },
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -243,12 +256,44 @@ pub async fn run(
         }
     };
     let resumed_at = state.step;
+    // An abort or promote left for a stopped canary is acted on before the step's weight is
+    // set again: an abort must not first send users back to the new app. (A new canary has
+    // cleared any request above; a pause is left for the watch.)
+    match journal.fact(CONTROL_FACT)?.as_deref() {
+        Some(c) if c == Control::Abort.as_str() => {
+            take_control(journal)?;
+            set(
+                steps,
+                weights,
+                "traffic.canary.abort",
+                0,
+                "aborted by request",
+            )
+            .await?;
+            let why = Some("aborted by `cutover traffic abort`".to_string());
+            return finish(journal, state, Phase::Aborted, 0, why, resumed_at);
+        }
+        Some(c) if c == Control::Promote.as_str() => {
+            take_control(journal)?;
+            set(
+                steps,
+                weights,
+                "traffic.canary.promote",
+                100,
+                "promoted by request",
+            )
+            .await?;
+            return finish(journal, state, Phase::Promoted, 100, None, resumed_at);
+        }
+        _ => {}
+    }
     loop {
         let p = canary.steps[state.step];
         state.new_percent = p;
         state.updated_ms = now_ms();
+        state.reason = None;
         save(journal, &state)?;
-        steps
+        let moved = steps
             .run(
                 &format!("traffic.canary.step.{}", state.step + 1),
                 &format!("send {p}% of new users to the new app"),
@@ -257,7 +302,21 @@ pub async fn run(
                     Ok::<_, CanaryError>(format!("new app at {p}%"))
                 },
             )
-            .await?;
+            .await;
+        if let Err(CanaryError::Weight(reason)) = moved {
+            // The state keeps this step, still running, so a canary started again resumes
+            // here; the reason tells `cutover traffic status` why it stopped.
+            let stopped = CanaryError::Stopped {
+                step: state.step + 1,
+                percent: p,
+                reason,
+            };
+            state.reason = Some(stopped.to_string());
+            state.updated_ms = now_ms();
+            save(journal, &state)?;
+            return Err(stopped);
+        }
+        moved?;
         report(&format!("step {}: new app at {p}%", state.step + 1));
         let last = state.step + 1 == canary.steps.len();
         let watch = if last {

@@ -1,8 +1,12 @@
-//! Real servers for the tests: HTTP origins that can fail or die, and BIND.
+//! Real servers for the tests: HTTP origins that can fail or die, BIND, Prometheus, a steady
+//! load of users, and our fake of Route 53.
 
 #![allow(dead_code)]
 
 pub mod bind;
+pub mod prometheus;
+#[cfg(feature = "route53")]
+pub mod route53;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -305,4 +309,34 @@ pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("gave up waiting: {what}");
+}
+
+/// Requests without cookies until dropped, like a stream of new users.
+pub struct Load(Arc<AtomicBool>);
+
+impl Load {
+    pub fn start(addr: SocketAddr) -> Load {
+        Load::users(addr, 2, None)
+    }
+
+    /// `workers` users sending requests one after the other, with `cookie` if any.
+    pub fn users(addr: SocketAddr, workers: usize, cookie: Option<&'static str>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        for _ in 0..workers {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    get(addr, "GET", "/", cookie, b"").await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            });
+        }
+        Load(stop)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }

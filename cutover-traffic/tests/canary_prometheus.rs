@@ -1,0 +1,257 @@
+//! The canary with gates read from a real Prometheus (traffic.metrics = "prometheus") that
+//! scrapes the splitter's `/metrics`, two local origins behind the splitter and a steady
+//! load. Needs the `prometheus` program (`apt-get install -y prometheus`).
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::prometheus::Prometheus;
+use common::{Load, Origin, TOKEN};
+use cutover_core::engine::Steps;
+use cutover_core::{Journal, Secret};
+use cutover_traffic::canary::gates::{PrometheusGates, Thresholds};
+use cutover_traffic::canary::{self, Canary, Outcome, Phase, Weights};
+use cutover_traffic::splitter::admin::AdminClient;
+use cutover_traffic::splitter::{self, Side};
+use futures_util::future::BoxFuture;
+
+/// The new app's success rate in percent over the last 5s, as a plan would write it.
+const SUCCESS_RATE: &str = r#"100 * sum(rate(cutover_splitter_requests_total{origin="new",class!~"5xx|error"}[5s])) / sum(rate(cutover_splitter_requests_total{origin="new"}[5s]))"#;
+/// The new app's p99 latency in seconds over the last 5s.
+const P99: &str = r#"histogram_quantile(0.99, sum by (le) (rate(cutover_splitter_request_duration_seconds_bucket{origin="new"}[5s])))"#;
+
+/// Checks every 2s: Prometheus scrapes every second, so each check sees new samples.
+fn canary(steps: Vec<u8>, interval_ms: u64, check_every_ms: u64) -> Canary {
+    Canary {
+        steps,
+        interval: Duration::from_millis(interval_ms),
+        check_every: Duration::from_millis(check_every_ms),
+        failure_threshold: 1,
+        thresholds: Thresholds {
+            min_success_rate: 95.0,
+            max_p99: Duration::from_secs(5),
+            min_requests: 3,
+        },
+    }
+}
+
+fn gates(prometheus: &Prometheus, success_rate: &str, p99: &str) -> PrometheusGates {
+    PrometheusGates {
+        url: prometheus.url.clone(),
+        success_rate_query: success_rate.to_string(),
+        p99_query: p99.to_string(),
+    }
+}
+
+/// The splitter's admin client, remembering every weight it was asked to set.
+struct Recording(AdminClient, Mutex<Vec<u8>>);
+impl Weights for Recording {
+    fn set(&self, p: u8) -> BoxFuture<'_, Result<(), String>> {
+        self.1.lock().unwrap().push(p);
+        self.0.set(p)
+    }
+}
+
+/// A splitter in front of `old` and `new` whose health checks use `/live`, which keeps
+/// passing when the app fails: the gates, not the health checks, must catch a failing app.
+async fn splitter(old: &Origin, new: &Origin) -> splitter::Running {
+    let mut config = common::config(old, new);
+    config.health_path = "/live".into();
+    splitter::start(config).await.unwrap()
+}
+
+/// Runs a canary in a fresh journal; returns its outcome, the weights set, the report's
+/// lines and the journaled step names.
+async fn run(
+    c: &Canary,
+    admin: &AdminClient,
+    gates: &PrometheusGates,
+) -> (Outcome, Vec<u8>, Vec<String>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("cutover.journal.db")).unwrap();
+    let run = j.begin_run("traffic canary").unwrap();
+    let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
+    let steps = Steps::new(&j, run, &obs);
+    let weights = Recording(admin.clone(), Mutex::new(vec![]));
+    let lines = Mutex::new(vec![]);
+    let report = |l: &str| lines.lock().unwrap().push(l.to_string());
+    let out = canary::run(c, &weights, gates, &steps, &report)
+        .await
+        .unwrap();
+    assert_eq!(
+        canary::state(&j).unwrap().unwrap().phase,
+        out.phase,
+        "the journal's state"
+    );
+    let names = j.timeline().unwrap()[0]
+        .steps
+        .iter()
+        .map(|s| s.step.clone())
+        .collect();
+    (
+        out,
+        weights.1.into_inner().unwrap(),
+        lines.into_inner().unwrap(),
+        names,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_new_origin_is_promoted_by_prometheus_gates() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let s = splitter(&old, &new).await;
+    let prometheus = Prometheus::start(s.admin_addr).await;
+    let _load = Load::start(s.addr);
+    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let c = canary(vec![10, 50, 100], 4000, 2000);
+    let (out, weights, lines, names) =
+        run(&c, &admin, &gates(&prometheus, SUCCESS_RATE, P99)).await;
+    assert_eq!(
+        (out.phase, out.new_percent),
+        (Phase::Promoted, 100),
+        "{lines:#?}\n{}",
+        prometheus.log()
+    );
+    assert_eq!(weights, [10, 50, 100]);
+    // Two checks at each watched step, every one passed on Prometheus' numbers.
+    let checks: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim_start())
+        .filter(|l| l.starts_with("check "))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            "check passed at 10%",
+            "check passed at 10%",
+            "check passed at 50%",
+            "check passed at 50%"
+        ],
+        "{lines:#?}"
+    );
+    assert_eq!(
+        names,
+        [
+            "traffic.canary.step.1",
+            "traffic.canary.step.2",
+            "traffic.canary.step.3"
+        ]
+    );
+    assert_eq!(admin.status().await.unwrap().new_percent, 100);
+    // The numbers came from scraping: Prometheus holds the new origin's answers.
+    let scraped = prometheus
+        .value(r#"sum(cutover_splitter_requests_total{origin="new",class="2xx"})"#)
+        .await
+        .unwrap_or(0.0);
+    assert!(scraped > 0.0, "Prometheus saw no 2xx of the new origin");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_new_origin_is_rolled_back_to_0_by_prometheus_gates() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    new.fail(true);
+    let s = splitter(&old, &new).await;
+    let prometheus = Prometheus::start(s.admin_addr).await;
+    let _load = Load::start(s.addr);
+    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let c = canary(vec![10, 50, 100], 4000, 2000);
+    let (out, weights, lines, names) =
+        run(&c, &admin, &gates(&prometheus, SUCCESS_RATE, P99)).await;
+    assert_eq!(
+        (out.phase, out.new_percent),
+        (Phase::RolledBack, 0),
+        "{lines:#?}"
+    );
+    // The first check at 10% failed and the next weight set was 0.
+    assert_eq!(weights, [10, 0], "{lines:#?}");
+    let reason = out.reason.unwrap();
+    assert!(
+        reason.starts_with("success rate 0.00% is below traffic.min_success_rate (95%)"),
+        "the gate read the failures from Prometheus, not an empty answer: {reason}"
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!("rolled back to 0%: {reason}")
+    );
+    assert_eq!(names, ["traffic.canary.step.1", "traffic.canary.rollback"]);
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.new_percent, 0);
+    let m = &status.origins[Side::New.index()].metrics;
+    assert!(m.classes[4] > 0 && m.classes[1] == 0, "{m:?}");
+    s.stop().await;
+}
+
+/// Each way a query can fail to give one number is no data, which fails the check and rolls
+/// back, with a reason that says what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_data_from_prometheus_counts_as_a_failed_check() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let s = splitter(&old, &new).await;
+    let prometheus = Prometheus::start(s.admin_addr).await;
+    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let c = canary(vec![10, 100], 1500, 1500);
+    let not_aggregated = r#"rate(cutover_splitter_requests_total{origin="new"}[5s])"#;
+    let cases = [
+        // No load at all: 0/0 in the window.
+        (
+            SUCCESS_RATE.to_string(),
+            "no data: traffic.success_rate_query gave NaN (0/0: no requests in its window)",
+        ),
+        // A label that matches nothing: an empty vector.
+        (
+            SUCCESS_RATE.replace("origin=\"new\"", "origin=\"neww\""),
+            "no data: traffic.success_rate_query gave no sample",
+        ),
+        // One series per status class.
+        (
+            not_aggregated.to_string(),
+            "no data: traffic.success_rate_query gave 6 series, not one number",
+        ),
+        // A range vector.
+        (
+            r#"cutover_splitter_requests_total{origin="new",class="2xx"}[5s]"#.to_string(),
+            "no data: traffic.success_rate_query is a range vector",
+        ),
+        // Not PromQL: Prometheus' own explanation.
+        (
+            "sum(rate(cutover_splitter_requests_total[5s])".to_string(),
+            "no data: Prometheus refused traffic.success_rate_query (400 Bad Request: ",
+        ),
+    ];
+    for (query, want) in cases {
+        let (out, weights, lines, names) = run(&c, &admin, &gates(&prometheus, &query, P99)).await;
+        assert_eq!(
+            (out.phase, out.new_percent),
+            (Phase::RolledBack, 0),
+            "{query}: {lines:#?}"
+        );
+        assert_eq!(weights, [10, 0], "{query}");
+        let reason = out.reason.unwrap();
+        assert!(reason.starts_with(want), "{query}: {reason}");
+        assert_eq!(names, ["traffic.canary.step.1", "traffic.canary.rollback"]);
+    }
+    // Prometheus not there: no data too, and the reason names the setting to check.
+    let gone = PrometheusGates {
+        url: format!("http://{}", free_closed_port()),
+        ..gates(&prometheus, SUCCESS_RATE, P99)
+    };
+    let (out, _, _, _) = run(&c, &admin, &gone).await;
+    let reason = out.reason.unwrap();
+    assert!(
+        reason.starts_with("no data: cannot query Prometheus at")
+            && reason.ends_with("check traffic.prometheus_url"),
+        "{reason}"
+    );
+    s.stop().await;
+}
+
+/// A loopback address nobody listens on.
+fn free_closed_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
