@@ -301,3 +301,103 @@ fn a_bad_traffic_section_is_refused_with_every_problem() {
         ]
     );
 }
+
+/// A canary whose rollback did not complete (the weight change was refused): status says it
+/// is rolling back, why, and how to finish; promote and pause are refused, since the canary
+/// would not do them; abort is taken (it goes to 0% too).
+#[test]
+fn status_shows_a_rollback_that_did_not_complete() {
+    use cutover_traffic::canary::{self, Phase, State};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cutover.toml"),
+        format!("[source]\nurl = \"${{SRC_URL}}\"\n[target]\nurl = \"${{DST_URL}}\"\n[traffic]\nadmin_listen = \"{}\"\nadmin_token = \"${{TRAFFIC_TOKEN}}\"\n[traffic.old]\nurl = \"http://127.0.0.1:1\"\n[traffic.new]\nurl = \"http://127.0.0.1:2\"\n", free_addr()),
+    )
+    .unwrap();
+    let error = "the rollback to 0% did not complete: cannot set the weight: refused; the new app may still get 25% of new users; `cutover traffic canary` tries the move to 0% again before anything else";
+    let state = State {
+        step: 3,
+        new_percent: 25,
+        phase: Phase::RollingBack,
+        reason: Some("success rate 80.00% is below traffic.min_success_rate (99%)".into()),
+        error: Some(error.into()),
+        updated_ms: 0,
+    };
+    let journal = cutover_core::Journal::open(&dir.path().join("cutover.journal.db")).unwrap();
+    journal
+        .set_fact(
+            canary::STATE_FACT,
+            Some(&serde_json::to_string(&state).unwrap()),
+        )
+        .unwrap();
+    drop(journal);
+
+    let status = cutover(dir.path(), &["traffic", "status"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert_eq!(
+        status.stdout.lines().next().unwrap(),
+        format!("canary: rolling back to 0% from step 4 (25%), not finished: {error}; it rolls back because success rate 80.00% is below traffic.min_success_rate (99%)")
+    );
+    let json = cutover(dir.path(), &["traffic", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["canary"]["phase"], "rolling_back");
+    assert_eq!(v["canary"]["error"], error);
+
+    for c in ["promote", "pause"] {
+        let r = cutover(dir.path(), &["traffic", c]);
+        assert_eq!(r.code, 1, "{c}");
+        assert_eq!(
+            r.stderr.trim(),
+            format!("error: the canary is rolling back to 0%, so it cannot {c} now; `cutover traffic canary` finishes that move first (`cutover traffic status` says why it stopped)")
+        );
+    }
+    let r = cutover(dir.path(), &["traffic", "abort"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+/// The dry run promises a request minimum only where the gates count requests: Prometheus
+/// gates without traffic.requests_query say that min_requests does not apply.
+#[test]
+fn the_dry_run_says_when_min_requests_does_not_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |extra: &str| {
+        std::fs::write(
+            dir.path().join("cutover.toml"),
+            format!("[source]\nurl = \"${{SRC_URL}}\"\n[target]\nurl = \"${{DST_URL}}\"\n[traffic]\nadmin_token = \"${{TRAFFIC_TOKEN}}\"\nsteps = [50, 100]\nmin_requests = 40\nmetrics = \"prometheus\"\nprometheus_url = \"http://127.0.0.1:9090\"\nsuccess_rate_query = \"100\"\np99_query = \"0.1\"\n{extra}[traffic.old]\nurl = \"http://127.0.0.1:1\"\n[traffic.new]\nurl = \"http://127.0.0.1:2\"\n"),
+        )
+        .unwrap();
+    };
+    let gates = |out: &Out| -> String {
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with("gates: "))
+            .unwrap()
+            .to_string()
+    };
+    plan("");
+    let dry = cutover(dir.path(), &["traffic", "canary", "--dry-run"]);
+    assert_eq!(
+        gates(&dry),
+        "gates: success rate >= 99%, p99 <= 1000ms, traffic.min_requests does not apply: the Prometheus gates count no requests without traffic.requests_query (a window without any request is still no data, which fails); 1 failed check(s) in a row roll back to 0%"
+    );
+    let json = cutover(dir.path(), &["traffic", "canary", "--dry-run", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["thresholds"]["min_requests"], serde_json::Value::Null);
+
+    plan("requests_query = 'sum(increase(http_requests_total[30s]))'\n");
+    let dry = cutover(dir.path(), &["traffic", "canary", "--dry-run"]);
+    assert_eq!(
+        gates(&dry),
+        "gates: success rate >= 99%, p99 <= 1000ms, at least 40 requests per check (fewer is no data, which fails); 1 failed check(s) in a row roll back to 0%"
+    );
+
+    plan("requests_query = \"\"\n");
+    let r = cutover(dir.path(), &["traffic", "canary", "--dry-run"]);
+    assert_eq!(r.code, 1);
+    let path = dir.path().join("cutover.toml").display().to_string();
+    assert_eq!(
+        r.stderr.trim(),
+        format!("error: {path}:13:18: traffic.requests_query: is empty; write a PromQL query giving the new app's request count in a check's window, like 'sum(increase(http_requests_total{{app=\"new\"}}[30s]))', or remove the line")
+    );
+}

@@ -640,18 +640,50 @@ pub fn parse(text: &str, path: &Path, env: &dyn Env) -> Result<Plan, PlanError> 
         Err(e) => {
             let (line, column) = e.span().map(|s| position(text, s.start)).unwrap_or((0, 0));
             let message = e.message().trim().replace('\n', " ");
+            // A value of the wrong type ("invalid type: integer `5`, expected a string") is
+            // reported by position only; the key tells a person which setting to fix.
+            let field = e
+                .span()
+                .and_then(|s| key_at(text, s.start))
+                .unwrap_or_default();
             return Err(PlanError::Invalid {
                 path: shown,
                 problems: vec![Problem {
                     line,
                     column,
-                    field: String::new(),
+                    field,
                     message,
                 }],
             });
         }
     };
     raw.validate(text, path, env)
+}
+
+/// The dotted key of the `key = value` line whose value holds `offset`, with its table:
+/// `traffic.requests_query` for `requests_query = 5` under `[traffic]`. None when `offset`
+/// is not in a value on its key's line (an unknown key, a multi-line array's later lines).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text.get(start..offset)?.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with(['#', '[']) {
+        return None;
+    }
+    let table = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| l.trim_start_matches('[').split(']').next())
+        .map(str::trim)
+        .unwrap_or_default();
+    Some(if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
+    })
 }
 
 /// Replaces each `${NAME}` with the variable's value; names every missing one.
@@ -1271,6 +1303,12 @@ pub struct RawTraffic {
     /// With metrics = "prometheus": a query giving the new app's p99 latency in seconds.
     #[serde(default)]
     pub p99_query: Option<Spanned<String>>,
+    /// With metrics = "prometheus": a query giving the number of requests that reached the
+    /// new app in a check's window, e.g. `sum(increase(...[30s]))`. With it, a check that
+    /// counts fewer than min_requests is "no data"; without it, Prometheus gives the canary
+    /// no count and min_requests does not apply. Default: none.
+    #[serde(default)]
+    pub requests_query: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1461,6 +1499,8 @@ pub enum GateSource {
         url: String,
         success_rate_query: String,
         p99_query: String,
+        /// None: no request count, so `min_requests` does not apply.
+        requests_query: Option<String>,
     },
 }
 
@@ -2005,6 +2045,20 @@ fn traffic_settings(
             };
             let success = q(c, "traffic.success_rate_query", &t.success_rate_query);
             let p99 = q(c, "traffic.p99_query", &t.p99_query);
+            // Optional, but when written it must be a query: an empty one would be a count
+            // nobody meant to skip.
+            let requests = t.requests_query.as_ref().and_then(|v| {
+                if v.get_ref().trim().is_empty() {
+                    c.push(
+                        v.span(),
+                        "traffic.requests_query",
+                        "is empty; write a PromQL query giving the new app's request count in a check's window, like 'sum(increase(http_requests_total{app=\"new\"}[30s]))', or remove the line",
+                    );
+                    None
+                } else {
+                    Some(v.get_ref().clone())
+                }
+            });
             if url.is_none() && t.prometheus_url.is_none() {
                 c.push(
                     t.metrics.span(),
@@ -2017,6 +2071,7 @@ fn traffic_settings(
                     url,
                     success_rate_query: s,
                     p99_query: p,
+                    requests_query: requests,
                 }),
                 _ => None,
             }
@@ -2238,7 +2293,11 @@ mod tests {
     fn durations_are_typed() {
         let text = "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${DST}\"\n[sync]\nready_timeout = \"soon\"\n";
         let err = parse(text, Path::new("c.toml"), &env()).unwrap_err();
-        assert!(err.to_string().starts_with("c.toml:6:17:"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("c.toml:6:17: sync.ready_timeout: "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -2326,5 +2385,50 @@ mod tests {
         .unwrap();
         assert!(none.dns().unwrap_err().contains("no [dns] section"));
         assert!(none.traffic().unwrap_err().contains("no [traffic] section"));
+    }
+
+    #[test]
+    fn prometheus_gates_take_an_optional_requests_query() {
+        let mut e = env();
+        e.insert("TT".into(), "traffic-token-1".into());
+        let plan = |extra: &str| {
+            format!(
+                "[source]\nurl = \"${{SRC}}\"\n[target]\nurl = \"${{DST}}\"\n\
+                 [traffic]\nadmin_token = \"${{TT}}\"\nmetrics = \"prometheus\"\n\
+                 prometheus_url = \"http://127.0.0.1:9090\"\nsuccess_rate_query = \"100\"\n\
+                 p99_query = \"0.1\"\n{extra}\
+                 [traffic.old]\nurl = \"http://127.0.0.1:5001\"\n[traffic.new]\nurl = \"http://127.0.0.1:5002\"\n"
+            )
+        };
+        let requests = |text: &str| match &parse(text, Path::new("p.toml"), &e)
+            .unwrap()
+            .traffic()
+            .unwrap()
+            .metrics
+        {
+            GateSource::Prometheus { requests_query, .. } => requests_query.clone(),
+            GateSource::Splitter => panic!("prometheus expected"),
+        };
+        assert_eq!(requests(&plan("")), None);
+        assert_eq!(
+            requests(&plan("requests_query = 'sum(increase(x[30s]))'\n")),
+            Some("sum(increase(x[30s]))".to_string())
+        );
+        // Written but empty: one line naming the key, where it is and what to write.
+        let err = parse(&plan("requests_query = \" \"\n"), Path::new("p.toml"), &e).unwrap_err();
+        let shown = err.to_string();
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert!(
+            shown.starts_with("p.toml:11:18: traffic.requests_query: is empty; write a PromQL query giving the new app's request count in a check's window, like "),
+            "{shown}"
+        );
+        // Not a string: the parser names the key and what it expected.
+        let err = parse(&plan("requests_query = 5\n"), Path::new("p.toml"), &e).unwrap_err();
+        let shown = err.to_string();
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert_eq!(
+            shown,
+            "p.toml:11:18: traffic.requests_query: invalid type: integer `5`, expected a string"
+        );
     }
 }

@@ -24,7 +24,7 @@ fn canary(interval_ms: u64) -> Canary {
         thresholds: Thresholds {
             min_success_rate: 95.0,
             max_p99: Duration::from_secs(5),
-            min_requests: 3,
+            min_requests: Some(3),
         },
     }
 }
@@ -363,5 +363,99 @@ async fn a_restarted_canary_resumes_at_the_same_step_and_obeys_abort() {
     assert_eq!((out.phase, out.new_percent), (Phase::Aborted, 0));
     assert_eq!(lines.lock().unwrap()[0], "resuming at step 2 (50%)");
     assert_eq!(admin.status().await.unwrap().new_percent, 0);
+    s.stop().await;
+}
+
+/// Refuses to set 100% while `refuse` holds, as a splitter that cannot be reached would;
+/// remembers every weight it was asked to set.
+struct RefusesPromotion {
+    weights: Recording,
+    refuse: AtomicBool,
+}
+impl Weights for RefusesPromotion {
+    fn set(&self, p: u8) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if p == 100 && self.refuse.load(Ordering::SeqCst) {
+                self.weights.1.lock().unwrap().push(p);
+                return Err("the splitter refused 100%".to_string());
+            }
+            self.weights.set(p).await
+        })
+    }
+}
+
+/// A promotion whose move to 100% fails stops the canary as promoting; started again, the
+/// canary makes that move first and only, and never lowers the weight to the step's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_promotion_resumes_as_promoting_and_never_lowers() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let s = splitter(&old, &new).await;
+    let _load = Load::start(s.addr);
+    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    let j = journal(&dir);
+    let c = canary(60_000);
+    let weights = RefusesPromotion {
+        weights: Recording(admin.clone(), Mutex::new(vec![])),
+        refuse: AtomicBool::new(true),
+    };
+    let gates = SplitterGates::new(admin.clone());
+    let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
+    let run = j.begin_run("traffic canary").unwrap();
+    let steps = Steps::new(&j, run, &obs);
+    let running = canary::run(&c, &weights, &gates, &steps, &|_| {});
+    tokio::pin!(running);
+    let out = loop {
+        tokio::select! {
+            r = &mut running => break r,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if weights.weights.1.lock().unwrap().len() == 1 && j.fact(canary::CONTROL_FACT).unwrap().is_none() {
+                    canary::request(&j, Control::Promote).unwrap();
+                }
+            }
+        }
+    };
+    let e = out.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the promotion to 100% did not complete: cannot set the weight: the splitter refused 100%; the new app may still get 10% of new users; `cutover traffic canary` tries the move to 100% again before anything else, `cutover traffic abort` goes back to 0% instead"
+    );
+    assert_eq!(*weights.weights.1.lock().unwrap(), [10, 100]);
+    assert_eq!(admin.status().await.unwrap().new_percent, 10);
+    let state = canary::state(&j).unwrap().unwrap();
+    assert_eq!(
+        (state.phase, state.step, state.new_percent),
+        (Phase::Promoting, 0, 10)
+    );
+    assert_eq!(
+        state.summary(),
+        format!("promoting to 100% from step 1 (10%), not finished: {e}")
+    );
+
+    weights.refuse.store(false, Ordering::SeqCst);
+    weights.weights.1.lock().unwrap().clear();
+    let run = j.begin_run("traffic canary").unwrap();
+    let steps = Steps::new(&j, run, &obs);
+    let lines = Mutex::new(vec![]);
+    let report = |l: &str| lines.lock().unwrap().push(l.to_string());
+    let out = canary::run(&c, &weights, &gates, &steps, &report)
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.phase, out.new_percent, out.resumed_at),
+        (Phase::Promoted, 100, 0)
+    );
+    assert_eq!(*lines.lock().unwrap(), ["resuming the promotion to 100%"]);
+    // 100% and nothing else: the step's 10% was not set again.
+    assert_eq!(*weights.weights.1.lock().unwrap(), [100]);
+    assert_eq!(admin.status().await.unwrap().new_percent, 100);
+    let names: Vec<String> = j.timeline().unwrap()[1]
+        .steps
+        .iter()
+        .map(|s| s.step.clone())
+        .collect();
+    assert_eq!(names, ["traffic.canary.promote"]);
+    let state = canary::state(&j).unwrap().unwrap();
+    assert_eq!((state.phase, state.error), (Phase::Promoted, None));
     s.stop().await;
 }

@@ -73,7 +73,7 @@ fn weighted(new: u32) -> Vec<(String, Option<u32>)> {
 /// one, a steady load, and a journal whose TTL plan says the low TTL was published two hours
 /// ago (so the canary needs no --force).
 struct World {
-    _new: Origin,
+    new: Origin,
     _old: Origin,
     splitter: splitter::Running,
     _load: Load,
@@ -127,7 +127,7 @@ impl World {
             "the TTL was lowered to 60s"
         );
         World {
-            _new: new,
+            new,
             _old: old,
             splitter: s,
             _load: load,
@@ -150,7 +150,7 @@ impl World {
             thresholds: Thresholds {
                 min_success_rate: 95.0,
                 max_p99: Duration::from_secs(5),
-                min_requests: 3,
+                min_requests: Some(3),
             },
         };
         let run = self.journal.begin_run("traffic canary").unwrap();
@@ -418,5 +418,96 @@ async fn an_abort_left_for_a_stopped_dns_canary_goes_to_0_first() {
     );
     assert_eq!(zone(&w.fake.sets.lock().unwrap()), [set("", None, OLD)]);
     assert_eq!(w.step_names(), ["traffic.canary.abort", "dns.split.0"]);
+    w.splitter.stop().await;
+}
+
+/// A gate fails and the provider refuses the batch that moves the weight back to 0%: the
+/// canary stops saying the rollback did not complete and how to try it again, and its state
+/// says it is rolling back. Started again once the provider accepts batches, its first and
+/// only batch is the move to 0%: it never sends users back to the failing app first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_rollback_is_retried_first_and_never_raises_the_weight() {
+    let w = World::start(true).await;
+    // Batch 1 lowered the TTL, batch 2 is the 10% step, batch 3 the rollback.
+    w.fake.refuse_from.store(3, Ordering::SeqCst);
+    let (out, lines) = w.canary().await;
+    let e = out.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CanaryError::Unfinished {
+                to: 0,
+                percent: 10,
+                ..
+            }
+        ),
+        "{e:?}\n{lines:#?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.starts_with("the rollback to 0% did not complete: cannot set the weight: Route 53 refused to change www.example.com (InvalidChangeBatch: "),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("; the new app may still get 10% of new users; `cutover traffic canary` tries the move to 0% again before anything else"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET_KEY));
+    // The batch was refused whole: the records still send 10%.
+    assert_eq!(written(&w.fake), [weighted(10)]);
+    assert_eq!(
+        zone(&w.fake.sets.lock().unwrap()),
+        [set(NEW_SET, Some(10), NEW), set(OLD_SET, Some(90), OLD)]
+    );
+    // The state says it is rolling back, why, and why the move did not complete.
+    let state = canary::state(&w.journal).unwrap().unwrap();
+    assert_eq!(
+        (state.phase, state.step, state.new_percent),
+        (Phase::RollingBack, 0, 10)
+    );
+    let reason = state.reason.clone().unwrap();
+    assert!(
+        reason.contains("below traffic.min_success_rate"),
+        "{reason}"
+    );
+    assert_eq!(state.error.as_deref(), Some(text.as_str()));
+    assert_eq!(
+        state.summary(),
+        format!("rolling back to 0% from step 1 (10%), not finished: {text}; it rolls back because {reason}")
+    );
+
+    // The provider accepts batches again, and the new app passes its checks now (a flapping
+    // app): the canary decided to roll back, so started again it finishes that, and does not
+    // watch the step again (which could pass and raise the weight).
+    w.fake.refuse_from.store(0, Ordering::SeqCst);
+    w.new.fail(false);
+    let received = w.fake.received.load(Ordering::SeqCst);
+    let (out, lines) = w.canary().await;
+    let out = out.unwrap();
+    assert_eq!(
+        lines,
+        [
+            "resuming the rollback to 0%".to_string(),
+            format!("rolled back to 0%: {reason}")
+        ]
+    );
+    assert_eq!(
+        (out.phase, out.new_percent, out.reason.as_deref()),
+        (Phase::RolledBack, 0, Some(reason.as_str())),
+        "{lines:#?}"
+    );
+    // One batch was sent, the move to 0%: the step's 10% was not written again.
+    assert_eq!(w.fake.received.load(Ordering::SeqCst), received + 1);
+    assert_eq!(
+        written(&w.fake),
+        [weighted(10), vec![(String::new(), None)]]
+    );
+    assert_eq!(zone(&w.fake.sets.lock().unwrap()), [set("", None, OLD)]);
+    assert_eq!(w.step_names(), ["traffic.canary.rollback", "dns.split.0"]);
+    let state = canary::state(&w.journal).unwrap().unwrap();
+    assert_eq!(
+        (state.phase, state.new_percent, state.error),
+        (Phase::RolledBack, 0, None)
+    );
     w.splitter.stop().await;
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::prometheus::Prometheus;
-use common::{Load, Origin, TOKEN};
+use common::{get, Load, Origin, TOKEN};
 use cutover_core::engine::Steps;
 use cutover_core::{Journal, Secret};
 use cutover_traffic::canary::gates::{PrometheusGates, Thresholds};
@@ -21,6 +21,8 @@ use futures_util::future::BoxFuture;
 const SUCCESS_RATE: &str = r#"100 * sum(rate(cutover_splitter_requests_total{origin="new",class!~"5xx|error"}[5s])) / sum(rate(cutover_splitter_requests_total{origin="new"}[5s]))"#;
 /// The new app's p99 latency in seconds over the last 5s.
 const P99: &str = r#"histogram_quantile(0.99, sum by (le) (rate(cutover_splitter_request_duration_seconds_bucket{origin="new"}[5s])))"#;
+/// The requests that reached the new app over the last 5s (traffic.requests_query).
+const REQUESTS: &str = r#"sum(increase(cutover_splitter_requests_total{origin="new"}[5s]))"#;
 
 /// Checks every 2s: Prometheus scrapes every second, so each check sees new samples.
 fn canary(steps: Vec<u8>, interval_ms: u64, check_every_ms: u64) -> Canary {
@@ -32,7 +34,7 @@ fn canary(steps: Vec<u8>, interval_ms: u64, check_every_ms: u64) -> Canary {
         thresholds: Thresholds {
             min_success_rate: 95.0,
             max_p99: Duration::from_secs(5),
-            min_requests: 3,
+            min_requests: Some(3),
         },
     }
 }
@@ -42,6 +44,7 @@ fn gates(prometheus: &Prometheus, success_rate: &str, p99: &str) -> PrometheusGa
         url: prometheus.url.clone(),
         success_rate_query: success_rate.to_string(),
         p99_query: p99.to_string(),
+        requests_query: None,
     }
 }
 
@@ -254,4 +257,91 @@ fn free_closed_port() -> std::net::SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// One user on the new side (by cookie) sending a request every 500ms: a trickle. Stops
+/// when dropped.
+struct Trickle(tokio::task::JoinHandle<()>);
+impl Trickle {
+    fn start(addr: std::net::SocketAddr) -> Trickle {
+        Trickle(tokio::spawn(async move {
+            loop {
+                get(addr, "GET", "/", Some("cutover_origin=new"), b"").await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }))
+    }
+}
+impl Drop for Trickle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// With traffic.requests_query, Prometheus gates hold each check to min_requests: a trickle
+/// of healthy answers is no data, which fails the check and rolls back with a reason naming
+/// the setting; the same canary with enough traffic passes every check and promotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_query_makes_too_few_requests_no_data() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let s = splitter(&old, &new).await;
+    let prometheus = Prometheus::start(s.admin_addr).await;
+    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let c = Canary {
+        thresholds: Thresholds {
+            min_requests: Some(20),
+            ..canary(vec![], 0, 0).thresholds
+        },
+        ..canary(vec![10, 100], 4000, 2000)
+    };
+    let counting = PrometheusGates {
+        requests_query: Some(REQUESTS.to_string()),
+        ..gates(&prometheus, SUCCESS_RATE, P99)
+    };
+
+    // A few requests a second at most, all answered 2xx: the rate and p99 alone would pass.
+    let trickle = Trickle::start(s.addr);
+    let (out, weights, lines, names) = run(&c, &admin, &counting).await;
+    assert_eq!(
+        (out.phase, out.new_percent),
+        (Phase::RolledBack, 0),
+        "{lines:#?}"
+    );
+    assert_eq!(weights, [10, 0], "{lines:#?}");
+    let reason = out.reason.unwrap();
+    assert!(
+        reason.starts_with("no data: traffic.requests_query counted ")
+            && reason.ends_with(
+                " requests to the new app in the window, fewer than traffic.min_requests (20)"
+            ),
+        "{reason}"
+    );
+    assert_eq!(names, ["traffic.canary.step.1", "traffic.canary.rollback"]);
+    let m = &admin.status().await.unwrap().origins[Side::New.index()].metrics;
+    assert!(
+        m.classes[1] > 0 && m.classes[4] == 0,
+        "the new app answered, and only 2xx: {m:?}"
+    );
+    drop(trickle);
+
+    // Enough traffic: two users on the new side, one request after the other.
+    let _load = Load::users(s.addr, 2, Some("cutover_origin=new"));
+    let (out, weights, lines, _) = run(&c, &admin, &counting).await;
+    assert_eq!(
+        (out.phase, out.new_percent),
+        (Phase::Promoted, 100),
+        "{lines:#?}"
+    );
+    assert_eq!(weights, [10, 100]);
+    let checks: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim_start())
+        .filter(|l| l.starts_with("check "))
+        .collect();
+    assert_eq!(
+        checks,
+        ["check passed at 10%", "check passed at 10%"],
+        "{lines:#?}"
+    );
+    s.stop().await;
 }

@@ -90,10 +90,12 @@ async fn run_canary(g: &Global, args: TrafficCanaryArgs) -> anyhow::Result<i32> 
             url,
             success_rate_query,
             p99_query,
+            requests_query,
         } => Box::new(PrometheusGates {
             url: url.clone(),
             success_rate_query: success_rate_query.clone(),
             p99_query: p99_query.clone(),
+            requests_query: requests_query.clone(),
         }),
     };
     let journal = super::open_journal(&plan)?;
@@ -124,7 +126,7 @@ async fn run_canary(g: &Global, args: TrafficCanaryArgs) -> anyhow::Result<i32> 
         r = canary::run(&c, weights, gates.as_ref(), &steps, &report) => r,
         _ = tokio::signal::ctrl_c() => {
             journal.end_run(run, "interrupted")?;
-            eprintln!("interrupted: the weight stays where it is; `cutover traffic canary` resumes at the same step, `cutover traffic abort` goes back to 0%");
+            eprintln!("interrupted: the weight stays where it is; `cutover traffic canary` resumes where it stopped (a rollback, abort or promotion under way is finished first), `cutover traffic abort` goes back to 0%");
             return Ok(130);
         }
     };
@@ -171,16 +173,7 @@ async fn status(g: &Global) -> anyhow::Result<i32> {
         return Ok(0);
     }
     match &state {
-        Some(s) => println!(
-            "canary: {:?} at step {} ({}%){}",
-            s.phase,
-            s.step + 1,
-            s.new_percent,
-            s.reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        ),
+        Some(s) => println!("canary: {}", s.summary()),
         None => println!("canary: never run"),
     }
     match splitter {
@@ -240,6 +233,22 @@ async fn control(g: &Global, c: Control) -> anyhow::Result<i32> {
     let t = plan.traffic().map_err(anyhow::Error::msg)?;
     let journal = super::open_journal(&plan)?;
     let running = canary::state(&journal)?.filter(|s| !s.phase.finished());
+    if let Some(s) = &running {
+        // A canary moving to 0% or 100% makes that move and nothing else (started again, it
+        // tries it first): a request it would drop is refused here, where it is asked.
+        let to_zero = matches!(s.phase, Phase::RollingBack | Phase::Aborting);
+        let moving = to_zero || s.phase == Phase::Promoting;
+        if (c == Control::Promote && to_zero)
+            || (matches!(c, Control::Pause | Control::Resume) && moving)
+        {
+            anyhow::bail!(
+                "the canary is {} to {}%, so it cannot {} now; `cutover traffic canary` finishes that move first (`cutover traffic status` says why it stopped)",
+                s.phase.as_str(),
+                if to_zero { 0 } else { 100 },
+                c.as_str()
+            );
+        }
+    }
     if running.is_some() {
         canary::request(&journal, c)?;
         if g.json {

@@ -4,8 +4,10 @@
 //! difference of two `/status` snapshots of the new origin; from Prometheus, the queries
 //! are expected to cover a window themselves (`rate(...[1m])`). No number, or fewer requests
 //! than `min_requests`, is "no data", and no data fails the check: a canary that sees nothing
-//! must not be promoted. Prometheus gives no request count, so there `min_requests` does not
-//! apply; a window without requests makes a rate ratio NaN (0/0), which is no data too.
+//! must not be promoted. Prometheus counts requests only when the plan has a query for it
+//! (`traffic.requests_query`); without one `min_requests` does not apply there, and only a
+//! window without any request is caught, as the NaN (0/0) of a rate ratio. A handful of
+//! requests then passes on a handful of answers, which is why the count query exists.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,12 +22,20 @@ use crate::splitter::Side;
 /// One window's numbers for the new origin.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Measured {
-    /// None when the source does not count requests (Prometheus).
+    /// None when the source does not count requests (Prometheus without a requests query).
     pub requests: Option<u64>,
+    /// The plan setting that counted them, named when they are too few; None for the
+    /// splitter's own count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_by: Option<&'static str>,
     /// Percent.
     pub success_rate: Option<f64>,
     /// Seconds.
     pub p99: Option<f64>,
+    /// Why a number above is missing, when its source said (Prometheus' answer). It is
+    /// judged after the request count: too few requests is the reason worth showing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
 }
 
 /// The thresholds of a check.
@@ -34,7 +44,9 @@ pub struct Thresholds {
     pub min_success_rate: f64,
     #[serde(with = "humantime_serde_secs")]
     pub max_p99: Duration,
-    pub min_requests: u64,
+    /// None when the gates count no requests (Prometheus without traffic.requests_query):
+    /// then no minimum applies.
+    pub min_requests: Option<u64>,
 }
 
 mod humantime_serde_secs {
@@ -69,15 +81,23 @@ impl Verdict {
 }
 
 pub fn judge(m: &Measured, t: &Thresholds) -> Verdict {
-    if let Some(n) = m.requests {
-        if n < t.min_requests {
-            return Verdict::NoData {
-                reason: format!(
-                    "no data: {n} requests reached the new app in the window, fewer than traffic.min_requests ({})",
-                    t.min_requests
+    if let (Some(n), Some(min)) = (m.requests, t.min_requests) {
+        if n < min {
+            let reason = match m.counted_by {
+                Some(setting) => format!(
+                    "no data: {setting} counted {n} requests to the new app in the window, fewer than traffic.min_requests ({min})"
+                ),
+                None => format!(
+                    "no data: {n} requests reached the new app in the window, fewer than traffic.min_requests ({min})"
                 ),
             };
+            return Verdict::NoData { reason };
         }
+    }
+    if let Some(why) = &m.missing {
+        return Verdict::NoData {
+            reason: format!("no data: {why}"),
+        };
     }
     let Some(rate) = m.success_rate else {
         return Verdict::NoData {
@@ -165,16 +185,20 @@ impl Gates for SplitterGates {
                 requests: Some(w.requests),
                 success_rate: w.success_rate,
                 p99: w.p99,
+                ..Measured::default()
             })
         })
     }
 }
 
-/// Two PromQL queries, each giving one number.
+/// Two PromQL queries, each giving one number, and optionally a third giving the request
+/// count of the window.
 pub struct PrometheusGates {
     pub url: String,
     pub success_rate_query: String,
     pub p99_query: String,
+    /// traffic.requests_query; None: no count, so `min_requests` does not apply.
+    pub requests_query: Option<String>,
 }
 
 impl PrometheusGates {
@@ -281,13 +305,48 @@ impl Gates for PrometheusGates {
 
     fn measure(&self) -> BoxFuture<'_, Result<Measured, String>> {
         Box::pin(async move {
+            const COUNT: &str = "traffic.requests_query";
+            let Some(count) = &self.requests_query else {
+                return Ok(Measured {
+                    success_rate: Some(
+                        self.scalar("traffic.success_rate_query", &self.success_rate_query)
+                            .await?,
+                    ),
+                    p99: Some(self.scalar("traffic.p99_query", &self.p99_query).await?),
+                    ..Measured::default()
+                });
+            };
+            let n = self.scalar(COUNT, count).await?;
+            if n < 0.0 {
+                return Err(format!(
+                    "{COUNT} gave {n}, not a count; use increase(...) or sum(...) of a counter"
+                ));
+            }
+            // increase() extrapolates to the window's edges, so a count may have a fraction.
+            let requests = Some(n.round() as u64);
+            // With a count, a missing rate or latency is kept for the judge rather than
+            // returned: an empty window's NaN is then reported as the count that explains it.
+            let (success_rate, p99) = match (
+                self.scalar("traffic.success_rate_query", &self.success_rate_query)
+                    .await,
+                self.scalar("traffic.p99_query", &self.p99_query).await,
+            ) {
+                (Ok(s), Ok(p)) => (Some(s), Some(p)),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Ok(Measured {
+                        requests,
+                        counted_by: Some(COUNT),
+                        missing: Some(e),
+                        ..Measured::default()
+                    })
+                }
+            };
             Ok(Measured {
-                requests: None,
-                success_rate: Some(
-                    self.scalar("traffic.success_rate_query", &self.success_rate_query)
-                        .await?,
-                ),
-                p99: Some(self.scalar("traffic.p99_query", &self.p99_query).await?),
+                requests,
+                counted_by: Some(COUNT),
+                success_rate,
+                p99,
+                missing: None,
             })
         })
     }
@@ -301,7 +360,7 @@ mod tests {
         Thresholds {
             min_success_rate: 99.0,
             max_p99: Duration::from_millis(500),
-            min_requests: 10,
+            min_requests: Some(10),
         }
     }
 
@@ -314,6 +373,7 @@ mod tests {
                 requests: Some(3),
                 success_rate: Some(100.0),
                 p99: Some(0.01),
+                ..Measured::default()
             },
             &t(),
         );
@@ -323,6 +383,7 @@ mod tests {
                 requests: Some(100),
                 success_rate: Some(90.0),
                 p99: Some(0.01),
+                ..Measured::default()
             },
             &t(),
         );
@@ -332,6 +393,7 @@ mod tests {
                 requests: Some(100),
                 success_rate: Some(100.0),
                 p99: Some(0.9),
+                ..Measured::default()
             },
             &t(),
         );
@@ -341,10 +403,57 @@ mod tests {
                 requests: None,
                 success_rate: Some(99.5),
                 p99: Some(0.2),
+                ..Measured::default()
             },
             &t(),
         );
         assert!(good.passed());
+    }
+
+    #[test]
+    fn a_count_from_a_query_is_named_and_judged_before_a_missing_number() {
+        let few = judge(
+            &Measured {
+                requests: Some(2),
+                counted_by: Some("traffic.requests_query"),
+                missing: Some(
+                    "traffic.success_rate_query gave NaN (0/0: no requests in its window)".into(),
+                ),
+                ..Measured::default()
+            },
+            &t(),
+        );
+        assert_eq!(
+            few,
+            Verdict::NoData {
+                reason: "no data: traffic.requests_query counted 2 requests to the new app in the window, fewer than traffic.min_requests (10)".into()
+            }
+        );
+        let missing = judge(
+            &Measured {
+                requests: Some(50),
+                counted_by: Some("traffic.requests_query"),
+                missing: Some("traffic.p99_query gave no sample".into()),
+                ..Measured::default()
+            },
+            &t(),
+        );
+        assert_eq!(
+            missing.reason(),
+            "no data: traffic.p99_query gave no sample"
+        );
+        // No minimum: a count (there is none without the query) is not judged.
+        let no_min = Thresholds {
+            min_requests: None,
+            ..t()
+        };
+        let m = Measured {
+            requests: Some(1),
+            success_rate: Some(100.0),
+            p99: Some(0.01),
+            ..Measured::default()
+        };
+        assert!(judge(&m, &no_min).passed());
     }
 
     #[test]

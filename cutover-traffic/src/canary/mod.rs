@@ -12,6 +12,12 @@
 //! `resume` come from other processes through the journal too: the running canary reads them
 //! between checks, and a stopped one acts on `abort` or `promote` before anything else when
 //! it is started again.
+//!
+//! A rollback, an abort or a promotion is journaled as a state of its own (rolling back,
+//! aborting, promoting) before its weight change, because that change can fail too (the DNS
+//! provider refuses the batch). A canary started again in one of these states makes that move
+//! first and only: going back to the step's weight would send users to an app that failed its
+//! gates, and watching the step again could pass and raise the weight.
 
 pub mod gates;
 
@@ -19,7 +25,7 @@ use std::time::Duration;
 
 use cutover_core::engine::Steps;
 use cutover_core::journal::now_ms;
-use cutover_core::plan::TrafficSettings;
+use cutover_core::plan::{GateSource, TrafficSettings};
 use cutover_core::{Journal, JournalError};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -37,6 +43,12 @@ pub const CONTROL_FACT: &str = "traffic.canary.control";
 pub enum Phase {
     Running,
     Paused,
+    /// Moving to 100%: the move was started and has not completed yet.
+    Promoting,
+    /// Moving to 0% after a failed gate: the move was started and has not completed yet.
+    RollingBack,
+    /// Moving to 0% on `cutover traffic abort`: the move was started and has not completed.
+    Aborting,
     Promoted,
     RolledBack,
     Aborted,
@@ -45,6 +57,92 @@ pub enum Phase {
 impl Phase {
     pub fn finished(self) -> bool {
         matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted)
+    }
+
+    /// The move to 0% or 100% this phase is in the middle of, if any.
+    fn moving(self) -> Option<Move> {
+        match self {
+            Phase::Promoting => Some(Move::Promote),
+            Phase::RollingBack => Some(Move::RollBack),
+            Phase::Aborting => Some(Move::Abort),
+            _ => None,
+        }
+    }
+
+    /// How `cutover traffic status` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Paused => "paused",
+            Phase::Promoting => "promoting",
+            Phase::RollingBack => "rolling back",
+            Phase::Aborting => "aborting",
+            Phase::Promoted => "promoted",
+            Phase::RolledBack => "rolled back",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
+/// A move that ends the canary: once begun, it is the only thing a restarted canary does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Move {
+    RollBack,
+    Abort,
+    Promote,
+}
+
+impl Move {
+    fn percent(self) -> u8 {
+        match self {
+            Move::RollBack | Move::Abort => 0,
+            Move::Promote => 100,
+        }
+    }
+
+    fn moving(self) -> Phase {
+        match self {
+            Move::RollBack => Phase::RollingBack,
+            Move::Abort => Phase::Aborting,
+            Move::Promote => Phase::Promoting,
+        }
+    }
+
+    fn done(self) -> Phase {
+        match self {
+            Move::RollBack => Phase::RolledBack,
+            Move::Abort => Phase::Aborted,
+            Move::Promote => Phase::Promoted,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Move::RollBack => "rollback",
+            Move::Abort => "abort",
+            Move::Promote => "promotion",
+        }
+    }
+
+    /// Its journal step.
+    fn step(self) -> &'static str {
+        match self {
+            Move::RollBack => "traffic.canary.rollback",
+            Move::Abort => "traffic.canary.abort",
+            Move::Promote => "traffic.canary.promote",
+        }
+    }
+
+    /// What a person can do when the move did not complete.
+    fn retry(self) -> &'static str {
+        match self {
+            Move::RollBack | Move::Abort => {
+                "`cutover traffic canary` tries the move to 0% again before anything else"
+            }
+            Move::Promote => {
+                "`cutover traffic canary` tries the move to 100% again before anything else, `cutover traffic abort` goes back to 0% instead"
+            }
+        }
     }
 }
 
@@ -56,10 +154,54 @@ pub struct State {
     /// The weight of the new app, percent.
     pub new_percent: u8,
     pub phase: Phase,
-    /// Why it was rolled back or aborted, or why it stopped at its step (the weight could
-    /// not be set) while still running.
+    /// Why it was (or is being) rolled back or aborted, or why it stopped at its step (the
+    /// weight could not be set) while still running.
     pub reason: Option<String>,
+    /// While rolling back, aborting or promoting: why the move did not complete (the canary
+    /// stopped; started again, it tries the move first). None while the move is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub updated_ms: i64,
+}
+
+impl State {
+    /// One line for `cutover traffic status`, after "canary: ".
+    pub fn summary(&self) -> String {
+        let at = format!("step {} ({}%)", self.step + 1, self.new_percent);
+        let reason = self.reason.as_deref();
+        match self.phase.moving() {
+            Some(m) => {
+                let head = format!("{} to {}% from {at}", self.phase.as_str(), m.percent());
+                let why = match (m, reason) {
+                    (Move::RollBack, Some(r)) => format!("; it rolls back because {r}"),
+                    _ => String::new(),
+                };
+                match &self.error {
+                    Some(e) => format!("{head}, not finished: {e}{why}"),
+                    None => format!(
+                        "{head}, under way or stopped before it completed ({}){why}",
+                        m.retry()
+                    ),
+                }
+            }
+            None if self.phase.finished() => {
+                let p = format!(
+                    "{} to {}% at step {}",
+                    self.phase.as_str(),
+                    self.new_percent,
+                    self.step + 1
+                );
+                match reason {
+                    Some(r) => format!("{p}: {r}"),
+                    None => p,
+                }
+            }
+            None => match reason {
+                Some(r) => format!("{} at {at}: {r}", self.phase.as_str()),
+                None => format!("{} at {at}", self.phase.as_str()),
+            },
+        }
+    }
 }
 
 /// A request from `cutover traffic promote|abort|pause|resume`.
@@ -96,6 +238,20 @@ pub enum CanaryError {
         percent: u8,
         reason: String,
     },
+    /// A rollback, abort or promotion could not set its weight: the canary stopped, and its
+    /// state in the journal says it is still making that move; started again, it tries that
+    /// move before anything else.
+    #[error("the {what} to {to}% did not complete: cannot set the weight: {reason}; the new app may still get {percent}% of new users; {retry}")]
+    Unfinished {
+        /// "rollback", "abort" or "promotion".
+        what: &'static str,
+        /// 0 or 100.
+        to: u8,
+        /// The weight of the step it was leaving.
+        percent: u8,
+        reason: String,
+        retry: &'static str,
+    },
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -131,7 +287,14 @@ impl Canary {
             thresholds: Thresholds {
                 min_success_rate: t.min_success_rate,
                 max_p99: t.max_p99,
-                min_requests: t.min_requests,
+                // Only gates that count requests can hold them to a minimum.
+                min_requests: match &t.metrics {
+                    GateSource::Prometheus {
+                        requests_query: None,
+                        ..
+                    } => None,
+                    _ => Some(t.min_requests),
+                },
             },
         }
     }
@@ -155,11 +318,15 @@ impl Canary {
                 ));
             }
         }
+        let requests = match self.thresholds.min_requests {
+            Some(n) => format!("at least {n} requests per check (fewer is no data, which fails)"),
+            // Say so rather than print a minimum nothing enforces.
+            None => "traffic.min_requests does not apply: the Prometheus gates count no requests without traffic.requests_query (a window without any request is still no data, which fails)".to_string(),
+        };
         out.push(format!(
-            "gates: success rate >= {}%, p99 <= {}ms, at least {} requests per check (fewer is no data, which fails); {} failed check(s) in a row roll back to 0%",
+            "gates: success rate >= {}%, p99 <= {}ms, {requests}; {} failed check(s) in a row roll back to 0%",
             self.thresholds.min_success_rate,
             self.thresholds.max_p99.as_millis(),
-            self.thresholds.min_requests,
             self.failure_threshold
         ));
         out
@@ -234,7 +401,14 @@ pub async fn run(
     report: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Outcome, CanaryError> {
     let journal = steps.journal();
-    let mut state = match state(journal)? {
+    let saved = state(journal)?;
+    if let Some((s, m)) = saved
+        .as_ref()
+        .and_then(|s| s.phase.moving().map(|m| (s.clone(), m)))
+    {
+        return resume_move(steps, weights, s, m, report).await;
+    }
+    let mut state = match saved {
         Some(s) if !s.phase.finished() && s.step < canary.steps.len() => {
             report(&format!(
                 "resuming at step {} ({}%)",
@@ -251,6 +425,7 @@ pub async fn run(
                 new_percent: 0,
                 phase: Phase::Running,
                 reason: None,
+                error: None,
                 updated_ms: now_ms(),
             }
         }
@@ -262,28 +437,11 @@ pub async fn run(
     match journal.fact(CONTROL_FACT)?.as_deref() {
         Some(c) if c == Control::Abort.as_str() => {
             take_control(journal)?;
-            set(
-                steps,
-                weights,
-                "traffic.canary.abort",
-                0,
-                "aborted by request",
-            )
-            .await?;
-            let why = Some("aborted by `cutover traffic abort`".to_string());
-            return finish(journal, state, Phase::Aborted, 0, why, resumed_at);
+            return make_move(steps, weights, state, Move::Abort, ABORTED, resumed_at).await;
         }
         Some(c) if c == Control::Promote.as_str() => {
             take_control(journal)?;
-            set(
-                steps,
-                weights,
-                "traffic.canary.promote",
-                100,
-                "promoted by request",
-            )
-            .await?;
-            return finish(journal, state, Phase::Promoted, 100, None, resumed_at);
+            return make_move(steps, weights, state, Move::Promote, None, resumed_at).await;
         }
         _ => {}
     }
@@ -326,45 +484,111 @@ pub async fn run(
         };
         match watch {
             Watch::Passed => state.step += 1,
-            Watch::Promote => {
-                if !last {
-                    set(
-                        steps,
-                        weights,
-                        "traffic.canary.promote",
-                        100,
-                        "promoted by request",
-                    )
-                    .await?;
-                }
+            Watch::Promote if last => {
                 return finish(journal, state, Phase::Promoted, 100, None, resumed_at);
             }
+            Watch::Promote => {
+                return make_move(steps, weights, state, Move::Promote, None, resumed_at).await;
+            }
             Watch::Abort => {
-                set(
-                    steps,
-                    weights,
-                    "traffic.canary.abort",
-                    0,
-                    "aborted by request",
-                )
-                .await?;
-                let why = Some("aborted by `cutover traffic abort`".to_string());
-                return finish(journal, state, Phase::Aborted, 0, why, resumed_at);
+                return make_move(steps, weights, state, Move::Abort, ABORTED, resumed_at).await;
             }
             Watch::RollBack(reason) => {
-                set(steps, weights, "traffic.canary.rollback", 0, &reason).await?;
-                report(&format!("rolled back to 0%: {reason}"));
-                return finish(
-                    journal,
+                let out = make_move(
+                    steps,
+                    weights,
                     state,
-                    Phase::RolledBack,
-                    0,
-                    Some(reason),
+                    Move::RollBack,
+                    Some(&reason),
                     resumed_at,
-                );
+                )
+                .await?;
+                report(&format!("rolled back to 0%: {reason}"));
+                return Ok(out);
             }
         }
     }
+}
+
+/// The reason an abort's state gives.
+const ABORTED: Option<&str> = Some("aborted by `cutover traffic abort`");
+
+/// Finishes a rollback, abort or promotion that a stopped canary left not completed: that
+/// move first and only, whatever the steps say. A request left meanwhile may turn a
+/// promotion into an abort; it cannot turn a move to 0% into a raise.
+async fn resume_move(
+    steps: &Steps<'_>,
+    weights: &dyn Weights,
+    state: State,
+    mut m: Move,
+    report: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Outcome, CanaryError> {
+    let journal = steps.journal();
+    let mut reason = state.reason.clone();
+    match take_control(journal)? {
+        Some(Control::Abort) if m == Move::Promote => {
+            m = Move::Abort;
+            reason = ABORTED.map(str::to_string);
+        }
+        Some(Control::Promote) if m != Move::Promote => report(&format!(
+            "the request to promote is dropped: the {} to 0% is finished first, and the canary never raises the weight after it",
+            m.noun()
+        )),
+        // Pause and resume mean nothing to a move; a request for the same move is this one.
+        _ => {}
+    }
+    report(&format!("resuming the {} to {}%", m.noun(), m.percent()));
+    let resumed_at = state.step;
+    let out = make_move(steps, weights, state, m, reason.as_deref(), resumed_at).await?;
+    if m == Move::RollBack {
+        report(&format!(
+            "rolled back to 0%: {}",
+            out.reason.as_deref().unwrap_or_default()
+        ));
+    }
+    Ok(out)
+}
+
+/// A rollback, abort or promotion: its state is journaled before the weight changes, so a
+/// canary stopped or killed in the middle resumes this move and nothing else.
+async fn make_move(
+    steps: &Steps<'_>,
+    weights: &dyn Weights,
+    mut state: State,
+    m: Move,
+    reason: Option<&str>,
+    resumed_at: usize,
+) -> Result<Outcome, CanaryError> {
+    let journal = steps.journal();
+    state.phase = m.moving();
+    state.reason = reason.map(str::to_string);
+    state.error = None;
+    state.updated_ms = now_ms();
+    save(journal, &state)?;
+    let why = match m {
+        Move::RollBack => reason.unwrap_or("a gate failed"),
+        Move::Abort => "aborted by request",
+        Move::Promote => "promoted by request",
+    };
+    match set(steps, weights, m.step(), m.percent(), why).await {
+        Ok(()) => {}
+        Err(CanaryError::Weight(e)) => {
+            let unfinished = CanaryError::Unfinished {
+                what: m.noun(),
+                to: m.percent(),
+                percent: state.new_percent,
+                reason: e,
+                retry: m.retry(),
+            };
+            state.error = Some(unfinished.to_string());
+            state.updated_ms = now_ms();
+            save(journal, &state)?;
+            return Err(unfinished);
+        }
+        Err(e) => return Err(e),
+    }
+    let reason = state.reason.clone();
+    finish(journal, state, m.done(), m.percent(), reason, resumed_at)
 }
 
 async fn set(
@@ -394,6 +618,7 @@ fn finish(
     state.phase = phase;
     state.new_percent = p;
     state.reason = reason.clone();
+    state.error = None;
     state.updated_ms = now_ms();
     save(journal, &state)?;
     Ok(Outcome {
