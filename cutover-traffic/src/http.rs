@@ -28,9 +28,13 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// The driver of a connection made by [`Target::open`]: it moves the connection's bytes
+/// only while it is polled.
+pub type Conn = http1::Connection<TokioIo<Pin<Box<dyn Io>>>, Body>;
+
 /// A byte stream to a server, plain or TLS.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
 
 /// Where requests go: host and port, and TLS with its server name when the scheme is https.
 #[derive(Clone)]
@@ -149,16 +153,21 @@ impl Target {
         }
     }
 
+    /// An HTTP/1.1 connection and its driver, which the caller polls: whoever waits for
+    /// its response drives it, in the same task, with no hand-off to another.
+    pub async fn open(&self) -> Result<(http1::SendRequest<Body>, Conn), ConnectError> {
+        let io = self.connect().await?;
+        http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ConnectError {
+                target: format!("{self:?}"),
+                reason: e.to_string(),
+            })
+    }
+
     /// An HTTP/1.1 connection; its driver runs until the connection closes (upgrades kept).
     pub async fn handshake(&self) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let io = self.connect().await?;
-        let (sender, conn) =
-            http1::handshake(TokioIo::new(io))
-                .await
-                .map_err(|e| ConnectError {
-                    target: format!("{self:?}"),
-                    reason: e.to_string(),
-                })?;
+        let (sender, conn) = self.open().await?;
         // The connection's own driver: it ends with the connection.
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;

@@ -302,6 +302,33 @@ async fn origin_connections_are_kept_alive_between_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_the_origin_closed_meanwhile_costs_no_request() {
+    // Idle connections to the origin are polled by no one until a request takes one, so
+    // the origin's close is found out then: the request must still go, even a POST, which
+    // is never sent twice.
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let mut config = common::config(&old, &new);
+    config.health_interval = Duration::from_secs(3600);
+    let s = cutover_traffic::splitter::start(config).await.unwrap();
+    for round in 0..5 {
+        let g = get(s.addr, "POST", "/", None, b"a body").await;
+        assert_eq!((g.status, g.body.as_str()), (200, "old 6"), "round {round}");
+        let before = old.conns.load(std::sync::atomic::Ordering::SeqCst);
+        old.close_connections();
+        // The origin's close reaches the splitter's side of the connection.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let g = get(s.addr, "POST", "/", None, b"a body").await;
+        assert_eq!((g.status, g.body.as_str()), (200, "old 6"), "round {round}");
+        assert!(old.conns.load(std::sync::atomic::Ordering::SeqCst) > before);
+    }
+    let status = admin(&s).status().await.unwrap();
+    let o = &status.origins[0];
+    assert!(o.up, "a closed idle connection is no failure: {o:?}");
+    assert_eq!(o.metrics.retries, 0, "{o:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_name_the_client_and_hop_by_hop_ones_stay_behind() {
     let (old, new) = (Origin::start("old").await, Origin::start("new").await);
     let s = splitter(&old, &new).await;

@@ -9,18 +9,29 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::route::{choose, roll, sticky_side, Side};
+use super::upstream::Upstream;
 use super::{InFlight, Shared};
 use crate::http::{full, Body, BoxError};
 
-pub(super) async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+/// A client connection on its way to a worker thread, with its X-Forwarded-For value.
+type Accepted = (std::net::TcpStream, HeaderValue);
+
+/// Takes client connections and deals them to the worker threads in turn.
+pub(super) async fn accept(
+    listener: TcpListener,
+    workers: Vec<mpsc::UnboundedSender<Accepted>>,
+    stop: CancellationToken,
+) {
+    let mut next = 0;
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -34,29 +45,102 @@ pub(super) async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: Can
             },
         };
         let _ = stream.set_nodelay(true);
-        let shared2 = shared.clone();
-        let stop = stop.clone();
         // X-Forwarded-For's value, made once per client connection.
         let peer = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        shared.tasks.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let (shared, peer) = (shared2.clone(), peer.clone());
-                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    // Finish the request in progress, then close.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+        match stream.into_std() {
+            Ok(s) => {
+                let _ = workers[next].send((s, peer));
+                next = (next + 1) % workers.len();
             }
-        });
+            Err(e) => tracing::warn!("accept failed: {e}"),
+        }
+    }
+}
+
+/// Starts `n` worker threads, each with an event loop of its own, and returns the queues
+/// that hand them client connections.
+///
+/// A client connection lives on one thread from its first byte to its last, and so do
+/// the origin connections its requests use: a request and its response are moved by one
+/// thread, with no hand-off between threads (which, on a busy machine, costs more CPU
+/// than the forwarding itself). A worker ends when its queue closes (the splitter stops
+/// accepting) and its connections are done, or at once on `kill`.
+pub(super) fn start_workers(
+    n: usize,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    kill: &CancellationToken,
+) -> Result<Vec<mpsc::UnboundedSender<Accepted>>, String> {
+    let mut queues = Vec::with_capacity(n);
+    for worker in 0..n {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the splitter's worker threads: {e}"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (shared, stop, kill) = (shared.clone(), stop.clone(), kill.clone());
+        std::thread::Builder::new()
+            .name(format!("splitter-{worker}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        _ = work(worker, rx, shared, stop) => {}
+                        _ = kill.cancelled() => {}
+                    }
+                })
+            })
+            .map_err(|e| format!("cannot start the splitter's worker threads: {e}"))?;
+        queues.push(tx);
+    }
+    Ok(queues)
+}
+
+async fn work(
+    worker: usize,
+    mut queue: mpsc::UnboundedReceiver<Accepted>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mine = TaskTracker::new();
+    while let Some((stream, peer)) = queue.recv().await {
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                continue;
+            }
+        };
+        let serve = serve(worker, stream, peer, shared.clone(), stop.clone());
+        mine.spawn(shared.tasks.track_future(serve));
+    }
+    mine.close();
+    mine.wait().await;
+}
+
+/// One client connection, until it closes or the splitter stops.
+async fn serve(
+    worker: usize,
+    stream: tokio::net::TcpStream,
+    peer: HeaderValue,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let (shared, peer) = (shared.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(handle(shared, worker, req, peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            // Finish the request in progress, then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 
@@ -77,12 +161,20 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry no hop-by-hop header but Connection: keep-alive; one look at the
+    // names they have is cheaper than a removal per name they might have.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
+    // Headers Connection names go too; its keep-alive and close are not header names.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|n| !(keep_upgrade && n == header::UPGRADE))
         .collect();
     for n in named {
@@ -189,35 +281,44 @@ enum Failure {
 }
 
 /// A connection to the origin: an idle one, or a new one.
-async fn connection(shared: &Shared, side: Side) -> Result<SendRequest<Body>, String> {
+async fn connection(shared: &Shared, side: Side, worker: usize) -> Result<Upstream, String> {
     let origin = shared.origin(side);
-    match origin.checkout() {
-        Some(s) => Ok(s),
-        None => origin.target.handshake().await.map_err(|e| e.to_string()),
+    match origin.checkout(worker) {
+        Some(u) => Ok(u),
+        // Boxed: connecting (TLS included) is rare and its future large; every request's
+        // future would otherwise be as large, and be copied that size.
+        None => Box::pin(fresh(shared, side)).await,
     }
+}
+
+async fn fresh(shared: &Shared, side: Side) -> Result<Upstream, String> {
+    let (sender, conn) = shared
+        .origin(side)
+        .target
+        .open()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Upstream::new(sender, conn))
 }
 
 async fn send(
     shared: &Shared,
     side: Side,
-    mut sender: SendRequest<Body>,
+    mut up: Upstream,
     req: Request<Body>,
-) -> Result<(Response<Incoming>, SendRequest<Body>), Failure> {
-    let origin = shared.origin(side);
+) -> Result<(Response<Incoming>, Upstream), Failure> {
     let mut req = req;
     // A kept connection may have been closed by the origin meanwhile: hyper hands the
     // request back when it was not written, and a fresh connection takes it.
-    for fresh in [false, true] {
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, sender)),
+    for is_fresh in [false, true] {
+        match up.send(req).await {
+            Ok(resp) => return Ok((resp, up)),
             Err(mut e) => match e.take_message() {
-                Some(back) if !fresh => {
+                Some(back) if !is_fresh => {
                     req = back;
-                    sender = match origin.target.handshake().await {
-                        Ok(s) => s,
-                        Err(err) => {
-                            return Err(Failure::NotSent(Some(Box::new(req)), err.to_string()))
-                        }
+                    up = match Box::pin(fresh(shared, side)).await {
+                        Ok(u) => u,
+                        Err(err) => return Err(Failure::NotSent(Some(Box::new(req)), err)),
                     };
                 }
                 Some(back) => {
@@ -233,7 +334,12 @@ async fn send(
     unreachable!("the second attempt returns")
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: HeaderValue) -> Response<Body> {
+async fn handle(
+    shared: Arc<Shared>,
+    worker: usize,
+    req: Request<Incoming>,
+    peer: HeaderValue,
+) -> Response<Body> {
     let sticky = req
         .headers()
         .get_all(header::COOKIE)
@@ -246,7 +352,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: HeaderValue) 
     ];
     let mut side = choose(shared.new_percent(), sticky, up, roll());
     if is_upgrade(&req) {
-        return upgrade(shared, req, &peer, side).await;
+        return Box::pin(upgrade(shared, req, &peer, side)).await;
     }
     let replayable = idempotent(req.method()) && req.body().is_end_stream();
     let (parts, body) = req.into_parts();
@@ -258,17 +364,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: HeaderValue) 
         let origin = shared.origin(side);
         let guard = InFlight::new(&shared, side);
         let started = Instant::now();
-        let failure = match connection(&shared, side).await {
+        let failure = match connection(&shared, side, worker).await {
             Err(reason) => Failure::NotSent(None, reason),
-            Ok(sender) => {
+            Ok(up) => {
                 let b = body.take().unwrap_or_else(crate::http::empty);
                 let out = for_origin(&shared, side, &parts, &peer, false, b);
-                match send(&shared, side, sender, out).await {
-                    Ok((resp, sender)) => {
+                match send(&shared, side, up, out).await {
+                    Ok((resp, up)) => {
                         origin
                             .metrics
                             .record(Some(resp.status().as_u16()), started.elapsed());
-                        return respond(&shared, side, sticky, resp, sender, guard);
+                        return respond(&shared, side, worker, sticky, resp, up, guard);
                     }
                     Err(Failure::NotSent(back, reason)) => {
                         body = back.map(|r| r.into_body());
@@ -308,9 +414,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: HeaderValue) 
 fn respond(
     shared: &Arc<Shared>,
     side: Side,
+    worker: usize,
     sticky: Option<Side>,
     resp: Response<Incoming>,
-    sender: SendRequest<Body>,
+    up: Upstream,
     guard: InFlight,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
@@ -322,16 +429,18 @@ fn respond(
     }
     let body = Tracked {
         inner: body,
-        sender: Some(sender),
+        upstream: Some(up),
         shared: shared.clone(),
         side,
+        worker,
         _guard: guard,
     };
     Response::from_parts(parts, body.boxed())
 }
 
-/// A response body that holds its request's place in flight and returns the connection to
-/// the idle list when the body has arrived whole.
+/// A response body that holds its request's place in flight, drives its connection while
+/// the body streams, and returns the connection to the idle list when the body has arrived
+/// whole.
 ///
 /// "Whole" is the origin's body reporting its end of stream, not a poll that returns None:
 /// hyper's server stops polling a body once `is_end_stream` says so (a Content-Length
@@ -339,17 +448,18 @@ fn respond(
 /// return to that last poll closed the connection after nearly every response.
 struct Tracked {
     inner: Incoming,
-    sender: Option<SendRequest<Body>>,
+    upstream: Option<Upstream>,
     shared: Arc<Shared>,
     side: Side,
+    worker: usize,
     _guard: InFlight,
 }
 
 impl Tracked {
     /// The response has arrived whole: its connection can carry another request.
     fn done(&mut self) {
-        if let Some(s) = self.sender.take() {
-            self.shared.release(self.side, s);
+        if let Some(u) = self.upstream.take() {
+            self.shared.release(self.side, self.worker, u);
         }
     }
 }
@@ -362,11 +472,15 @@ impl hyper::body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // The connection first: the bytes it reads now are the frame polled next.
+        if let Some(u) = &mut self.upstream {
+            u.poll_conn(cx);
+        }
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(None) => self.done(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.done(),
-            Poll::Ready(Some(Err(_))) => self.sender = None,
+            Poll::Ready(Some(Err(_))) => self.upstream = None,
             _ => {}
         }
         r.map(|o| o.map(|r| r.map_err(BoxError::from)))

@@ -18,6 +18,11 @@
 //!   as soon as the origin's response has arrived whole (hyper stops polling a body whose
 //!   length is reached, so "whole" is the body's own end-of-stream, not a last poll), once
 //!   hyper says it can take the next request.
+//! - Threads: client connections are dealt to worker threads, one per CPU, each with an
+//!   event loop of its own and its own idle connections to the origins. A request and its
+//!   response are moved by the one thread its client connection lives on, and the origin
+//!   connection is driven by the request that uses it ([`upstream`]), not by a task of its
+//!   own: no request is handed from task to task or from thread to thread.
 //! - An origin that cannot be reached is marked down at once with the reason, shown in
 //!   `/status` as `last_error` until it is up again; health checks bring it back.
 
@@ -27,6 +32,7 @@ mod health;
 pub mod metrics;
 pub mod route;
 pub mod state;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +41,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cutover_core::{Plan, Secret};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::HeaderValue;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -43,9 +48,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::{Body, Target};
+use crate::http::Target;
 use metrics::{OriginMetrics, Snapshot};
 pub use route::Side;
+use upstream::Upstream;
 
 /// One origin as configured.
 #[derive(Clone, Debug)]
@@ -113,7 +119,9 @@ pub struct Origin {
     pub host: Option<String>,
     up: AtomicBool,
     in_flight: AtomicU64,
-    idle: Mutex<Vec<SendRequest<Body>>>,
+    /// Idle connections, one list per worker thread: a connection is registered with the
+    /// event loop of the thread that opened it, and only that thread's requests take it.
+    idle: Box<[Mutex<Vec<Upstream>>]>,
     pub metrics: OriginMetrics,
     /// Health check streaks: passed, failed.
     streak: Mutex<(u32, u32)>,
@@ -131,7 +139,12 @@ pub struct Origin {
 const MAX_IDLE: usize = 256;
 
 impl Origin {
-    fn new(side: Side, c: &OriginConfig, sticky_cookie: &str) -> Result<Origin, String> {
+    fn new(
+        side: Side,
+        c: &OriginConfig,
+        sticky_cookie: &str,
+        workers: usize,
+    ) -> Result<Origin, String> {
         let target = Target::new(&c.url, c.sni.as_deref(), c.ca_file.as_deref())
             .map_err(|e| format!("traffic.{}: {e}", side.as_str()))?;
         let host_header = match &c.host {
@@ -152,7 +165,7 @@ impl Origin {
             host: c.host.clone(),
             up: AtomicBool::new(true),
             in_flight: AtomicU64::new(0),
-            idle: Mutex::new(vec![]),
+            idle: (0..workers).map(|_| Mutex::new(vec![])).collect(),
             metrics: OriginMetrics::default(),
             streak: Mutex::new((0, 0)),
             last_error: Mutex::new(None),
@@ -183,7 +196,7 @@ impl Origin {
         }
         *lock(&self.last_error) = Some(reason);
         *lock(&self.streak) = (0, 0);
-        lock(&self.idle).clear();
+        self.close_idle();
     }
 
     /// The reason with what to check when it is the origin's TLS that failed.
@@ -226,33 +239,36 @@ impl Origin {
         }
         if up && s.1 >= unhealthy_after {
             self.up.store(false, Ordering::Relaxed);
-            lock(&self.idle).clear();
+            self.close_idle();
             return Some(false);
         }
         None
     }
 
-    /// An idle connection ready for a request, if one is kept.
-    fn checkout(&self) -> Option<SendRequest<Body>> {
-        let mut idle = lock(&self.idle);
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
-                return Some(s);
+    /// An idle connection, if one is kept (the last one put back: its origin is the
+    /// least likely to have closed it meanwhile).
+    fn checkout(&self, worker: usize) -> Option<Upstream> {
+        let mut idle = lock(&self.idle[worker]);
+        while let Some(u) = idle.pop() {
+            if !u.is_closed() {
+                return Some(u);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<Body>) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < MAX_IDLE && !sender.is_closed() {
-            idle.push(sender);
+    fn checkin(&self, worker: usize, up: Upstream) {
+        let mut idle = lock(&self.idle[worker]);
+        if idle.len() < MAX_IDLE && !up.is_closed() {
+            idle.push(up);
         }
     }
 
     /// Closes the idle connections (those in use finish their request).
     fn close_idle(&self) {
-        lock(&self.idle).clear();
+        for idle in self.idle.iter() {
+            lock(idle).clear();
+        }
     }
 }
 
@@ -332,18 +348,19 @@ impl Shared {
     /// the next request: now when hyper is ready for one, else once it is (it may still be
     /// sending a request body the origin answered early; no request waits for that). Not
     /// while the side is draining: then the connection closes.
-    fn release(self: &Arc<Shared>, side: Side, mut sender: SendRequest<Body>) {
+    fn release(self: &Arc<Shared>, side: Side, worker: usize, mut up: Upstream) {
         if side.share(self.new_percent()) == 0 {
             return;
         }
-        if sender.is_ready() {
-            self.origin(side).checkin(sender);
+        up.settle();
+        if up.sender.is_ready() {
+            self.origin(side).checkin(worker, up);
             return;
         }
         let shared = self.clone();
         self.tasks.spawn(async move {
-            if sender.ready().await.is_ok() && side.share(shared.new_percent()) > 0 {
-                shared.origin(side).checkin(sender);
+            if up.ready().await.is_ok() && side.share(shared.new_percent()) > 0 {
+                shared.origin(side).checkin(worker, up);
             }
         });
     }
@@ -415,6 +432,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
     stop: CancellationToken,
+    /// Ends the worker threads, with whatever they still run.
+    kill: CancellationToken,
     drain_timeout: Duration,
 }
 
@@ -432,16 +451,34 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.kill.cancel();
+    }
+}
+
+/// Worker threads: one per CPU, or TOKIO_WORKER_THREADS as for tokio's own runtime.
+fn worker_count() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
 /// Binds both listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, String> {
     let weight = match &config.state_path {
         Some(path) => state::load(path)?.unwrap_or(0),
         None => 0,
     };
+    let workers = worker_count();
     let shared = Arc::new(Shared {
         origins: [
-            Origin::new(Side::Old, &config.old, &config.sticky_cookie)?,
-            Origin::new(Side::New, &config.new, &config.sticky_cookie)?,
+            Origin::new(Side::Old, &config.old, &config.sticky_cookie, workers)?,
+            Origin::new(Side::New, &config.new, &config.sticky_cookie, workers)?,
         ],
         weight: watch::Sender::new(weight),
         sticky_cookie: config.sticky_cookie.clone(),
@@ -465,8 +502,10 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
     let stop = CancellationToken::new();
+    let kill = CancellationToken::new();
+    let queues = forward::start_workers(workers, &shared, &stop, &kill)?;
     let tasks = shared.tasks.clone();
-    tasks.spawn(forward::accept(listener, shared.clone(), stop.clone()));
+    tasks.spawn(forward::accept(listener, queues, stop.clone()));
     tasks.spawn(admin::serve(admin_listener, shared.clone(), stop.clone()));
     for side in Side::BOTH {
         tasks.spawn(health::check_loop(
@@ -484,6 +523,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         admin_addr,
         shared,
         stop,
+        kill,
         drain_timeout: config.drain_timeout,
     })
 }

@@ -38,6 +38,7 @@ pub struct Origin {
     pub hits: Arc<AtomicU64>,
     /// Connections accepted.
     pub conns: Arc<AtomicU64>,
+    cut: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -48,14 +49,21 @@ impl Origin {
         let failing = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(AtomicU64::new(0));
         let conns = Arc::new(AtomicU64::new(0));
-        let (f, h, c) = (failing.clone(), hits.clone(), conns.clone());
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (f, h, c, cut2) = (failing.clone(), hits.clone(), conns.clone(), cut.clone());
         let task = tokio::spawn(async move {
             // Connections live in this set: aborting the task closes every one of them.
             let mut open = JoinSet::new();
             loop {
-                let (stream, _) = match listener.accept().await {
-                    Ok(x) => x,
-                    Err(_) => continue,
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(_) => continue,
+                    },
+                    _ = cut2.notified() => {
+                        open.abort_all();
+                        continue;
+                    }
                 };
                 c.fetch_add(1, Ordering::SeqCst);
                 let (f, h) = (f.clone(), h.clone());
@@ -78,6 +86,7 @@ impl Origin {
             failing,
             hits,
             conns,
+            cut,
             task,
         }
     }
@@ -88,6 +97,12 @@ impl Origin {
 
     pub fn fail(&self, yes: bool) {
         self.failing.store(yes, Ordering::SeqCst);
+    }
+
+    /// Closes every connection it has, as a server does with connections idle for too
+    /// long, and goes on listening.
+    pub fn close_connections(&self) {
+        self.cut.notify_one();
     }
 
     /// Stops listening and cuts every connection.
