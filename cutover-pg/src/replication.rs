@@ -378,16 +378,20 @@ pub async fn prepare_replication(
     slot: &str,
     tables: &[Table],
 ) -> Result<(), PgError> {
-    ensure_publication(publisher, publisher_side, publication, tables).await?;
     if let Some(enabled) = subscription_enabled(subscriber, subscriber_side, subscription).await? {
         if enabled {
             return Err(PgError::Refused(format!(
                 "subscription {subscription} on the {subscriber_side} is already running; drop it (`cutover db cleanup`) or let the switch that started it finish"
             )));
         }
+        ensure_publication(publisher, publisher_side, publication, tables).await?;
         return Ok(());
     }
-    create_subscription(
+    let existed = publication_tables(publisher, publisher_side, publication)
+        .await?
+        .is_some();
+    ensure_publication(publisher, publisher_side, publication, tables).await?;
+    let made = create_subscription(
         publisher,
         publisher_side,
         publisher_url,
@@ -398,7 +402,18 @@ pub async fn prepare_replication(
         slot,
         false,
     )
-    .await
+    .await;
+    if made.is_err() && !existed {
+        // Nothing half-made is left: the publication made for it goes with the failure. If
+        // even this fails, `cutover db cleanup` drops it.
+        let _ = publisher
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                ident(publication)
+            ))
+            .await;
+    }
+    made
 }
 
 /// Sets where a subscription made by [`prepare_replication`] starts: `from_lsn`, a WAL

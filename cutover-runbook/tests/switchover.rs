@@ -254,6 +254,58 @@ async fn a_target_that_stops_before_the_switch_leaves_the_source_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_replication_that_cannot_be_prepared_leaves_nothing_behind() {
+    // The reverse subscription's slot name is taken on the target by a slot it cannot use,
+    // so the reverse subscription cannot be made before the pause: the run must fail with
+    // the reason, leave neither the reverse publication nor a subscription behind, and a
+    // later run must go through.
+    let f = fixture().await;
+    let s = &f.plan.sync;
+    f.pair
+        .target
+        .exec(&format!(
+            "SELECT pg_create_physical_replication_slot('{}')",
+            s.reverse_slot()
+        ))
+        .await;
+    let load = f.load("prepared", 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let e = f.switch(Direction::Switchover).await.unwrap_err();
+    assert!(e.contains(&s.reverse_slot()), "{e}");
+    let verdict = pgbench::finish(load).await.unwrap();
+    assert!(verdict.clean(), "{verdict:?}");
+    let status = f.admin.status().await.unwrap();
+    assert_eq!((status.active, status.paused), (Backend::Source, false));
+    let publications = count(
+        &f.pair.target,
+        &format!(
+            "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
+            s.reverse_publication()
+        ),
+    )
+    .await;
+    let subscriptions = count(
+        &f.pair.source,
+        &format!(
+            "SELECT count(*) FROM pg_subscription WHERE subname = '{}'",
+            s.reverse_subscription()
+        ),
+    )
+    .await;
+    assert_eq!((publications, subscriptions), (0, 0), "left behind: {e}");
+    f.pair
+        .target
+        .exec(&format!(
+            "SELECT pg_drop_replication_slot('{}')",
+            s.reverse_slot()
+        ))
+        .await;
+    f.switch(Direction::Switchover).await.unwrap();
+    assert_eq!(f.admin.status().await.unwrap().active, Backend::Target);
+    f.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_that_never_ends_times_the_drain_out_and_changes_nothing() {
     let mut f = fixture().await;
     f.plan.switchover.drain_timeout = Duration::from_secs(1);
