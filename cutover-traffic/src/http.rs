@@ -157,7 +157,10 @@ impl Target {
     /// its response drives it, in the same task, with no hand-off to another.
     pub async fn open(&self) -> Result<(http1::SendRequest<Body>, Conn), ConnectError> {
         let io = self.connect().await?;
-        http1::handshake(TokioIo::new(io))
+        // One buffer and one write() per request, as the splitter's server side does.
+        http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ConnectError {
                 target: format!("{self:?}"),
