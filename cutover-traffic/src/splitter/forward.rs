@@ -149,7 +149,7 @@ async fn serve(
 }
 
 /// Headers that belong to one connection, not to the request.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -166,8 +166,15 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry no hop-by-hop header but Connection: keep-alive; one look at the
-    // names they have is cheaper than a removal per name they might have.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // names they have is cheaper than a removal (a hash and a probe) per name they might
+    // have.
+    let mut present = [false; 8];
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     // Headers Connection names go too; its keep-alive and close are not header names.
@@ -184,7 +191,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         headers.remove(n);
     }
-    for h in &HOP_BY_HOP {
+    for (h, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         if keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
             continue;
         }
