@@ -52,6 +52,8 @@
 # python3 -m venv is needed; as root, python3-venv is installed with apt-get when missing.
 
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MARKERS=${MARKERS-"not slow and not flakey"}
 TESTS=${TESTS:-tests}
@@ -66,7 +68,6 @@ LOG_DIR=${LOG_DIR:-}
 
 [[ $LIBPQ == system || $LIBPQ == wheel ]] || { echo "LIBPQ must be \"system\" or \"wheel\", not \"$LIBPQ\"" >&2; exit 64; }
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export GIT_OPTIONAL_LOCKS=0 # the report's `git status` must not take the index lock
 COMMAND_LINE="MARKERS=\"$MARKERS\" TESTS=\"$TESTS\" POOL=$POOL LIBPQ=$LIBPQ${DSN_OPTIONS:+ DSN_OPTIONS=\"$DSN_OPTIONS\"} bench/conformance.sh${*:+ $*}"
 
@@ -86,22 +87,12 @@ full_page_writes = off
 log_min_messages = warning
 "
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 # --------------------------------------------------------------------------------------
 # Programs
 
-find_pg_bindir() {
-    local dir
-    dir=$(pg_config --bindir 2>/dev/null || true)
-    if [[ -z $dir || ! -x $dir/initdb ]]; then dir=/usr/lib/postgresql/15/bin; fi
-    [[ -x $dir/initdb && -x $dir/pg_ctl ]] || die "PostgreSQL server programs (initdb, pg_ctl) not found"
-    PGBIN=$dir
-    export PATH="$PGBIN:$PATH"
-}
-
-build_cutover() {
+# This script has no CUTOVER knob: it always builds (unlike lib.sh's build_cutover), and
+# reads the version as it builds.
+cargo_build_cutover() {
     log "building cutover (cargo build --release --bin cutover)"
     (cd "$ROOT" && timeout 3600 cargo build --release --bin cutover) >&2 \
         || die "cargo build failed (see above)"
@@ -116,10 +107,8 @@ build_cutover() {
 # --------------------------------------------------------------------------------------
 # Temporary directory, cluster, proxy
 
-WORK=""
 PROXY_PID=""
 CLUSTER=""
-AS_PG=()
 
 setup_workdir() {
     WORK=$(mktemp -d /tmp/cutover-conformance.XXXXXX)
@@ -127,18 +116,16 @@ setup_workdir() {
     SUPER_PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
     ROLE_PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
     printf '%s\n' "$SUPER_PASSWORD" > "$WORK/pg/pwfile"
+    use_postgres_user
     if [[ $(id -u) -eq 0 ]]; then
-        id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user"
         # The server's user must reach its folder; the rest stays root's.
         chown postgres: "$WORK"
         chown -R postgres: "$WORK/pg"
-        AS_PG=(runuser -u postgres --)
     fi
 }
 
-cleanup() {
-    local rc=$?
-    set +e
+# stop_processes: run by lib.sh's cleanup on exit, before it keeps the logs and removes WORK.
+stop_processes() {
     if [[ -n $PROXY_PID ]] && kill -TERM "$PROXY_PID" 2>/dev/null; then
         for _ in $(seq 1 100); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$PROXY_PID" 2>/dev/null
@@ -148,31 +135,12 @@ cleanup() {
         cp "$CLUSTER/server.log" "$WORK/logs/server.log" 2>/dev/null
         "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$CLUSTER" -m immediate -w -t 30 stop >/dev/null 2>&1
     fi
-    if [[ -n $LOG_DIR && -n $WORK ]]; then
-        mkdir -p "$LOG_DIR" && cp -r "$WORK/logs/." "$LOG_DIR/" && log "logs kept in $LOG_DIR"
-    fi
-    [[ -n $WORK ]] && rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A port nobody uses, below the kernel's range of ephemeral (client) ports.
-free_port() {
-    local low p
-    low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 1 200); do
-        p=$((10000 + RANDOM % (low - 10000)))
-        if command -v ss >/dev/null; then
-            [[ -z $(ss -Htan "( sport = :$p )") ]] && { echo "$p"; return; }
-        elif ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"; return
-        fi
-    done
-    die "no free port found"
 }
 
-start_cluster() {
+# start_server: the one cluster, in $WORK/pg, on a free port (another is tried when the port
+# was taken in the meantime; a port is picked in a subshell, so free_port keeps none); sets
+# PG_PORT. Not lib.sh's start_cluster: its files and messages are named otherwise.
+start_server() {
     local dir="$WORK/pg/data" port
     "${AS_PG[@]}" "$PGBIN/initdb" -D "$dir" -U postgres --pwfile="$WORK/pg/pwfile" \
         --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync \
@@ -183,7 +151,7 @@ start_cluster() {
     } >> "$dir/postgresql.conf"
     CLUSTER=$dir
     for _ in 1 2 3 4 5; do
-        port=$(free_port)
+        port=$(free_port; echo "$FREE_PORT")
         if "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -o "-p $port" -w -t 120 start >/dev/null; then
             PG_PORT=$port
             log "PostgreSQL $("$PGBIN/postgres" --version | sed 's/.*(PostgreSQL) //') up on 127.0.0.1:$PG_PORT"
@@ -450,11 +418,11 @@ main() {
     local src
     src=$(cd "$1" && pwd) || die "no such folder: $1"
     find_pg_bindir
-    build_cutover
+    cargo_build_cutover
     setup_workdir
     setup_python "$src"
     write_plugin
-    start_cluster
+    start_server
     create_role
     fresh_database
     start_proxy

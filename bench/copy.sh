@@ -39,6 +39,8 @@
 # When run as root, the server programs run as the `postgres` user (PostgreSQL refuses root).
 
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-50}
 JOBS=${JOBS:-2}
@@ -48,7 +50,6 @@ ROUNDS=${ROUNDS:-3}
 QUIET_WAIT=${QUIET_WAIT:-120}
 LOG_DIR=${LOG_DIR:-}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND_LINE="SCALE=$SCALE JOBS=$JOBS ROUNDS=$ROUNDS TOOLS=\"$TOOLS\" bench/copy.sh${*:+ $*}"
 
 # Every cluster setting, identical for the source and every target. fsync and
@@ -73,24 +74,18 @@ full_page_writes = on
 log_min_messages = warning
 "
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 # --------------------------------------------------------------------------------------
 # Programs
 
-find_pg_bindir() {
-    local dir
-    dir=$(pg_config --bindir 2>/dev/null || true)
-    if [[ -z $dir || ! -x $dir/initdb ]]; then dir=/usr/lib/postgresql/15/bin; fi
-    [[ -x $dir/initdb && -x $dir/pg_ctl ]] || die "PostgreSQL server programs (initdb, pg_ctl) not found"
-    PGBIN=$dir
-    # Client programs (ours, pgcopydb's pg_dump/pg_restore/psql) all come from the same folder.
-    export PATH="$PGBIN:$PATH"
+# lib.sh's find_pg_bindir puts the server programs' folder first in PATH: client programs
+# (ours, pgcopydb's pg_dump/pg_restore/psql) all come from the same folder.
+find_pg_programs() {
+    find_pg_bindir
     export PG_CONFIG="$PGBIN/pg_config"
 }
 
-build_cutover() {
+# This script has no CUTOVER knob: it always builds (unlike lib.sh's build_cutover).
+cargo_build_cutover() {
     log "building cutover (cargo build --release -p cutover-cli)"
     (cd "$ROOT" && timeout 3600 cargo build --release -p cutover-cli) >&2
     local target_dir=${CARGO_TARGET_DIR:-target}
@@ -102,18 +97,12 @@ build_cutover() {
 # --------------------------------------------------------------------------------------
 # Temporary clusters
 
-WORK=""
 SAMPLER_PID=""
-declare -a CLUSTERS=()   # data directories of running clusters
-AS_PG=()                 # prefix that runs a server program as the right user
 
 setup_workdir() {
     WORK=$(mktemp -d /tmp/cutover-bench.XXXXXX)
-    if [[ $(id -u) -eq 0 ]]; then
-        id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user"
-        chown postgres: "$WORK"
-        AS_PG=(runuser -u postgres --)
-    fi
+    use_postgres_user
+    if [[ $(id -u) -eq 0 ]]; then chown postgres: "$WORK"; fi
     mkdir -p "$WORK/logs"
     PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
     printf '%s\n' "$PASSWORD" > "$WORK/pwfile"
@@ -121,63 +110,10 @@ setup_workdir() {
     export PGPASSWORD=$PASSWORD   # clients only ever connect over TCP with this password
 }
 
-cleanup() {
-    local rc=$?
-    set +e
+# stop_processes: run by lib.sh's cleanup on exit, before it keeps the logs and removes WORK.
+stop_processes() {
     [[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null
-    local dir
-    for dir in "${CLUSTERS[@]}"; do
-        "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -m immediate -w -t 30 stop >/dev/null 2>&1
-    done
-    if [[ -n $LOG_DIR && -n $WORK ]]; then
-        mkdir -p "$LOG_DIR" && cp -r "$WORK/logs/." "$LOG_DIR/" && log "logs kept in $LOG_DIR"
-    fi
-    [[ -n $WORK ]] && rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A port nobody uses, below the kernel's range of ephemeral (client) ports, so that no
-# outgoing connection can be holding it either.
-free_port() {
-    local low p
-    low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 1 200); do
-        p=$((10000 + RANDOM % (low - 10000)))
-        if command -v ss >/dev/null; then
-            [[ -z $(ss -Htan "( sport = :$p )") ]] && { echo "$p"; return; }
-        elif ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"; return
-        fi
-    done
-    die "no free port found"
-}
-
-# start_cluster NAME: initdb + start on a free port (another is tried when the port was taken
-# in the meantime); sets PORT_<NAME>.
-start_cluster() {
-    local name=$1 dir="$WORK/$1" port attempt
-    "${AS_PG[@]}" "$PGBIN/initdb" -D "$dir" -U postgres --pwfile="$WORK/pwfile" \
-        --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync \
-        >"$WORK/logs/initdb-$name.log" 2>&1 || die "initdb $name failed (see $WORK/logs)"
-    {
-        echo "$CLUSTER_SETTINGS"
-        echo "unix_socket_directories = '$dir'"
-    } >> "$dir/postgresql.conf"
-    CLUSTERS+=("$dir")
-    for attempt in 1 2 3 4 5; do
-        port=$(free_port)
-        if "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -o "-p $port" -w -t 120 start >/dev/null; then
-            printf -v "PORT_$name" '%s' "$port"
-            log "cluster $name up on 127.0.0.1:$port"
-            return
-        fi
-        grep -q "could not bind" "$dir/server.log" || break
-        log "port $port was taken, trying another"
-    done
-    cat "$dir/server.log" >&2
-    die "cannot start cluster $name"
+    stop_clusters
 }
 
 stop_cluster() {
@@ -203,7 +139,7 @@ create_db() { psql -X -q -v ON_ERROR_STOP=1 -d "$(url "$1" postgres)" -c "CREATE
 # Source data
 
 make_source() {
-    start_cluster source
+    start_cluster source --forget-port
     create_db source
     log "pgbench -i -s $SCALE on the source"
     timeout "$TOOL_TIMEOUT" pgbench -i -q -s "$SCALE" "$(url source)" >"$WORK/logs/pgbench-init.log" 2>&1 \
@@ -312,23 +248,11 @@ stop_sampler() {
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 median() { tr ' ' '\n' <<<"$*" | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.1f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
-
-# cpu_idle: share of CPU time idle over the next second, in percent (all CPUs).
-cpu_idle() {
-    local stat='/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' before after
-    before=$(awk "$stat" /proc/stat); sleep 1; after=$(awk "$stat" /proc/stat)
-    awk -v a="$before" -v b="$after" 'BEGIN {
-        split(a, x, " "); split(b, y, " ")
-        printf "%d", (y[2] > x[2] ? 100 * (y[1] - x[1]) / (y[2] - x[2]) : 100) }'
-}
 
 # wait_quiet: waits until the CPUs are >= 90% idle, for QUIET_WAIT seconds at most; sets IDLE.
 wait_quiet() {
-    local deadline=$((SECONDS + QUIET_WAIT))
-    IDLE=$(cpu_idle)
-    while ((IDLE < 90 && SECONDS < deadline)); do IDLE=$(cpu_idle); done
+    wait_idle
     ((IDLE >= 90)) || log "warning: the machine is busy (${IDLE}% idle) and stays so; timing anyway"
 }
 
@@ -340,7 +264,7 @@ declare -A ROUNDS_OF=() # tool -> "s1 (idle%, detail); ..."
 # bench_tool TOOL: fresh target cluster, run, check the copy is whole, stop the target.
 bench_tool() {
     local tool=$1 target="t_$1_r$ROUND" t0 t1 secs rows keys
-    start_cluster "$target"
+    start_cluster "$target" --forget-port
     create_db "$target"
     sql source "CHECKPOINT" # every tool starts from the same, quiet source
     wait_quiet
@@ -410,8 +334,8 @@ report() {
 }
 
 main() {
-    find_pg_bindir
-    build_cutover
+    find_pg_programs
+    cargo_build_cutover
     setup_workdir
     cd "$WORK" # whatever a tool writes to its working folder is removed with it
     local tool order

@@ -82,6 +82,8 @@
 
 set -euo pipefail
 export LC_ALL=C # a "." in awk's numbers
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -99,12 +101,8 @@ PROFILE=${PROFILE:-0}
 CUTOVER=${CUTOVER:-}
 LOG_DIR=${LOG_DIR:-}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND_LINE="${TOKIO_WORKER_THREADS:+TOKIO_WORKER_THREADS=$TOKIO_WORKER_THREADS }DURATION=$DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS THREADS=$THREADS LAT_CONNECTIONS=$LAT_CONNECTIONS SPLIT=$SPLIT BODY_BYTES=$BODY_BYTES NGINX_WORKERS=$NGINX_WORKERS ORIGIN_WORKERS=$ORIGIN_WORKERS TARGETS=\"$TARGETS\" bench/http.sh${*:+ $*}"
 if [[ $PROFILE == 1 ]]; then COMMAND_LINE="PROFILE=1 $COMMAND_LINE"; fi
-
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 # --------------------------------------------------------------------------------------
 # Programs
@@ -115,13 +113,7 @@ find_tools() {
     command -v wrk >/dev/null || missing+=(wrk)
     [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || missing+=(nginx)
     command -v curl >/dev/null || missing+=(curl)
-    if ((${#missing[@]})); then
-        [[ $(id -u) -eq 0 ]] || die "${missing[*]} not installed; run: apt-get install -y ${missing[*]}"
-        log "installing ${missing[*]} (apt-get install -y ${missing[*]})"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq "${missing[@]}" >&2
-    fi
+    if ((${#missing[@]})); then apt_install "${missing[*]} not installed" "${missing[@]}"; fi
     NGINX=$(command -v nginx || echo /usr/sbin/nginx)
     [[ -x $NGINX ]] || die "no nginx program"
     command -v wrk >/dev/null || die "no wrk program"
@@ -130,25 +122,9 @@ find_tools() {
     WRK_VERSION=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
 }
 
-# The binary is copied into the work folder, so a rebuild during the run cannot change it.
-build_cutover() {
-    if [[ -z $CUTOVER ]]; then
-        log "building cutover (cargo build --release --bin cutover)"
-        (cd "$ROOT" && timeout 3600 cargo build --release --bin cutover) >&2
-        local target_dir=${CARGO_TARGET_DIR:-target}
-        [[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
-        CUTOVER="$target_dir/release/cutover"
-    fi
-    [[ -x $CUTOVER ]] || die "no cutover binary at $CUTOVER"
-    CUTOVER_BUILT=$(date -u -r "$CUTOVER" '+%Y-%m-%d %H:%M UTC')
-    cp "$CUTOVER" "$WORK/cutover"
-    CUTOVER="$WORK/cutover"
-}
-
 # --------------------------------------------------------------------------------------
 # Servers
 
-WORK=""
 SPLITTER_PID=""
 ORIGIN_PID=""
 NGINX_PID=""
@@ -173,52 +149,12 @@ stop_pid() {
     kill -KILL "$pid" 2>/dev/null || true
 }
 
-cleanup() {
-    local rc=$?
-    set +e
+# stop_processes: run by lib.sh's cleanup on exit, before it keeps the logs and removes WORK.
+stop_processes() {
     stop_pid "$SPLITTER_PID"
     stop_pid "$NGINX_PID"
     stop_pid "$ORIGIN_PID"
     wait 2>/dev/null
-    if [[ -n $LOG_DIR && -n $WORK ]]; then
-        mkdir -p "$LOG_DIR" && cp -r "$WORK/logs/." "$LOG_DIR/" && log "logs kept in $LOG_DIR"
-    fi
-    [[ -n $WORK ]] && rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A port nobody uses, below the kernel's range of ephemeral (client) ports, so that no
-# outgoing connection can be holding it either.
-# Sets FREE_PORT (not printed: a $(...) subshell would forget the ports already handed out).
-TAKEN_PORTS=""
-free_port() {
-    local low p
-    low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 1 200); do
-        p=$((10000 + RANDOM % (low - 10000)))
-        [[ " $TAKEN_PORTS " == *" $p "* ]] && continue
-        if command -v ss >/dev/null; then
-            [[ -n $(ss -Htan "( sport = :$p )") ]] && continue
-        elif (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            continue
-        fi
-        TAKEN_PORTS+=" $p"
-        FREE_PORT=$p
-        return
-    done
-    die "no free port found"
-}
-
-# wait_listening PORT: until something accepts connections on 127.0.0.1:PORT (10 s at most).
-wait_listening() {
-    local i
-    for i in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
 }
 
 # nginx_common DIR WORKERS: the top of an nginx.conf whose files all live in DIR.
@@ -374,21 +310,10 @@ check_split() {
 # --------------------------------------------------------------------------------------
 # Measuring
 
-# cpu_idle: share of CPU time idle over the next second, in percent (all CPUs).
-cpu_idle() {
-    local stat='/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' before after
-    before=$(awk "$stat" /proc/stat); sleep 1; after=$(awk "$stat" /proc/stat)
-    awk -v a="$before" -v b="$after" 'BEGIN {
-        split(a, x, " "); split(b, y, " ")
-        printf "%d", (y[2] > x[2] ? 100 * (y[1] - x[1]) / (y[2] - x[2]) : 100) }'
-}
-
 # wait_quiet: waits until the CPUs are >= 90% idle, for QUIET_WAIT seconds at most; sets IDLE
 # and LOAD (the 1-minute load average then).
 wait_quiet() {
-    local deadline=$((SECONDS + QUIET_WAIT))
-    IDLE=$(cpu_idle)
-    while ((IDLE < 90 && SECONDS < deadline)); do IDLE=$(cpu_idle); done
+    wait_idle
     LOAD=$(awk '{ print $1 }' /proc/loadavg)
     ((IDLE >= 90)) || log "warning: the machine is busy (${IDLE}% idle, load average $LOAD) and stays so; timing anyway"
 }
@@ -446,7 +371,6 @@ median_fmt() { local f=$1; shift; tr ' ' '\n' <<<"$*" | awk 'NF' | sort -g | awk
 median() { median_fmt '%.0f' "$@"; }
 median3() { median_fmt '%.3f' "$@"; }
 median2() { median_fmt '%.2f' "$@"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.3f", a - b }'; }
 
 declare -A RPS=()       # load/target -> "rps1 rps2 ..."

@@ -66,6 +66,8 @@
 
 set -euo pipefail
 export LC_ALL=C # a "." in awk's numbers
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION=${DURATION:-20}
 CLIENTS=${CLIENTS:-32}
@@ -80,7 +82,6 @@ PROFILE=${PROFILE:-0}
 CUTOVER=${CUTOVER:-}
 LOG_DIR=${LOG_DIR:-}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND_LINE="${TOKIO_WORKER_THREADS:+TOKIO_WORKER_THREADS=$TOKIO_WORKER_THREADS }DURATION=$DURATION CLIENTS=$CLIENTS THREADS=$THREADS SCALE=$SCALE ROUNDS=$ROUNDS TPCB_MODE=$TPCB_MODE TARGETS=\"$TARGETS\" bench/proxy.sh${*:+ $*}"
 
 # The cluster's settings. fsync and synchronous_commit stay at their (durable) defaults.
@@ -96,65 +97,28 @@ synchronous_commit = on
 log_min_messages = warning
 "
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 # --------------------------------------------------------------------------------------
 # Programs
 
-find_pg_bindir() {
-    local dir
-    dir=$(pg_config --bindir 2>/dev/null || true)
-    if [[ -z $dir || ! -x $dir/initdb ]]; then dir=/usr/lib/postgresql/15/bin; fi
-    [[ -x $dir/initdb && -x $dir/pg_ctl ]] || die "PostgreSQL server programs (initdb, pg_ctl) not found"
-    PGBIN=$dir
-    export PATH="$PGBIN:$PATH"
-}
-
-# PgBouncer from the distribution, installed when missing (as .ci/run does for PostgreSQL).
+# PgBouncer from the distribution, installed when missing.
 find_pgbouncer() {
     PGBOUNCER=$(command -v pgbouncer || true)
     [[ -z $PGBOUNCER && -x /usr/sbin/pgbouncer ]] && PGBOUNCER=/usr/sbin/pgbouncer
     if [[ -z $PGBOUNCER ]]; then
-        [[ $(id -u) -eq 0 ]] || die "pgbouncer is not installed; run: apt-get install -y pgbouncer"
-        log "installing pgbouncer (apt-get install -y pgbouncer)"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq pgbouncer >&2
+        apt_install "pgbouncer is not installed" pgbouncer
         PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
     fi
     [[ -x $PGBOUNCER ]] || die "no pgbouncer program"
 }
 
-# The binary is copied into the work folder, so a rebuild during the run cannot change it.
-build_cutover() {
-    if [[ -z $CUTOVER ]]; then
-        log "building cutover (cargo build --release --bin cutover)"
-        (cd "$ROOT" && timeout 3600 cargo build --release --bin cutover) >&2
-        local target_dir=${CARGO_TARGET_DIR:-target}
-        [[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
-        CUTOVER="$target_dir/release/cutover"
-    fi
-    [[ -x $CUTOVER ]] || die "no cutover binary at $CUTOVER"
-    CUTOVER_BUILT=$(date -u -r "$CUTOVER" '+%Y-%m-%d %H:%M UTC')
-    cp "$CUTOVER" "$WORK/cutover"
-    CUTOVER="$WORK/cutover"
-}
-
 # --------------------------------------------------------------------------------------
 # Temporary cluster, proxies
 
-WORK=""
 PROXY_PID=""
-declare -a CLUSTERS=()   # data directories of running clusters
-AS_PG=()                 # prefix that runs a server program as the right user
 
 setup_workdir() {
     WORK=$(mktemp -d /tmp/cutover-bench.XXXXXX)
-    if [[ $(id -u) -eq 0 ]]; then
-        id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user"
-        AS_PG=(runuser -u postgres --)
-    fi
+    use_postgres_user
     mkdir -p "$WORK/logs" "$WORK/pgbouncer"
     PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
     APP_PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
@@ -167,71 +131,16 @@ setup_workdir() {
 
 pgbouncer_pid() { cat "$WORK/pgbouncer/pgbouncer.pid" 2>/dev/null || true; }
 
-cleanup() {
-    local rc=$? pid
-    set +e
+# stop_processes: run by lib.sh's cleanup on exit, before it keeps the logs and removes WORK.
+stop_processes() {
+    local pid
     [[ -n $PROXY_PID ]] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
     pid=$(pgbouncer_pid)
     [[ -n $pid ]] && kill "$pid" 2>/dev/null
-    local dir
-    for dir in "${CLUSTERS[@]}"; do
-        "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -m immediate -w -t 30 stop >/dev/null 2>&1
-    done
+    stop_clusters
     if [[ -n $LOG_DIR && -n $WORK ]]; then
         cp "$WORK"/source/server.log "$WORK/logs/server-source.log" 2>/dev/null
-        mkdir -p "$LOG_DIR" && cp -r "$WORK/logs/." "$LOG_DIR/" && log "logs kept in $LOG_DIR"
     fi
-    [[ -n $WORK ]] && rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A port nobody uses, below the kernel's range of ephemeral (client) ports, so that no
-# outgoing connection can be holding it either.
-# Sets FREE_PORT (not printed: a $(...) subshell would forget the ports already handed out).
-TAKEN_PORTS=""
-free_port() {
-    local low p
-    low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 1 200); do
-        p=$((10000 + RANDOM % (low - 10000)))
-        [[ " $TAKEN_PORTS " == *" $p "* ]] && continue
-        if command -v ss >/dev/null; then
-            [[ -n $(ss -Htan "( sport = :$p )") ]] && continue
-        elif (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            continue
-        fi
-        TAKEN_PORTS+=" $p"
-        FREE_PORT=$p
-        return
-    done
-    die "no free port found"
-}
-
-# start_cluster NAME: initdb + start on a free port; sets PORT_<NAME>.
-start_cluster() {
-    local name=$1 dir="$WORK/$1" port attempt
-    "${AS_PG[@]}" "$PGBIN/initdb" -D "$dir" -U postgres --pwfile="$WORK/pwfile" \
-        --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync \
-        >"$WORK/logs/initdb-$name.log" 2>&1 || die "initdb $name failed (see $WORK/logs)"
-    {
-        echo "$CLUSTER_SETTINGS"
-        echo "unix_socket_directories = '$dir'"
-    } >> "$dir/postgresql.conf"
-    CLUSTERS+=("$dir")
-    for attempt in 1 2 3 4 5; do
-        free_port; port=$FREE_PORT
-        if "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -o "-p $port" -w -t 120 start >/dev/null; then
-            printf -v "PORT_$name" '%s' "$port"
-            log "cluster $name up on 127.0.0.1:$port"
-            return
-        fi
-        grep -q "could not bind" "$dir/server.log" || break
-        log "port $port was taken, trying another"
-    done
-    cat "$dir/server.log" >&2
-    die "cannot start cluster $name"
 }
 
 # url [DB]: the superuser's URL (password included; only ever local and temporary).
@@ -256,16 +165,6 @@ SQL
     sql "CHECKPOINT"
     SOURCE_SIZE=$(sql "SELECT pg_size_pretty(pg_database_size('bench'))")
     log "source ready: $SOURCE_SIZE"
-}
-
-# wait_listening PORT: until something accepts connections on 127.0.0.1:PORT (10 s at most).
-wait_listening() {
-    local i
-    for i in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
 }
 
 start_cutover_proxy() {
@@ -333,20 +232,9 @@ INI
 # --------------------------------------------------------------------------------------
 # Measuring
 
-# cpu_idle: share of CPU time idle over the next second, in percent (all CPUs).
-cpu_idle() {
-    local stat='/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' before after
-    before=$(awk "$stat" /proc/stat); sleep 1; after=$(awk "$stat" /proc/stat)
-    awk -v a="$before" -v b="$after" 'BEGIN {
-        split(a, x, " "); split(b, y, " ")
-        printf "%d", (y[2] > x[2] ? 100 * (y[1] - x[1]) / (y[2] - x[2]) : 100) }'
-}
-
 # wait_quiet: waits until the CPUs are >= 90% idle, for QUIET_WAIT seconds at most; sets IDLE.
 wait_quiet() {
-    local deadline=$((SECONDS + QUIET_WAIT))
-    IDLE=$(cpu_idle)
-    while ((IDLE < 90 && SECONDS < deadline)); do IDLE=$(cpu_idle); done
+    wait_idle
     ((IDLE >= 90)) || log "warning: the machine is busy (${IDLE}% idle) and stays so; timing anyway"
 }
 
@@ -371,8 +259,6 @@ target_pid() {
 
 median() { tr ' ' '\n' <<<"$*" | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.0f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 median2() { tr ' ' '\n' <<<"$*" | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-
 declare -A TPS=()            # workload/target -> "tps1 tps2 ..."
 declare -A RUNS=()           # workload/target -> "tps (idle% before/after); ..."
 declare -A PROXY_US=()       # workload/target -> "µs of proxy CPU per transaction ..."

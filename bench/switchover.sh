@@ -76,6 +76,8 @@
 
 set -euo pipefail
 export LC_ALL=C # a "." in $EPOCHREALTIME and in awk's numbers
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPS=${REPS:-5}
 METHODS=${METHODS:-"cutover pgbouncer direct"}
@@ -88,7 +90,6 @@ QUIET_WAIT=${QUIET_WAIT:-30}
 CUTOVER=${CUTOVER:-}
 LOG_DIR=${LOG_DIR:-}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND_LINE="REPS=$REPS DURATION=$DURATION SWITCH_AT=$SWITCH_AT CLIENTS=$CLIENTS THREADS=$THREADS SCALE=$SCALE bench/switchover.sh${*:+ $*}"
 
 # Every cluster setting, identical for the source and the target. fsync and
@@ -111,69 +112,29 @@ synchronous_commit = on
 log_min_messages = warning
 "
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 # --------------------------------------------------------------------------------------
 # Programs
 
-find_pg_bindir() {
-    local dir
-    dir=$(pg_config --bindir 2>/dev/null || true)
-    if [[ -z $dir || ! -x $dir/initdb ]]; then dir=/usr/lib/postgresql/15/bin; fi
-    [[ -x $dir/initdb && -x $dir/pg_ctl ]] || die "PostgreSQL server programs (initdb, pg_ctl) not found"
-    PGBIN=$dir
-    export PATH="$PGBIN:$PATH"
-}
-
-# PgBouncer and jq from the distribution, installed when missing (as .ci/run does for
-# PostgreSQL).
+# PgBouncer and jq from the distribution, installed when missing.
 find_tools() {
     local need=()
     command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || need+=(pgbouncer)
     command -v jq >/dev/null || need+=(jq)
-    if ((${#need[@]})); then
-        [[ $(id -u) -eq 0 ]] || die "missing ${need[*]}; run: apt-get install -y ${need[*]}"
-        log "installing ${need[*]} (apt-get install -y ${need[*]})"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq "${need[@]}" >&2
-    fi
+    if ((${#need[@]})); then apt_install "missing ${need[*]}" "${need[@]}"; fi
     PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
     [[ -x $PGBOUNCER ]] || die "no pgbouncer program"
-}
-
-# The binary is copied into the work folder, so a rebuild during the run cannot change it.
-build_cutover() {
-    if [[ -z $CUTOVER ]]; then
-        log "building cutover (cargo build --release --bin cutover)"
-        (cd "$ROOT" && timeout 3600 cargo build --release --bin cutover) >&2
-        local target_dir=${CARGO_TARGET_DIR:-target}
-        [[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
-        CUTOVER="$target_dir/release/cutover"
-    fi
-    [[ -x $CUTOVER ]] || die "no cutover binary at $CUTOVER"
-    CUTOVER_BUILT=$(date -u -r "$CUTOVER" '+%Y-%m-%d %H:%M UTC')
-    cp "$CUTOVER" "$WORK/cutover"
-    CUTOVER="$WORK/cutover"
 }
 
 # --------------------------------------------------------------------------------------
 # Temporary clusters, proxies, long-lived psql sessions
 
-WORK=""
 PROXY_PID=""
-declare -a CLUSTERS=()   # data directories of running clusters
 declare -a BG_PIDS=()    # pgbench runs and psql sessions still running
 declare -A SESSION_IN=() SESSION_OUT=() SESSION_PID=()
-AS_PG=()                 # prefix that runs a server program as the right user
 
 setup_workdir() {
     WORK=$(mktemp -d /tmp/cutover-bench.XXXXXX)
-    if [[ $(id -u) -eq 0 ]]; then
-        id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user"
-        AS_PG=(runuser -u postgres --)
-    fi
+    use_postgres_user
     mkdir -p "$WORK/logs" "$WORK/pgbouncer"
     PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
     APP_PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
@@ -187,70 +148,17 @@ setup_workdir() {
 
 pgbouncer_pid() { cat "$WORK/pgbouncer/pgbouncer.pid" 2>/dev/null || true; }
 
-cleanup() {
-    local rc=$? pid dir
-    set +e
+# stop_processes: run by lib.sh's cleanup on exit, before it keeps the logs and removes WORK.
+stop_processes() {
+    local pid dir
     for pid in "${BG_PIDS[@]}" "${SESSION_PID[@]}"; do kill "$pid" 2>/dev/null; done
     [[ -n $PROXY_PID ]] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
     pid=$(pgbouncer_pid)
     [[ -n $pid ]] && kill "$pid" 2>/dev/null
-    for dir in "${CLUSTERS[@]}"; do
-        "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -m immediate -w -t 30 stop >/dev/null 2>&1
-    done
+    stop_clusters
     if [[ -n $LOG_DIR && -n $WORK ]]; then
         for dir in "${CLUSTERS[@]}"; do cp "$dir/server.log" "$WORK/logs/server-$(basename "$dir").log"; done
-        mkdir -p "$LOG_DIR" && cp -r "$WORK/logs/." "$LOG_DIR/" && log "logs kept in $LOG_DIR"
     fi
-    [[ -n $WORK ]] && rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# free_port: sets FREE_PORT to a port nobody uses, below the kernel's range of ephemeral
-# (client) ports, so that no outgoing connection can be holding it either.
-TAKEN_PORTS=""
-free_port() {
-    local low p
-    low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 1 200); do
-        p=$((10000 + RANDOM % (low - 10000)))
-        [[ " $TAKEN_PORTS " == *" $p "* ]] && continue
-        if command -v ss >/dev/null; then
-            [[ -n $(ss -Htan "( sport = :$p )") ]] && continue
-        elif (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            continue
-        fi
-        TAKEN_PORTS+=" $p"
-        FREE_PORT=$p
-        return
-    done
-    die "no free port found"
-}
-
-# start_cluster NAME: initdb + start on a free port; sets PORT_<NAME>.
-start_cluster() {
-    local name=$1 dir="$WORK/$1" port attempt
-    "${AS_PG[@]}" "$PGBIN/initdb" -D "$dir" -U postgres --pwfile="$WORK/pwfile" \
-        --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync \
-        >"$WORK/logs/initdb-$name.log" 2>&1 || die "initdb $name failed (see $WORK/logs)"
-    {
-        echo "$CLUSTER_SETTINGS"
-        echo "unix_socket_directories = '$dir'"
-    } >> "$dir/postgresql.conf"
-    CLUSTERS+=("$dir")
-    for attempt in 1 2 3 4 5; do
-        free_port; port=$FREE_PORT
-        if "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -o "-p $port" -w -t 120 start >/dev/null; then
-            printf -v "PORT_$name" '%s' "$port"
-            log "cluster $name up on 127.0.0.1:$port"
-            return
-        fi
-        grep -q "could not bind" "$dir/server.log" || break
-        log "port $port was taken, trying another"
-    done
-    cat "$dir/server.log" >&2
-    die "cannot start cluster $name"
 }
 
 # url NAME [DB]: the superuser's URL of a cluster (password included; only ever local and
@@ -300,15 +208,6 @@ session_close() {
     wait "${SESSION_PID[$name]}" 2>/dev/null || true
     rm -f "$WORK/$name.in" "$WORK/$name.out"
     unset "SESSION_PID[$name]" "SESSION_IN[$name]" "SESSION_OUT[$name]"
-}
-
-wait_listening() {
-    local i
-    for i in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
 }
 
 # --------------------------------------------------------------------------------------
@@ -464,20 +363,9 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }
 max_of() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'; }
 
-# cpu_idle: share of CPU time idle over the next second, in percent (all CPUs).
-cpu_idle() {
-    local stat='/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' before after
-    before=$(awk "$stat" /proc/stat); sleep 1; after=$(awk "$stat" /proc/stat)
-    awk -v a="$before" -v b="$after" 'BEGIN {
-        split(a, x, " "); split(b, y, " ")
-        printf "%d", (y[2] > x[2] ? 100 * (y[1] - x[1]) / (y[2] - x[2]) : 100) }'
-}
-
 # wait_quiet: waits until the CPUs are >= 90% idle, for QUIET_WAIT seconds at most; sets IDLE.
 wait_quiet() {
-    local deadline=$((SECONDS + QUIET_WAIT))
-    IDLE=$(cpu_idle)
-    while ((IDLE < 90 && SECONDS < deadline)); do IDLE=$(cpu_idle); done
+    wait_idle
     ((IDLE >= 90)) || log "warning: the machine is busy (${IDLE}% idle); running anyway"
 }
 

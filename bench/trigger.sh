@@ -75,6 +75,8 @@
 
 set -euo pipefail
 export LC_ALL=C # a "." in $EPOCHREALTIME and in awk's numbers
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}
 CLIENTS=${CLIENTS:-8}
@@ -93,7 +95,6 @@ QUIET_WAIT=${QUIET_WAIT:-180}
 CUTOVER=${CUTOVER:-}
 LOG_DIR=${LOG_DIR:-}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMAND_LINE="SCALE=$SCALE CLIENTS=$CLIENTS DURATION=$DURATION ROUNDS=$ROUNDS APPLY_TXNS=$APPLY_TXNS APPLY_ROUNDS=$APPLY_ROUNDS LAG_DURATION=$LAG_DURATION LAG_ROUNDS=$LAG_ROUNDS${LAG_RATE:+ LAG_RATE=$LAG_RATE} bench/trigger.sh${*:+ $*}"
 
 TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history"
@@ -115,27 +116,15 @@ synchronous_commit = on
 log_min_messages = warning
 "
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 # --------------------------------------------------------------------------------------
 # Programs
 
-find_pg_bindir() {
-    local dir
-    dir=$(pg_config --bindir 2>/dev/null || true)
-    if [[ -z $dir || ! -x $dir/initdb ]]; then dir=/usr/lib/postgresql/15/bin; fi
-    [[ -x $dir/initdb && -x $dir/pg_ctl ]] || die "PostgreSQL server programs (initdb, pg_ctl) not found"
-    PGBIN=$dir
-    export PATH="$PGBIN:$PATH"
-    PG_MAJOR=$("$PGBIN/postgres" --version | sed -E 's/.* ([0-9]+)\..*/\1/')
-}
-
 # Bucardo needs: the bucardo program and Bucardo.pm (Debian package bucardo), DBD::Pg
 # (libdbd-pg-perl) for itself, and PL/PerlU in the server that holds its control database
-# (postgresql-plperl-NN). jq reads cutover's JSON.
+# (postgresql-plperl-NN, NN the server's major version, PG_MAJOR). jq reads cutover's JSON.
 find_tools() {
     local need=() plperl pin=""
+    PG_MAJOR=$("$PGBIN/postgres" --version | sed -E 's/.* ([0-9]+)\..*/\1/')
     command -v bucardo >/dev/null || need+=(bucardo)
     perl -MDBD::Pg -e 1 2>/dev/null || need+=(libdbd-pg-perl)
     plperl="$("$PGBIN/pg_config" --pkglibdir 2>/dev/null || echo "/usr/lib/postgresql/$PG_MAJOR/lib")/plperl.so"
@@ -146,13 +135,7 @@ find_tools() {
         need+=("postgresql-plperl-$PG_MAJOR${pin:+=$pin}")
     fi
     command -v jq >/dev/null || need+=(jq)
-    if ((${#need[@]})); then
-        [[ $(id -u) -eq 0 ]] || die "missing ${need[*]}; run: apt-get install -y --no-install-recommends ${need[*]}"
-        log "installing ${need[*]} (apt-get install -y --no-install-recommends ${need[*]})"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
-    fi
+    if ((${#need[@]})); then apt_install --no-install-recommends "missing ${need[*]}" "${need[@]}"; fi
     command -v bucardo >/dev/null || die "no bucardo program after the installation"
     [[ -e $plperl ]] || die "no PL/Perl ($plperl) after the installation"
     BUCARDO_SCHEMA=$(dpkg -L bucardo 2>/dev/null | grep -m1 '/bucardo\.schema$' || true)
@@ -161,37 +144,16 @@ find_tools() {
     DBD_PG_VERSION=$(perl -MDBD::Pg -e 'print $DBD::Pg::VERSION')
 }
 
-# The binary is copied into the work folder, so a rebuild during the run cannot change it.
-build_cutover() {
-    if [[ -z $CUTOVER ]]; then
-        log "building cutover (cargo build --release --bin cutover)"
-        (cd "$ROOT" && timeout 3600 cargo build --release --bin cutover) >&2
-        local target_dir=${CARGO_TARGET_DIR:-target}
-        [[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
-        CUTOVER="$target_dir/release/cutover"
-    fi
-    [[ -x $CUTOVER ]] || die "no cutover binary at $CUTOVER"
-    CUTOVER_BUILT=$(date -u -r "$CUTOVER" '+%Y-%m-%d %H:%M UTC')
-    cp "$CUTOVER" "$WORK/cutover"
-    CUTOVER="$WORK/cutover"
-}
-
 # --------------------------------------------------------------------------------------
 # Temporary clusters and processes
 
-WORK=""
 FOLLOW_PID=""        # cutover db follow
-declare -a CLUSTERS=()   # data directories of running clusters
 declare -a BG_PIDS=()    # samplers and the like, still running
-AS_PG=()                 # prefix that runs a server program as the right user
 BUCARDO_READY=""
 
 setup_workdir() {
     WORK=$(mktemp -d /tmp/cutover-bench.XXXXXX)
-    if [[ $(id -u) -eq 0 ]]; then
-        id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user"
-        AS_PG=(runuser -u postgres --)
-    fi
+    use_postgres_user
     mkdir -p "$WORK/logs/bucardo" "$WORK/bucardo-run"
     PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
     printf '%s\n' "$PASSWORD" > "$WORK/pwfile"
@@ -205,9 +167,9 @@ setup_workdir() {
 # The Bucardo daemon's processes, from its PID files (all of them started by this script).
 bucardo_pids() { cat "$WORK"/bucardo-run/*.pid 2>/dev/null | grep -Eo '^[0-9]+' || true; }
 
-cleanup() {
-    local rc=$? pid dir
-    set +e
+# stop_processes: run by lib.sh's cleanup on exit, before it keeps the logs and removes WORK.
+stop_processes() {
+    local pid dir
     for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     [[ -n $FOLLOW_PID ]] && kill "$FOLLOW_PID" 2>/dev/null && wait "$FOLLOW_PID" 2>/dev/null
     if [[ -n $BUCARDO_READY ]]; then
@@ -215,63 +177,10 @@ cleanup() {
         sleep 2
         for pid in $(bucardo_pids); do kill "$pid" 2>/dev/null; done
     fi
-    for dir in "${CLUSTERS[@]}"; do
-        "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -m immediate -w -t 30 stop >/dev/null 2>&1
-    done
+    stop_clusters
     if [[ -n $LOG_DIR && -n $WORK ]]; then
         for dir in "${CLUSTERS[@]}"; do cp "$dir/server.log" "$WORK/logs/server-$(basename "$dir").log"; done
-        mkdir -p "$LOG_DIR" && cp -r "$WORK/logs/." "$LOG_DIR/" && log "logs kept in $LOG_DIR"
     fi
-    [[ -n $WORK ]] && rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# free_port: sets FREE_PORT to a port nobody uses, below the kernel's range of ephemeral
-# (client) ports, so that no outgoing connection can be holding it either.
-TAKEN_PORTS=""
-free_port() {
-    local low p
-    low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 1 200); do
-        p=$((10000 + RANDOM % (low - 10000)))
-        [[ " $TAKEN_PORTS " == *" $p "* ]] && continue
-        if command -v ss >/dev/null; then
-            [[ -n $(ss -Htan "( sport = :$p )") ]] && continue
-        elif (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            continue
-        fi
-        TAKEN_PORTS+=" $p"
-        FREE_PORT=$p
-        return
-    done
-    die "no free port found"
-}
-
-# start_cluster NAME: initdb + start on a free port; sets PORT_<NAME>.
-start_cluster() {
-    local name=$1 dir="$WORK/$1" port attempt
-    "${AS_PG[@]}" "$PGBIN/initdb" -D "$dir" -U postgres --pwfile="$WORK/pwfile" \
-        --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync \
-        >"$WORK/logs/initdb-$name.log" 2>&1 || die "initdb $name failed (see $WORK/logs)"
-    {
-        echo "$CLUSTER_SETTINGS"
-        echo "unix_socket_directories = '$dir'"
-    } >> "$dir/postgresql.conf"
-    CLUSTERS+=("$dir")
-    for attempt in 1 2 3 4 5; do
-        free_port; port=$FREE_PORT
-        if "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -o "-p $port" -w -t 120 start >/dev/null; then
-            printf -v "PORT_$name" '%s' "$port"
-            log "cluster $name up on 127.0.0.1:$port"
-            return
-        fi
-        grep -q "could not bind" "$dir/server.log" || break
-        log "port $port was taken, trying another"
-    done
-    cat "$dir/server.log" >&2
-    die "cannot start cluster $name"
 }
 
 port_of() { local p="PORT_$1"; echo "${!p}"; }
@@ -288,7 +197,6 @@ url() { echo "postgres://postgres:$PASSWORD@127.0.0.1:$(port_of "$1")/$2?sslmode
 # Timing helpers
 
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 median() { tr ' ' '\n' <<<"$*" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 fmt() { awk -v v="$1" -v f="$2" 'BEGIN { printf f, v }'; } # fmt VALUE FORMAT
 pct() { # pct P VALUES...: the P-th percentile (nearest rank) of the values, 2 decimals
