@@ -54,16 +54,24 @@ async fn run_child(
     let secrets: Vec<&Secret> = conn.and_then(|c| c.password()).into_iter().collect();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let first = stderr
-            .lines()
-            .find(|l| l.contains("error"))
-            .unwrap_or(stderr.trim());
         return Err(PgError::Child {
             program: name.into(),
-            message: cutover_core::redact(first.trim(), secrets),
+            message: cutover_core::redact(&child_error(&stderr), secrets),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The line of a failed pg_dump or pg_restore that says what went wrong, with the server's
+/// DETAIL line when one follows it: that one says which row or object ("Key (id)=(7) is not
+/// present in table ...").
+fn child_error(stderr: &str) -> String {
+    let mut lines = stderr.lines().skip_while(|l| !l.contains("error"));
+    let first = lines.next().unwrap_or(stderr.trim()).trim();
+    match lines.next().map(str::trim) {
+        Some(d) if d.starts_with("DETAIL:") => format!("{first} ({d})"),
+        _ => first.to_string(),
+    }
 }
 
 /// OIDs of the source's primary key constraints and replica identity indexes, and the
@@ -267,6 +275,22 @@ mod tests {
         assert!(!super::is_capture_trigger(
             "3351; 2620 16600 TRIGGER public accounts audit owner"
         ));
+    }
+
+    #[test]
+    fn a_child_error_keeps_the_servers_detail() {
+        let stderr = "pg_restore: while PROCESSING TOC:\n\
+            pg_restore: error: could not execute query: ERROR:  insert or update on table \"line_items\" violates foreign key constraint \"line_items_invoice\"\n\
+            DETAIL:  Key (invoice_id)=(3) is not present in table \"invoices\".\n\
+            Command was: ALTER TABLE ONLY billing.line_items ADD CONSTRAINT line_items_invoice ...\n";
+        assert_eq!(
+            child_error(stderr),
+            "pg_restore: error: could not execute query: ERROR:  insert or update on table \"line_items\" violates foreign key constraint \"line_items_invoice\" (DETAIL:  Key (invoice_id)=(3) is not present in table \"invoices\".)"
+        );
+        assert_eq!(
+            child_error("pg_dump: error: connection failed\n"),
+            "pg_dump: error: connection failed"
+        );
     }
 
     #[test]
