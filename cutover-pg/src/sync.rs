@@ -710,7 +710,24 @@ async fn schema_after_copy(
         )?;
         return Ok(());
     }
-    restore_step(
+    // The restore is one transaction that locks tables in its own order (an index on one
+    // table, then a foreign key across two), while the subscription's transactions lock them
+    // in theirs: each can end up waiting for the other, and PostgreSQL then ends one of them
+    // as a deadlock (seen under load). So the subscription is paused for the restore, and
+    // its apply worker gone before it starts; the slot keeps every change meanwhile, and the
+    // subscription starts again after it whatever the outcome. A run killed in between
+    // leaves it paused; the next `db sync` enables it (see `ensure_subscription`).
+    let sub = plan.sync.subscription();
+    let paused =
+        crate::replication::subscription_enabled(target, Side::Target, &sub).await? == Some(true);
+    if paused {
+        crate::replication::set_enabled(target, Side::Target, &sub, false).await?;
+        if let Err(e) = wait_no_worker(target, &sub).await {
+            let _ = crate::replication::set_enabled(target, Side::Target, &sub, true).await;
+            return Err(e);
+        }
+    }
+    let restored = restore_step(
         plan,
         steps,
         "schema.post_data",
@@ -719,7 +736,39 @@ async fn schema_after_copy(
         &dump.post_data,
         dump.counts.2,
     )
-    .await
+    .await;
+    if paused {
+        let resumed = crate::replication::set_enabled(target, Side::Target, &sub, true).await;
+        restored?;
+        return resumed;
+    }
+    restored
+}
+
+/// Waits until the subscription has no worker left (its apply worker exits at the end of
+/// the transaction it is applying once the subscription is disabled).
+async fn wait_no_worker(target: &Client, sub: &str) -> Result<(), PgError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running: i64 = target
+            .query_one(
+                "SELECT count(*) FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL",
+                &[&sub],
+            )
+            .await
+            .ctx(Side::Target, "look for the subscription's workers")?
+            .get(0);
+        if running == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(PgError::Refused(format!(
+                "the apply worker of subscription {sub} did not stop within 60 s of ALTER SUBSCRIPTION ... DISABLE; \
+                 look for a long transaction it is applying (pg_stat_activity on the target), then run `cutover db sync` again"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn slot_exists(source: &Client, slot: &str) -> Result<bool, PgError> {
