@@ -90,6 +90,19 @@ impl Inspection {
     }
 }
 
+/// The app's name for resources: app.json's `name`, else the folder's.
+fn app_name(dir: &Path, app_json: Option<&AppJson>) -> String {
+    let dir_name = std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "app".into());
+    resource_name(
+        app_json
+            .and_then(|a| a.name.as_deref())
+            .unwrap_or(&dir_name),
+    )
+}
+
 /// Lowercase letters, digits and single dashes, at most 24 characters (room for suffixes
 /// within AWS's 32-character load balancer names).
 pub fn resource_name(raw: &str) -> String {
@@ -168,16 +181,7 @@ pub fn inspect(
         None
     };
     let language = language::detect(dir, app_json.as_ref())?;
-    let dir_name = std::fs::canonicalize(dir)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "app".into());
-    let name = resource_name(
-        app_json
-            .as_ref()
-            .and_then(|a| a.name.as_deref())
-            .unwrap_or(&dir_name),
-    );
+    let name = app_name(dir, app_json.as_ref());
     let mut notes = language.notes.clone();
     let web = match procfile.as_ref().and_then(|p| p.web()) {
         Some(p) => Some(Web {
@@ -276,16 +280,7 @@ pub fn environment(
     let language = language::detect(dir, app_json.as_ref()).ok();
     let vars = config::read_config(config_path)?;
     let addons = addons_path.map(config::read_addons).transpose()?;
-    let dir_name = std::fs::canonicalize(dir)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "app".into());
-    let name = resource_name(
-        app_json
-            .as_ref()
-            .and_then(|a| a.name.as_deref())
-            .unwrap_or(&dir_name),
-    );
+    let name = app_name(dir, app_json.as_ref());
     let report = env::classify(
         &vars,
         addons.as_deref(),
