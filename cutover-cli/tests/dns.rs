@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use cutover_testkit::free_port;
+
 const KEY: &str = "Y3V0b3Zlci1jbGktdGVzdC1rZXktc2VjcmV0LTEyMzQ=";
 
 /// named, its folder (removed on drop), its address.
@@ -12,19 +14,6 @@ impl Drop for Bind {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
     }
 }
 

@@ -9,14 +9,7 @@ use std::time::Duration;
 
 use common::Env;
 use cutover_pg::{connect, Side};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use cutover_testkit::free_port;
 
 struct Proxy(Child);
 

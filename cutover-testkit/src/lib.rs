@@ -204,3 +204,17 @@ pub fn url_text(c: &ConnString) -> String {
         c.user, c.host, c.port, c.dbname
     )
 }
+
+/// A loopback port free for TCP and for UDP (a DNS server takes both).
+pub fn free_port() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

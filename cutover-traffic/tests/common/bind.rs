@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::free_port;
+
 pub const ZONE: &str = "example.test";
 pub const KEY_NAME: &str = "cutover-test-key";
 /// base64 of 32 bytes; only this test's server knows it.
@@ -30,16 +32,6 @@ fn named() -> PathBuf {
         }
     }
     panic!("BIND's named is not installed; install it with `apt-get install -y bind9` (the CI script does)");
-}
-
-fn free_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 impl Bind {

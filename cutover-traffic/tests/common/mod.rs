@@ -355,3 +355,17 @@ impl Drop for Load {
         self.0.store(true, Ordering::SeqCst);
     }
 }
+
+/// A loopback port free for TCP and for UDP (a DNS server takes both).
+pub fn free_port() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

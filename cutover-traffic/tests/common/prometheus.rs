@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::free_port;
+
 pub struct Prometheus {
     /// "http://127.0.0.1:<port>", as traffic.prometheus_url holds it.
     pub url: String,
@@ -31,14 +33,6 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("Prometheus is not installed (no `prometheus` on PATH); install it with `apt-get install -y prometheus` (the CI script does)")
         })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Prometheus {
