@@ -11,6 +11,19 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes one refresh of a watched view to stdout. `Ok(false)` means its reader has gone (a
+/// closed pipe, as with `| head -3`): the watch then ends quietly with success, as a Unix
+/// filter does, instead of dying on the next write.
+pub fn frame(text: &str) -> anyhow::Result<bool> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => anyhow::bail!("cannot write to stdout: {e}"),
+    }
+}
+
 /// True when colours may be used on stderr.
 pub fn color() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()

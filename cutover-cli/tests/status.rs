@@ -38,9 +38,10 @@ async fn watch_refreshes_and_the_journal_reads_as_json() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines: Vec<serde_json::Value> = BufReader::new(stdout)
-        .lines()
+    // The reader stays open until the watch has ended: Ctrl-C is what ends it here.
+    let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
+    let lines: Vec<serde_json::Value> = reader
+        .by_ref()
         .take(3)
         .map(|l| {
             let l = l.unwrap();
@@ -55,7 +56,33 @@ async fn watch_refreshes_and_the_journal_reads_as_json() {
     .unwrap();
     let code = child.wait().unwrap();
     assert_eq!(code.code(), Some(0));
+    drop(reader);
     assert_eq!(lines.len(), 3);
+
+    // A reader that goes away, as `| head -1` does, ends the watch quietly with success.
+    let mut child = env
+        .command(&["db", "status", "--watch", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("cutover_slot"), "{first}");
+    let out = wait_at_most(child, std::time::Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for s in &lines {
         assert_eq!(s["slot"]["name"], "cutover_slot");
         assert_eq!(s["subscription"]["enabled"], true);
@@ -95,4 +122,21 @@ async fn watch_refreshes_and_the_journal_reads_as_json() {
         .unwrap()
         .iter()
         .all(|s| s["status"] == "ok" || s["status"] == "skipped"));
+}
+
+/// Waits for a child that should end by itself; one that does not is killed and fails the test
+/// instead of hanging it.
+fn wait_at_most(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("the watch still ran {limit:?} after its reader had gone");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }

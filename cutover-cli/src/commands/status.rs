@@ -22,21 +22,31 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<i32> {
             s = cutover_pg::status::status(&plan, interval) => s?,
             _ = tokio::signal::ctrl_c() => return Ok(0),
         };
-        if g.json {
-            if args.watch {
-                println!("{}", serde_json::to_string(&status)?);
-            } else {
-                output::json(&status)?;
-            }
-        } else {
-            if args.watch && std::io::stdout().is_terminal() {
-                print!("\x1b[2J\x1b[H");
-            }
-            print!("{}", render(&status));
-        }
         if !args.watch {
+            if g.json {
+                output::json(&status)?;
+            } else {
+                print!("{}", render(&status));
+            }
             return Ok(0);
         }
+        let text = if g.json {
+            format!("{}\n", serde_json::to_string(&status)?)
+        } else {
+            format!("{}{}", clear(), render(&status))
+        };
+        if !output::frame(&text)? {
+            return Ok(0);
+        }
+    }
+}
+
+/// What starts a watched frame: a cleared screen on a terminal, nothing in a pipe.
+fn clear() -> &'static str {
+    if std::io::stdout().is_terminal() {
+        "\x1b[2J\x1b[H"
+    } else {
+        ""
     }
 }
 
@@ -125,19 +135,17 @@ async fn trigger_status(g: &Global, plan: &cutover_core::Plan, watch: bool) -> a
         let origin = cutover_pg::connect(&link.origin, link.origin_side).await?;
         let follower = cutover_pg::connect(&link.follower, link.follower_side).await?;
         let b = cutover_pg::trigger::backlog(&origin, &follower, &link).await?;
-        if g.json {
-            let v = serde_json::json!({"mode": "trigger", "link": link.name, "backlog": b});
-            if watch {
-                println!("{v}");
-            } else {
-                output::json(&v)?;
-            }
+        let v = serde_json::json!({"mode": "trigger", "link": link.name, "backlog": b});
+        if !watch && g.json {
+            output::json(&v)?;
+            return Ok(0);
+        }
+        let text = if g.json {
+            format!("{v}\n")
         } else {
-            if watch && std::io::stdout().is_terminal() {
-                print!("\x1b[2J\x1b[H");
-            }
-            println!(
-                "trigger mode, {} -> {}\nbacklog       {} changes{}\napplied       {} changes so far",
+            let mut t = format!(
+                "{}trigger mode, {} -> {}\nbacklog       {} changes{}\napplied       {} changes so far\n",
+                if watch { clear() } else { "" },
                 link.origin_side,
                 link.follower_side,
                 b.changes,
@@ -147,12 +155,17 @@ async fn trigger_status(g: &Global, plan: &cutover_core::Plan, watch: bool) -> a
                 b.applied_changes
             );
             if b.oldest_age_seconds.unwrap_or(0.0) > 60.0 {
-                println!(
-                    "warning: changes wait for more than a minute; is `cutover db follow` running?"
+                t.push_str(
+                    "warning: changes wait for more than a minute; is `cutover db follow` running?\n",
                 );
             }
-        }
+            t
+        };
         if !watch {
+            print!("{text}");
+            return Ok(0);
+        }
+        if !output::frame(&text)? {
             return Ok(0);
         }
         tokio::select! {
