@@ -6,14 +6,20 @@
 //!
 //! - Retries: a request is sent again, to the other origin when it is up, only after a
 //!   connection failure, and only when that is safe: the request was provably never sent
-//!   (the connection could not be made, or hyper handed the request back), or it is
+//!   (the connection could not be made, or the request was not written whole), or it is
 //!   idempotent with no body.
 //! - Draining: requests in flight are never cut. When an origin's weight drops to 0 its idle
 //!   connections are closed; those in use finish, and `/status` shows the origin as
 //!   draining until none is left. At shutdown the splitter stops accepting and waits up to
 //!   `drain_timeout` for requests in flight.
-//! - Upgrades (WebSocket) get a connection of their own and are copied both ways; bodies
-//!   are streamed in both directions, never buffered.
+//! - Two paths: plain HTTP/1.1 requests take the direct one ([`direct`]), which rewrites
+//!   heads in place and copies bodies as they come; a connection's first request it does not
+//!   take (an upgrade, `Expect`, a chunked or large upload, HTTP/1.0) hands the connection
+//!   to hyper ([`forward`]) for the rest of its life. The rules above and below hold on
+//!   both.
+//! - Upgrades (WebSocket) get a connection of their own and are copied both ways; response
+//!   bodies are streamed, never buffered; request bodies are buffered only on the direct
+//!   path, up to 64 KiB.
 //! - Connections to the origins are kept alive: one goes back to its origin's idle list
 //!   as soon as the origin's response has arrived whole (hyper stops polling a body whose
 //!   length is reached, so "whole" is the body's own end-of-stream, not a last poll), once
@@ -27,7 +33,9 @@
 //!   `/status` as `last_error` until it is up again; health checks bring it back.
 
 pub mod admin;
+mod direct;
 mod forward;
+mod h1;
 mod health;
 pub mod metrics;
 pub mod route;
@@ -119,9 +127,9 @@ pub struct Origin {
     pub host: Option<String>,
     up: AtomicBool,
     in_flight: AtomicU64,
-    /// Idle connections, one list per worker thread: a connection is registered with the
-    /// event loop of the thread that opened it, and only that thread's requests take it.
-    idle: Box<[Mutex<Vec<Upstream>>]>,
+    /// Idle connections of the general path and of the direct one.
+    idle: Idle<Upstream>,
+    raw: Idle<direct::Raw>,
     pub metrics: OriginMetrics,
     /// Health check streaks: passed, failed.
     streak: Mutex<(u32, u32)>,
@@ -134,9 +142,6 @@ pub struct Origin {
     host_header: Option<HeaderValue>,
     authority_header: Option<HeaderValue>,
 }
-
-/// Idle connections kept per origin.
-const MAX_IDLE: usize = 256;
 
 impl Origin {
     fn new(
@@ -165,7 +170,8 @@ impl Origin {
             host: c.host.clone(),
             up: AtomicBool::new(true),
             in_flight: AtomicU64::new(0),
-            idle: (0..workers).map(|_| Mutex::new(vec![])).collect(),
+            idle: Idle::new(workers),
+            raw: Idle::new(workers),
             metrics: OriginMetrics::default(),
             streak: Mutex::new((0, 0)),
             last_error: Mutex::new(None),
@@ -245,28 +251,51 @@ impl Origin {
         None
     }
 
-    /// An idle connection, if one is kept (the last one put back: its origin is the
-    /// least likely to have closed it meanwhile).
-    fn checkout(&self, worker: usize) -> Option<Upstream> {
-        let mut idle = lock(&self.idle[worker]);
-        while let Some(u) = idle.pop() {
-            if !u.is_closed() {
-                return Some(u);
+    /// Closes the idle connections (those in use finish their request).
+    fn close_idle(&self) {
+        self.idle.clear();
+        self.raw.clear();
+    }
+}
+
+/// Idle connections to one origin, one list per worker thread: a connection is registered
+/// with the event loop of the thread that opened it, and only that thread's requests take
+/// it.
+struct Idle<T> {
+    lists: Box<[Mutex<Vec<T>>]>,
+}
+
+/// Idle connections kept per origin and worker.
+const MAX_IDLE: usize = 256;
+
+impl<T> Idle<T> {
+    fn new(workers: usize) -> Idle<T> {
+        Idle {
+            lists: (0..workers).map(|_| Mutex::new(vec![])).collect(),
+        }
+    }
+
+    /// A kept connection that `open` finds still open: the last one put back, whose origin
+    /// is the least likely to have closed it meanwhile.
+    fn take(&self, worker: usize, mut open: impl FnMut(&mut T) -> bool) -> Option<T> {
+        let mut idle = lock(&self.lists[worker]);
+        while let Some(mut c) = idle.pop() {
+            if open(&mut c) {
+                return Some(c);
             }
         }
         None
     }
 
-    fn checkin(&self, worker: usize, up: Upstream) {
-        let mut idle = lock(&self.idle[worker]);
-        if idle.len() < MAX_IDLE && !up.is_closed() {
-            idle.push(up);
+    fn put(&self, worker: usize, c: T) {
+        let mut idle = lock(&self.lists[worker]);
+        if idle.len() < MAX_IDLE {
+            idle.push(c);
         }
     }
 
-    /// Closes the idle connections (those in use finish their request).
-    fn close_idle(&self) {
-        for idle in self.idle.iter() {
+    fn clear(&self) {
+        for idle in self.lists.iter() {
             lock(idle).clear();
         }
     }
@@ -354,13 +383,15 @@ impl Shared {
         }
         up.settle();
         if up.sender.is_ready() {
-            self.origin(side).checkin(worker, up);
+            if !up.is_closed() {
+                self.origin(side).idle.put(worker, up);
+            }
             return;
         }
         let shared = self.clone();
         self.tasks.spawn(async move {
-            if up.ready().await.is_ok() && side.share(shared.new_percent()) > 0 {
-                shared.origin(side).checkin(worker, up);
+            if up.ready().await.is_ok() && side.share(shared.new_percent()) > 0 && !up.is_closed() {
+                shared.origin(side).idle.put(worker, up);
             }
         });
     }
