@@ -45,10 +45,19 @@ fn script(path: &str) -> (&'static [u8], bool) {
         ),
         "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nthe body ends with the connection", true),
         "/extra" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK", false),
+        "/big" => (BIG.as_slice(), false),
         "/cut" => (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", true),
         _ => (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", true),
     }
 }
+
+/// A 1 MiB response with a Content-Length: many reads on the way through.
+static BIG: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let body: Vec<u8> = (0..1024 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    r.extend_from_slice(&body);
+    r
+});
 
 impl Scripted {
     async fn start() -> Scripted {
@@ -282,5 +291,29 @@ async fn requests_the_direct_path_does_not_take_go_through_hyper_whole() {
     )
     .await;
     assert_eq!((g.status, g.body.as_str()), (200, "old 1000"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_is_copied_whole_and_its_connection_kept() {
+    let origin = Scripted::start().await;
+    let new = Origin::start("new").await;
+    let s = splitter_to(origin.url(), &new).await;
+    let got = transcript(
+        s.addr,
+        [request("/big", "GET"), request("/until-close", "GET")]
+            .concat()
+            .as_bytes(),
+    )
+    .await;
+    let expected = String::from_utf8_lossy(&BIG).into_owned();
+    assert!(got.starts_with(&expected), "{} bytes", got.len());
+    assert_eq!(
+        &got[expected.len()..],
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nthe body ends with the connection"
+    );
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].0, seen[1].0, "{seen:?}");
     s.stop().await;
 }
