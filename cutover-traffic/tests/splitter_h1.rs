@@ -44,6 +44,11 @@ fn script(path: &str) -> (&'static [u8], bool) {
             false,
         ),
         "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nthe body ends with the connection", true),
+        "/conn-te" => (
+            b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            false,
+        ),
+        "/posted" => (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nposted", false),
         "/extra" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK", false),
         "/big" => (BIG.as_slice(), false),
         "/cut" => (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", true),
@@ -83,6 +88,21 @@ impl Scripted {
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end + 4);
+                        // The body, by its Content-Length; without one there is none.
+                        let length = head
+                            .lines()
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        while buf.len() < length {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..length);
                         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                         if path != "/health" {
                             seen.lock().unwrap().push((id, path.clone()));
@@ -281,7 +301,7 @@ async fn requests_the_direct_path_does_not_take_go_through_hyper_whole() {
     let big = vec![b'x'; 300 * 1024];
     let g = common::get(s.addr, "POST", "/", Some("cutover_origin=old"), &big).await;
     assert_eq!((g.status, g.body.as_str()), (200, "old 307200"));
-    // A small one on the direct path, for comparison.
+    // A small one, which the direct path buffers whole.
     let g = common::get(
         s.addr,
         "POST",
@@ -315,5 +335,61 @@ async fn a_large_body_is_copied_whole_and_its_connection_kept() {
     let seen = origin.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].0, seen[1].0, "{seen:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_header_cannot_unframe_a_message_in_either_direction() {
+    let origin = Scripted::start().await;
+    let new = Origin::start("new").await;
+    let s = splitter_to(origin.url(), &new).await;
+    // A body that reads as a request of its own: were its length dropped on the way (the
+    // client's Connection names Content-Length), the origin would run it.
+    let inner = "GET /admin HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n";
+    let smuggle = format!(
+        "POST /posted HTTP/1.1\r\nHost: a\r\nCookie: cutover_origin=old\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{inner}",
+        inner.len()
+    );
+    // The origin names Transfer-Encoding in its Connection header: the client must still
+    // get the chunked framing, or the next response would read as part of this body.
+    let all = [
+        smuggle,
+        request("/conn-te", "GET"),
+        request("/until-close", "GET"),
+    ]
+    .concat();
+    let got = transcript(s.addr, all.as_bytes()).await;
+    assert_eq!(
+        got,
+        concat!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nposted",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nthe body ends with the connection",
+        )
+    );
+    let paths: Vec<String> = origin.seen().into_iter().map(|(_, p)| p).collect();
+    assert_eq!(paths, ["/posted", "/conn-te", "/until-close"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_502_to_head_has_no_body_and_the_connection_goes_on() {
+    let origin = Scripted::start().await;
+    let new = Origin::start("new").await;
+    // Both sides are the origin that answers nonsense: the HEAD fails on each.
+    let mut config = common::config(&new, &new);
+    config.old.url = origin.url();
+    config.new.url = origin.url();
+    config.health_interval = Duration::from_secs(3600);
+    let s = cutover_traffic::splitter::start(config).await.unwrap();
+    let all = [request("/ssh", "HEAD"), request("/until-close", "GET")].concat();
+    let got = transcript(s.addr, all.as_bytes()).await;
+    assert_eq!(
+        got,
+        concat!(
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 30\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nthe body ends with the connection",
+        )
+    );
     s.stop().await;
 }

@@ -15,6 +15,7 @@ use cutover_core::Secret;
 use cutover_traffic::http::full;
 use cutover_traffic::splitter::admin::AdminClient;
 use cutover_traffic::splitter::{self, OriginConfig, Side};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -98,18 +99,22 @@ impl TlsOrigin {
                         .to_string();
                     n.lock().unwrap().push(sni.clone());
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let host = req
-                            .headers()
-                            .get("host")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_string();
-                        let mut resp = Response::new(full(format!("sni={sni}")));
-                        resp.headers_mut()
-                            .insert("x-origin", "new".parse().unwrap());
-                        resp.headers_mut()
-                            .insert("x-seen-host", host.parse().unwrap());
-                        async move { Ok::<_, Infallible>(resp) }
+                        let sni = sni.clone();
+                        async move {
+                            let host = req
+                                .headers()
+                                .get("host")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let mut resp = Response::new(full(format!("sni={sni} {}", body.len())));
+                            resp.headers_mut()
+                                .insert("x-origin", "new".parse().unwrap());
+                            resp.headers_mut()
+                                .insert("x-seen-host", host.parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
@@ -165,9 +170,17 @@ async fn an_https_origin_is_reached_with_its_server_name_host_and_ca_file() {
                 g.seen_host.as_str(),
                 g.body.as_str()
             ),
-            (200, "new", "www.shop.example", "sni=origin.example.test")
+            (200, "new", "www.shop.example", "sni=origin.example.test 0")
         );
     }
+    // A body near the largest the direct path takes: the whole request reaches the origin
+    // through TLS (a TLS stream holds what it encrypted until it is flushed).
+    let body = vec![b'x'; 60 * 1024];
+    let g = get(s.addr, "POST", "/", None, &body).await;
+    assert_eq!(
+        (g.status, g.body.as_str()),
+        (200, "sni=origin.example.test 61440")
+    );
     let names = new.names.lock().unwrap().clone();
     assert!(!names.is_empty());
     assert!(names.iter().all(|n| n == NAME), "{names:?}");
@@ -175,7 +188,7 @@ async fn an_https_origin_is_reached_with_its_server_name_host_and_ca_file() {
     let status = admin(&s).status().await.unwrap();
     let o = &status.origins[Side::New.index()];
     assert!(o.up, "{o:?}");
-    assert_eq!((o.metrics.requests, o.metrics.classes[1]), (20, 20));
+    assert_eq!((o.metrics.requests, o.metrics.classes[1]), (21, 21));
     assert_eq!(o.last_error, None);
     s.stop().await;
 }

@@ -73,25 +73,26 @@ pub(super) async fn serve(
     // Made once: a stop ends the wait for a next request, never a request in progress.
     let mut stopped = pin!(stop.cancelled());
     loop {
-        // A whole request, head and body, in `input`.
+        // A whole request, head and body, in `input`. A stop ends the wait until its head
+        // is whole; a body on its way is let in.
         let req = loop {
-            match h1::request(&input, &shared.sticky_cookie) {
+            let head_whole = match h1::request(&input, &shared.sticky_cookie) {
                 h1::Request::Ready(r) if (input.len() as u64) >= r.head_len as u64 + r.body_len => {
                     break r
                 }
-                h1::Request::Ready(_) => {}
+                h1::Request::Ready(_) => true,
                 h1::Request::Elsewhere => return Left::Elsewhere(input),
                 h1::Request::Partial if input.len() >= MAX_HEAD => return Left::Elsewhere(input),
-                h1::Request::Partial => {}
-            }
+                h1::Request::Partial => false,
+            };
             input.reserve(READ);
-            let read = if input.is_empty() {
+            let read = if head_whole {
+                client.read_buf(&mut input).await
+            } else {
                 tokio::select! {
                     r = client.read_buf(&mut input) => r,
                     _ = stopped.as_mut() => return Left::Done,
                 }
-            } else {
-                client.read_buf(&mut input).await
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return Left::Done;
@@ -105,6 +106,7 @@ pub(super) async fn serve(
             &req,
             peer,
             shared,
+            stop,
             &mut out,
         )
         .await;
@@ -124,6 +126,7 @@ enum Failure {
 
 /// One request and its response; `msg` is the whole request. False when the client
 /// connection must close after it.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     worker: usize,
     client: &mut TcpStream,
@@ -131,6 +134,7 @@ async fn exchange(
     req: &h1::RequestInfo,
     peer: &[u8],
     shared: &Arc<Shared>,
+    stop: &CancellationToken,
     out: &mut Vec<u8>,
 ) -> bool {
     let up = [
@@ -160,13 +164,15 @@ async fn exchange(
         out.extend_from_slice(&msg[req.head_len..]);
         let failure = match send(shared, side, worker, out).await {
             Err(f) => f,
-            Ok(raw) => match relay(shared, side, worker, client, req, raw, out, started).await {
-                Ok(keep) => {
-                    drop(guard);
-                    return keep;
+            Ok(raw) => {
+                match relay(shared, side, worker, client, req, raw, out, started, stop).await {
+                    Ok(keep) => {
+                        drop(guard);
+                        return keep;
+                    }
+                    Err(f) => f,
                 }
-                Err(f) => f,
-            },
+            }
         };
         drop(guard);
         let (retry, reason) = match failure {
@@ -180,7 +186,7 @@ async fn exchange(
         if !retry || attempts > shared.retries {
             origin.metrics.record(None, started.elapsed());
             tracing::warn!(origin = side.as_str(), "request failed: {reason}");
-            return bad_gateway(client, side, req.close, out).await;
+            return bad_gateway(client, side, req, out).await;
         }
         origin.metrics.retried();
         if shared.origin(side.other()).is_up() {
@@ -193,10 +199,10 @@ async fn exchange(
 /// or the kept one turns out closed.
 async fn send(shared: &Shared, side: Side, worker: usize, msg: &[u8]) -> Result<Raw, Failure> {
     let origin = shared.origin(side);
-    if let Some(mut raw) = origin.raw.take(worker, Raw::is_open) {
+    if let Some(mut raw) = kept(origin, worker).await {
         // A write that fails did not deliver the request whole: the origin closed the
         // connection as it went idle, and a fresh one takes it.
-        if raw.io.write_all(msg).await.is_ok() {
+        if write(&mut raw, msg).await.is_ok() {
             return Ok(raw);
         }
     }
@@ -208,13 +214,32 @@ async fn send(shared: &Shared, side: Side, worker: usize, msg: &[u8]) -> Result<
         io,
         buf: BytesMut::new(),
     };
-    match raw.io.write_all(msg).await {
+    match write(&mut raw, msg).await {
         Ok(()) => Ok(raw),
         Err(e) => Err(Failure::NotSent(format!(
             "{:?} closed the connection: {e}",
             origin.target
         ))),
     }
+}
+
+/// A kept connection of `origin` that is still open, if any.
+async fn kept(origin: &super::Origin, worker: usize) -> Option<Raw> {
+    while let Some(mut raw) = origin.raw.take(worker, |_| true) {
+        // Outside the task's budget: a spent budget would make any socket look quiet.
+        let open = tokio::task::unconstrained(std::future::poll_fn(|_| Poll::Ready(raw.is_open())));
+        if open.await {
+            return Some(raw);
+        }
+    }
+    None
+}
+
+/// Writes a whole message to an origin. Flushed: a TLS stream keeps what it encrypted
+/// until told to.
+async fn write(raw: &mut Raw, msg: &[u8]) -> std::io::Result<()> {
+    raw.io.write_all(msg).await?;
+    raw.io.flush().await
 }
 
 /// Reads the origin's response and passes it on to the client as it comes. Ok(false):
@@ -230,6 +255,7 @@ async fn relay(
     mut raw: Raw,
     out: &mut Vec<u8>,
     started: Instant,
+    stop: &CancellationToken,
 ) -> Result<bool, Failure> {
     let origin = shared.origin(side);
     let mut informational = false;
@@ -257,20 +283,21 @@ async fn relay(
         }
         informational = true;
     };
+    let mut body = Body::new(res.framing);
+    // The body's first bytes go in the same write as the head; bytes that are not what
+    // the head says fail the request while the client has been sent nothing.
+    let (n, mut done) = body
+        .take(&raw.buf[res.head_len..])
+        .map_err(|why| Failure::Sent(format!("the origin's body is not {why}")))?;
     origin.metrics.record(Some(res.status), started.elapsed());
-    let close = req.close || res.framing == Framing::UntilClose;
+    // After a stop the client is told this response is the connection's last.
+    let close = req.close || res.framing == Framing::UntilClose || stop.is_cancelled();
     let cookie = (req.sticky != Some(side))
         .then(|| origin.set_cookie.as_ref().map(|c| c.as_bytes()))
         .flatten();
     out.clear();
     h1::client_head(&raw.buf[..res.head_len], cookie, close, out);
     raw.buf.advance(res.head_len);
-    let mut body = Body::new(res.framing);
-    // The body's first bytes go in the same write as the head.
-    let (n, mut done) = match body.take(&raw.buf) {
-        Ok(x) => x,
-        Err(_) => return Ok(false),
-    };
     out.extend_from_slice(&raw.buf[..n]);
     raw.buf.advance(n);
     if client.write_all(out).await.is_err() {
@@ -372,17 +399,26 @@ impl Body {
     }
 }
 
-/// The answer when no origin could: 502, the same text as on the general path.
-async fn bad_gateway(client: &mut TcpStream, side: Side, close: bool, out: &mut Vec<u8>) -> bool {
+/// The answer when no origin could: 502, the same text as on the general path (its
+/// length only, for HEAD).
+async fn bad_gateway(
+    client: &mut TcpStream,
+    side: Side,
+    req: &h1::RequestInfo,
+    out: &mut Vec<u8>,
+) -> bool {
     let text = format!("the {} origin did not answer\n", side.as_str());
     out.clear();
     out.extend_from_slice(
         b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\n",
     );
-    if close {
+    if req.close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    out.extend_from_slice(format!("content-length: {}\r\n\r\n{text}", text.len()).as_bytes());
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", text.len()).as_bytes());
+    if !req.head_method {
+        out.extend_from_slice(text.as_bytes());
+    }
     client.write_all(out).await.is_ok()
 }
 

@@ -49,6 +49,7 @@ fn tokens<'h, 'b: 'h>(
         .filter(move |h| h.name.eq_ignore_ascii_case(name))
         .flat_map(|h| h.value.split(|b| *b == b','))
         .map(trim)
+        .filter(|t| !t.is_empty())
 }
 
 fn trim(mut v: &[u8]) -> &[u8] {
@@ -61,9 +62,13 @@ fn trim(mut v: &[u8]) -> &[u8] {
     v
 }
 
-/// Whether Connection names `name` (so that header is this connection's only).
+/// Whether Connection names `name` (so that header is this connection's only). Never the
+/// headers that frame the message: a Connection that names them would leave the body this
+/// proxy forwards without its length, for the next hop to read as another message.
 fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    tokens(headers, "connection").any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    !name.eq_ignore_ascii_case("content-length")
+        && !name.eq_ignore_ascii_case("transfer-encoding")
+        && tokens(headers, "connection").any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// The single Content-Length, if any; Err when there are several that differ or one is not
@@ -201,8 +206,16 @@ pub(super) fn origin_head(head: &[u8], f: &Forwarding<'_>, out: &mut Vec<u8>) {
     let mut client_host = None;
     let mut xff: Option<Vec<u8>> = None;
     let (mut proto, mut fwd_host) = (false, false);
+    // The body's length as this proxy framed it, written once by the proxy: never lost to
+    // a Connection header, and `2, 2` becomes `2`.
+    if let Ok(Some(n)) = content_length(h) {
+        header(out, b"content-length", n.to_string().as_bytes());
+    }
     for x in h {
         let name = x.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
         if name.eq_ignore_ascii_case("host") {
             client_host.get_or_insert(x.value);
             continue;
@@ -280,6 +293,9 @@ pub(super) fn response(buf: &[u8], head_method: bool) -> Response {
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
         return Response::Bad("not an HTTP/1 response");
     };
+    if !(100..600).contains(&status) {
+        return Response::Bad("a status code outside 100-599");
+    }
     let h = &*resp.headers;
     let close = tokens(h, "connection").any(|t| t.eq_ignore_ascii_case(b"close"));
     let keep = tokens(h, "connection").any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
@@ -288,7 +304,7 @@ pub(super) fn response(buf: &[u8], head_method: bool) -> Response {
         .filter(|x| x.name.eq_ignore_ascii_case("transfer-encoding"))
         .flat_map(|x| x.value.split(|b| *b == b','))
         .map(trim)
-        .next_back()
+        .rfind(|t| !t.is_empty())
         .map(|t| t.eq_ignore_ascii_case(b"chunked"));
     let framing = if head_method || (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Empty
@@ -367,6 +383,8 @@ pub(super) struct Chunks {
 enum State {
     #[default]
     Size,
+    /// Whitespace after the size: only more of it, `;` or CR may follow.
+    SizeSpace,
     Extension,
     SizeLf,
     Data,
@@ -405,8 +423,10 @@ impl Chunks {
                     self.size = self.size * 16 + (b as char).to_digit(16).unwrap_or(0) as u64;
                     State::Size
                 }
-                (State::Size, b';' | b' ' | b'\t') if self.digits > 0 => State::Extension,
-                (State::Size, b'\r') if self.digits > 0 => State::SizeLf,
+                (State::Size, b' ' | b'\t') if self.digits > 0 => State::SizeSpace,
+                (State::Size | State::SizeSpace, b';') if self.digits > 0 => State::Extension,
+                (State::Size | State::SizeSpace, b'\r') if self.digits > 0 => State::SizeLf,
+                (State::SizeSpace, b' ' | b'\t') => State::SizeSpace,
                 (State::Extension, b'\r') => State::SizeLf,
                 (State::Extension, b'\n') => return Err("a bare LF in a chunk extension"),
                 (State::Extension, _) => State::Extension,
@@ -478,6 +498,8 @@ mod tests {
         // The same length twice is one length.
         let twice = b"PUT / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nok";
         assert_eq!(ready(request(twice, "c")).body_len, 2);
+        assert!(forwarded(&twice[..twice.len() - 2], None)
+            .starts_with("PUT / HTTP/1.1\r\ncontent-length: 2\r\nhost:"));
     }
 
     fn forwarded(head: &[u8], host: Option<&[u8]>) -> String {
@@ -503,7 +525,15 @@ mod tests {
         let head = b"POST /p HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: front\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
             forwarded(head, Some(b"new.internal")),
-            "POST /p HTTP/1.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: front\r\nContent-Length: 0\r\nhost: new.internal\r\nx-forwarded-for: 10.0.0.9\r\n\r\n"
+            "POST /p HTTP/1.1\r\ncontent-length: 0\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: front\r\nhost: new.internal\r\nx-forwarded-for: 10.0.0.9\r\n\r\n"
+        );
+        // A Connection header cannot take the body's length away: the origin would read
+        // the body as a request of its own.
+        let smuggle = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 14\r\n\r\n";
+        let out = forwarded(smuggle, None);
+        assert!(
+            out.starts_with("POST / HTTP/1.1\r\ncontent-length: 14\r\nhost: a\r\n"),
+            "{out}"
         );
         // No Host anywhere: the origin's authority.
         assert_eq!(
@@ -551,6 +581,32 @@ mod tests {
             false,
         );
         assert!(kept.keep_alive);
+        // An empty list element is no coding (RFC 9110 5.6.1); a coding without chunked
+        // last ends with the connection.
+        assert_eq!(
+            r(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, \r\n\r\n",
+                false
+            )
+            .framing,
+            Framing::Chunked
+        );
+        assert_eq!(
+            r(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                false
+            )
+            .framing,
+            Framing::UntilClose
+        );
+        assert!(matches!(
+            response(b"HTTP/1.1 099 Odd\r\n\r\n", false),
+            Response::Bad(_)
+        ));
+        assert!(matches!(
+            response(b"HTTP/1.1 600 Odd\r\n\r\n", false),
+            Response::Bad(_)
+        ));
         assert_eq!(
             response(b"HTTP/1.1 200 OK\r\nA: b", false),
             Response::Partial
@@ -577,6 +633,22 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX-Origin: new\r\nset-cookie: cutover_origin=new; Path=/\r\nconnection: close\r\n\r\n"
         );
+        // A Connection header cannot take the framing away from the client either.
+        for (head, framing) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                "Transfer-Encoding: chunked\r\n",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\n",
+                "Content-Length: 5\r\n",
+            ),
+        ] {
+            let mut out = vec![];
+            client_head(head, None, false, &mut out);
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.contains(framing), "{out}");
+        }
     }
 
     #[test]
@@ -606,11 +678,18 @@ mod tests {
         let ends: Vec<bool> = body.iter().map(|b| c.scan(&[*b]).unwrap().1).collect();
         assert_eq!(ends.iter().position(|d| *d), Some(body.len() - 1));
         assert_eq!(Chunks::default().scan(b"0\r\n\r\n").unwrap(), (5, true));
+        assert_eq!(
+            Chunks::default().scan(b"0 \t;e\r\n\r\n").unwrap(),
+            (9, true)
+        );
         for bad in [
             &b"zz\r\n"[..],
             b"5\r\nhelloXX",
             b"\r\n",
             b"1234567890abcdef0\r\n",
+            b"5 garbage\r\n",
+            b"5\t\x00\r\n",
+            b"5;ext\n",
         ] {
             assert!(Chunks::default().scan(bad).is_err(), "{bad:?}");
         }
