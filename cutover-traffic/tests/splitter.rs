@@ -351,8 +351,28 @@ async fn forwarding_headers_name_the_client_and_hop_by_hop_ones_stay_behind() {
     )
     .await;
     assert_eq!(
-        (g.status, g.seen_forwarded.as_str()),
-        (200, "203.0.113.7, 127.0.0.1 | https | shop.example")
+        (g.status, g.seen_forwarded.as_str(), g.seen_private.as_str()),
+        (200, "203.0.113.7, 127.0.0.1 | https | shop.example", "-")
     );
+    // Several X-Forwarded-For lines are one chain, on both paths: the direct one (HTTP/1.1)
+    // and hyper's (HTTP/1.0 here).
+    for version in ["1.1", "1.0"] {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let req = format!(
+            "GET / HTTP/{version}\r\nHost: a\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 192.0.2.2\r\nConnection: close, x-private\r\nX-Private: no\r\n\r\n"
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).await.unwrap();
+        let got = got.to_ascii_lowercase();
+        assert!(
+            got.contains("x-seen-forwarded: 192.0.2.1, 192.0.2.2, 127.0.0.1 | http | a\r\n"),
+            "HTTP/{version}: {got}"
+        );
+        assert!(
+            got.contains("x-seen-private: -\r\n"),
+            "HTTP/{version}: {got}"
+        );
+    }
     s.stop().await;
 }

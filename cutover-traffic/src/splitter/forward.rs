@@ -258,14 +258,21 @@ fn for_origin(
     {
         headers.insert(header::HOST, h.clone());
     }
-    // The client's address appended to the chain; a chain that is not text is replaced.
-    let xff = headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|prev| prev.to_str().ok())
-        .and_then(|prev| {
-            HeaderValue::from_str(&format!("{prev}, {}", peer.to_str().unwrap_or_default())).ok()
+    // The client's address appended to the chain, which several lines make together
+    // (RFC 9110 5.3), as on the direct path; lines that are not text are left out.
+    let chain: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let xff = if chain.is_empty() {
+        peer.clone()
+    } else {
+        let peer = peer.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {peer}", chain.join(", "))).unwrap_or_else(|_| {
+            HeaderValue::from_str(peer).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
         })
-        .unwrap_or_else(|| peer.clone());
+    };
     headers.insert(X_FORWARDED_FOR, xff);
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));

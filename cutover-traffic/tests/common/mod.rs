@@ -133,6 +133,12 @@ async fn answer(
                 .to_string()
         })
         .join(" | ");
+    let private = req
+        .headers()
+        .get("x-private")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
     let fail = failing.load(Ordering::SeqCst);
     if path == "/health" {
         let code = if fail { 503 } else { 200 };
@@ -190,6 +196,9 @@ async fn answer(
     if let Ok(v) = forwarded.parse() {
         r.headers_mut().insert("x-seen-forwarded", v);
     }
+    if let Ok(v) = private.parse() {
+        r.headers_mut().insert("x-seen-private", v);
+    }
     r
 }
 
@@ -245,6 +254,8 @@ pub struct Got {
     pub seen_host: String,
     /// X-Forwarded-For, -Proto and -Host as the origin saw them, joined by " | ".
     pub seen_forwarded: String,
+    /// X-Private as the origin saw it, "-" for none.
+    pub seen_private: String,
 }
 
 /// One request through a new connection, like a new user.
@@ -288,11 +299,12 @@ pub async fn get_with(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let (origin, set_cookie, seen_host, seen_forwarded) = (
+    let (origin, set_cookie, seen_host, seen_forwarded, seen_private) = (
         h("x-origin").unwrap_or_default(),
         h("set-cookie"),
         h("x-seen-host").unwrap_or_default(),
         h("x-seen-forwarded").unwrap_or_default(),
+        h("x-seen-private").unwrap_or_default(),
     );
     let status = resp.status().as_u16();
     let body = resp
@@ -308,6 +320,7 @@ pub async fn get_with(
         set_cookie,
         seen_host,
         seen_forwarded,
+        seen_private,
     }
 }
 
