@@ -1266,6 +1266,11 @@ pub struct RawTraffic {
     /// How long requests in flight may take to finish at shutdown. Default: "30s".
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long a client connection may wait for its next request, or take to send one,
+    /// before the splitter closes it: idle keep-alive connections and clients that
+    /// vanished without closing do not pile up. Default: "75s" (nginx's keepalive_timeout).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Other attempts after a connection failure (idempotent requests, or any request that
     /// was provably not sent). Default: 2.
     #[serde(default = "default_two")]
@@ -1354,6 +1359,10 @@ fn default_sticky_cookie() -> Spanned<String> {
 fn default_health_path() -> Spanned<String> {
     spanned("/".into())
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(75)
+}
+
 fn default_health_interval() -> Duration {
     Duration::from_secs(2)
 }
@@ -1520,6 +1529,8 @@ pub struct TrafficSettings {
     pub healthy_after: u32,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     pub retries: u32,
     pub steps: Vec<u8>,
     #[serde(with = "humantime_serde")]
@@ -2014,6 +2025,7 @@ fn traffic_settings(
     }
     for (field, d) in [
         ("traffic.health_interval", t.health_interval),
+        ("traffic.idle_timeout", t.idle_timeout),
         ("traffic.interval", t.interval),
         ("traffic.check_every", t.check_every),
     ] {
@@ -2101,6 +2113,7 @@ fn traffic_settings(
         unhealthy_after,
         healthy_after,
         drain_timeout: t.drain_timeout,
+        idle_timeout: t.idle_timeout,
         retries,
         steps,
         interval: t.interval,
@@ -2368,7 +2381,19 @@ mod tests {
         let t = plan.traffic().unwrap();
         assert_eq!(t.listen.port(), 5000);
         assert_eq!(t.steps, [1, 5, 10, 25, 50, 100]);
+        assert_eq!(t.idle_timeout, Duration::from_secs(75));
         assert_eq!(plan.traffic_state_path(), Path::new("p.traffic.json"));
+        let err = parse(
+            &text.replace("[traffic.old]", "idle_timeout = \"10ms\"\n[traffic.old]"),
+            Path::new("p.toml"),
+            &e,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("traffic.idle_timeout: must be at least 100ms"),
+            "{err}"
+        );
         let json = serde_json::to_string(&plan).unwrap();
         assert!(
             !json.contains("dHNpZy1zZWNyZXQ=") && !json.contains("traffic-token-1"),

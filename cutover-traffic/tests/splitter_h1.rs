@@ -393,3 +393,45 @@ async fn a_502_to_head_has_no_body_and_the_connection_goes_on() {
     );
     s.stop().await;
 }
+
+/// Reads what is left on `c` until the splitter closes it (an error counts as closed too).
+async fn closed(c: &mut TcpStream) -> String {
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut rest))
+        .await
+        .expect("the splitter closes an idle connection");
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_let_go_and_slow_answers_are_not() {
+    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+    let mut config = common::config(&old, &new);
+    config.idle_timeout = Duration::from_millis(500);
+    let s = cutover_traffic::splitter::start(config).await.unwrap();
+    // A client that never sends anything.
+    let mut silent = TcpStream::connect(s.addr).await.unwrap();
+    assert_eq!(closed(&mut silent).await, "");
+    // One that stops halfway through a head.
+    let mut halfway = TcpStream::connect(s.addr).await.unwrap();
+    halfway
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    assert_eq!(closed(&mut halfway).await, "");
+    // One that is answered, then keeps its connection without using it: on the direct
+    // path, and on hyper's (after a chunked upload).
+    for first in [
+        "GET / HTTP/1.1\r\nHost: a\r\nCookie: cutover_origin=old\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nCookie: cutover_origin=old\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    ] {
+        let mut kept = TcpStream::connect(s.addr).await.unwrap();
+        kept.write_all(first.as_bytes()).await.unwrap();
+        let answer = closed(&mut kept).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    }
+    // A response that takes longer than idle_timeout is no idle connection.
+    let g = common::get(s.addr, "GET", "/slow", Some("cutover_origin=old"), b"").await;
+    assert_eq!((g.status, g.body.as_str()), (200, "first,last"));
+    s.stop().await;
+}

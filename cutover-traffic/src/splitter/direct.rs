@@ -72,7 +72,13 @@ pub(super) async fn serve(
     let mut out = Vec::with_capacity(READ);
     // Made once: a stop ends the wait for a next request, never a request in progress.
     let mut stopped = pin!(stop.cancelled());
+    // The client has `idle_timeout` to send each request whole. One timer per connection,
+    // moved only when it fires early (it was set for an earlier request): a timer moved
+    // for every request cost more than the rest of the wait.
+    let timeout = shared.idle_timeout;
+    let mut idle = pin!(tokio::time::sleep(timeout));
     loop {
+        let since = tokio::time::Instant::now();
         // A whole request, head and body, in `input`. A stop ends the wait until its head
         // is whole; a body on its way is let in.
         let req = loop {
@@ -86,12 +92,16 @@ pub(super) async fn serve(
                 h1::Request::Partial => false,
             };
             input.reserve(READ);
-            let read = if head_whole {
-                client.read_buf(&mut input).await
-            } else {
-                tokio::select! {
-                    r = client.read_buf(&mut input) => r,
-                    _ = stopped.as_mut() => return Left::Done,
+            let read = tokio::select! {
+                r = client.read_buf(&mut input) => r,
+                _ = stopped.as_mut(), if !head_whole => return Left::Done,
+                _ = idle.as_mut() => {
+                    let due = since + timeout;
+                    if tokio::time::Instant::now() >= due {
+                        return Left::Done;
+                    }
+                    idle.as_mut().reset(due);
+                    continue;
                 }
             };
             if !matches!(read, Ok(n) if n > 0) {

@@ -133,6 +133,7 @@ async fn serve(
         direct::Left::Elsewhere(read) => read,
     };
     let io = direct::Prefixed { read, io: stream };
+    let idle_timeout = shared.idle_timeout;
     let service = hyper::service::service_fn(move |req| {
         let (shared, peer) = (shared.clone(), peer.clone());
         async move { Ok::<_, Infallible>(handle(shared, worker, req, peer).await) }
@@ -142,6 +143,9 @@ async fn serve(
     // (bench/RESULTS.md: 18.1 against 18.5-18.7 us of CPU per request).
     let conn = hyper::server::conn::http1::Builder::new()
         .writev(false)
+        // From the wait for a request's head to its end: idle keep-alive time included.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(idle_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -8,6 +8,8 @@
 //!   connection failure, and only when that is safe: the request was provably never sent
 //!   (the connection could not be made, or the request was not written whole), or it is
 //!   idempotent with no body.
+//! - Client connections that wait for their next request, or take to send one, longer
+//!   than `idle_timeout` are closed.
 //! - Draining: requests in flight are never cut. When an origin's weight drops to 0 its idle
 //!   connections are closed; those in use finish, and `/status` shows the origin as
 //!   draining until none is left. At shutdown the splitter stops accepting and waits up to
@@ -86,6 +88,8 @@ pub struct Config {
     pub unhealthy_after: u32,
     pub healthy_after: u32,
     pub drain_timeout: Duration,
+    /// How long a client connection may wait for, or take to send, its next request.
+    pub idle_timeout: Duration,
     pub retries: u32,
     /// Where the weight is kept; None keeps it in memory only.
     pub state_path: Option<PathBuf>,
@@ -113,6 +117,7 @@ impl Config {
             unhealthy_after: t.unhealthy_after,
             healthy_after: t.healthy_after,
             drain_timeout: t.drain_timeout,
+            idle_timeout: t.idle_timeout,
             retries: t.retries,
             state_path: Some(plan.traffic_state_path()),
         })
@@ -333,6 +338,7 @@ pub struct Shared {
     weight: watch::Sender<u8>,
     sticky_cookie: String,
     retries: u32,
+    idle_timeout: Duration,
     admin_token: Secret,
     state_path: Option<PathBuf>,
     tasks: TaskTracker,
@@ -514,6 +520,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         weight: watch::Sender::new(weight),
         sticky_cookie: config.sticky_cookie.clone(),
         retries: config.retries,
+        idle_timeout: config.idle_timeout,
         admin_token: config.admin_token.clone(),
         state_path: config.state_path.clone(),
         tasks: TaskTracker::new(),

@@ -240,6 +240,7 @@ pub fn config(old: &Origin, new: &Origin) -> Config {
         unhealthy_after: 2,
         healthy_after: 2,
         drain_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(75),
         retries: 2,
         state_path: None,
     }
