@@ -62,13 +62,39 @@ fn trim(mut v: &[u8]) -> &[u8] {
     v
 }
 
-/// Whether Connection names `name` (so that header is this connection's only). Never the
-/// headers that frame the message: a Connection that names them would leave the body this
-/// proxy forwards without its length, for the next hop to read as another message.
-fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    !name.eq_ignore_ascii_case("content-length")
-        && !name.eq_ignore_ascii_case("transfer-encoding")
-        && tokens(headers, "connection").any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+/// Room for a message's headers, left uninitialised: httparse fills what it uses, and a
+/// head has a few of the hundred.
+fn slots<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// The headers a message's Connection header names: they are this connection's only. Read
+/// once per message (most name none).
+struct Named<'b>(Vec<&'b [u8]>);
+
+impl<'b> Named<'b> {
+    fn of(headers: &[httparse::Header<'b>]) -> Named<'b> {
+        Named(
+            tokens(headers, "connection")
+                .filter(|t| {
+                    !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close")
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `name` is one of them. Never the headers that frame the message: a
+    /// Connection that names them would leave the body this proxy forwards without its
+    /// length, for the next hop to read as another message.
+    fn has(&self, name: &str) -> bool {
+        !self.0.is_empty()
+            && !name.eq_ignore_ascii_case("content-length")
+            && !name.eq_ignore_ascii_case("transfer-encoding")
+            && self
+                .0
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    }
 }
 
 /// The single Content-Length, if any; Err when there are several that differ or one is not
@@ -130,9 +156,9 @@ pub(super) const MAX_BODY: u64 = 64 * 1024;
 
 /// Reads a request head from the start of `buf`.
 pub(super) fn request(buf: &[u8], sticky_cookie: &str) -> Request {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    let mut slots = slots();
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Request::Partial,
         Err(_) => return Request::Elsewhere,
@@ -141,12 +167,12 @@ pub(super) fn request(buf: &[u8], sticky_cookie: &str) -> Request {
         return Request::Elsewhere;
     };
     let h = &*req.headers;
-    let has = |name: &str| h.iter().any(|x| x.name.eq_ignore_ascii_case(name));
-    if method == "CONNECT"
-        || !path.starts_with('/')
-        || has("upgrade")
-        || has("expect")
-        || has("transfer-encoding")
+    if method == "CONNECT" || !path.starts_with('/') {
+        return Request::Elsewhere;
+    }
+    let elsewhere = ["upgrade", "expect", "transfer-encoding"];
+    if h.iter()
+        .any(|x| elsewhere.iter().any(|e| x.name.eq_ignore_ascii_case(e)))
     {
         return Request::Elsewhere;
     }
@@ -191,14 +217,18 @@ pub(super) struct Forwarding<'a> {
 /// origin gets it: hop-by-hop headers out, Host set, forwarding headers added; the same
 /// rules as the general path's.
 pub(super) fn origin_head(head: &[u8], f: &Forwarding<'_>, out: &mut Vec<u8>) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
+    let mut slots = slots();
+    let mut req = httparse::Request::new(&mut []);
     // The head was parsed whole before; nothing else reaches here.
-    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+    if !matches!(
+        req.parse_with_uninit_headers(head, &mut slots),
+        Ok(httparse::Status::Complete(_))
+    ) {
         debug_assert!(false, "origin_head on a head that does not parse");
         return;
     }
     let h = &*req.headers;
+    let named = Named::of(h);
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
@@ -229,7 +259,7 @@ pub(super) fn origin_head(head: &[u8], f: &Forwarding<'_>, out: &mut Vec<u8>) {
             chain.extend_from_slice(x.value);
             continue;
         }
-        if is_hop_by_hop(name) || named_by_connection(h, name) {
+        if is_hop_by_hop(name) || named.has(name) {
             continue;
         }
         proto |= name.eq_ignore_ascii_case("x-forwarded-proto");
@@ -282,9 +312,11 @@ pub(super) enum Response {
 
 /// Reads a response head from the start of `buf`; `head_method`: the request was HEAD.
 pub(super) fn response(buf: &[u8], head_method: bool) -> Response {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+    let mut slots = slots();
+    let mut resp = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Response::Partial,
         Err(httparse::Error::TooManyHeaders) => return Response::Bad("too many headers"),
@@ -334,15 +366,26 @@ pub(super) fn response(buf: &[u8], head_method: bool) -> Response {
 /// the sticky cookie when given, and `Connection: close` when the connection to the client
 /// ends after it.
 pub(super) fn client_head(head: &[u8], set_cookie: Option<&[u8]>, close: bool, out: &mut Vec<u8>) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    if !matches!(resp.parse(head), Ok(httparse::Status::Complete(_))) {
+    let mut slots = slots();
+    let mut resp = httparse::Response::new(&mut []);
+    if !matches!(
+        httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, head, &mut slots),
+        Ok(httparse::Status::Complete(_))
+    ) {
         debug_assert!(false, "client_head on a head that does not parse");
         return;
     }
     let h = &*resp.headers;
+    let named = Named::of(h);
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(resp.code.unwrap_or(502).to_string().as_bytes());
+    // Three digits: `response` refused any code outside 100-599.
+    let code = resp.code.unwrap_or(502);
+    out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -353,7 +396,7 @@ pub(super) fn client_head(head: &[u8], set_cookie: Option<&[u8]>, close: bool, o
         .any(|x| x.name.eq_ignore_ascii_case("transfer-encoding"));
     for x in h {
         if is_hop_by_hop(x.name)
-            || named_by_connection(h, x.name)
+            || named.has(x.name)
             || (encoded && x.name.eq_ignore_ascii_case("content-length"))
         {
             continue;
