@@ -17,10 +17,11 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<i32> {
     if plan.sync.mode == cutover_core::Mode::Trigger {
         return trigger_status(g, &plan, args.watch).await;
     }
+    let mut interrupted = interrupt();
     loop {
         let status = tokio::select! {
             s = cutover_pg::status::status(&plan, interval) => s?,
-            _ = tokio::signal::ctrl_c() => return Ok(0),
+            _ = interrupted.as_mut() => return Ok(0),
         };
         if !args.watch {
             if g.json {
@@ -39,6 +40,20 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
     }
+}
+
+/// Ctrl-C, listened for from now on. Made once per watch, not once per refresh: a
+/// listener made anew misses a Ctrl-C that came while the frame before was written. Polled
+/// once here, which is when it starts listening.
+fn interrupt() -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>>>> {
+    use std::future::Future;
+    let mut f = Box::pin(tokio::signal::ctrl_c());
+    let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
+    if f.as_mut().poll(noop).is_ready() {
+        // No handler could be installed: Ctrl-C ends the process as it would anyway.
+        return Box::pin(std::future::pending());
+    }
+    f
 }
 
 /// What starts a watched frame: a cleared screen on a terminal, nothing in a pipe.
@@ -131,6 +146,7 @@ fn render(s: &Status) -> String {
 /// Trigger mode: the backlog in changes and the age of the oldest unapplied one.
 async fn trigger_status(g: &Global, plan: &cutover_core::Plan, watch: bool) -> anyhow::Result<i32> {
     let link = super::follow::current_link(plan).await?;
+    let mut interrupted = interrupt();
     loop {
         let origin = cutover_pg::connect(&link.origin, link.origin_side).await?;
         let follower = cutover_pg::connect(&link.follower, link.follower_side).await?;
@@ -170,7 +186,7 @@ async fn trigger_status(g: &Global, plan: &cutover_core::Plan, watch: bool) -> a
         }
         tokio::select! {
             _ = tokio::time::sleep(plan.status.refresh) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(0),
+            _ = interrupted.as_mut() => return Ok(0),
         }
     }
 }
