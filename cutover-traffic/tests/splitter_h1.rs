@@ -139,6 +139,15 @@ async fn splitter_to(old_url: String, new: &Origin) -> cutover_traffic::splitter
     cutover_traffic::splitter::start(config).await.unwrap()
 }
 
+/// The scripted origin as the old side (100% of users), a plain one as the new side, and
+/// a splitter in front of both.
+async fn scripted_splitter() -> (Scripted, Origin, cutover_traffic::splitter::Running) {
+    let origin = Scripted::start().await;
+    let new = Origin::start("new").await;
+    let s = splitter_to(origin.url(), &new).await;
+    (origin, new, s)
+}
+
 /// Writes `bytes` on a new connection and reads until the splitter closes it.
 async fn transcript(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut c = TcpStream::connect(addr).await.unwrap();
@@ -159,9 +168,7 @@ fn request(path: &str, method: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_pass_through_however_they_are_framed_and_pipelined_requests_keep_order() {
-    let origin = Scripted::start().await;
-    let new = Origin::start("new").await;
-    let s = splitter_to(origin.url(), &new).await;
+    let (origin, _new, s) = scripted_splitter().await;
     // Five requests in one write; the last response is delimited by the origin's close,
     // which the client then sees as the close of its own connection. A Content-Length
     // beside a Transfer-Encoding, and a 100 Continue nobody asked for, go no further.
@@ -207,9 +214,7 @@ async fn responses_pass_through_however_they_are_framed_and_pipelined_requests_k
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_no_proxy_can_pass_on_is_a_502_and_a_connection_with_extra_bytes_is_not_kept() {
-    let origin = Scripted::start().await;
-    let new = Origin::start("new").await;
-    let s = splitter_to(origin.url(), &new).await;
+    let (origin, _new, s) = scripted_splitter().await;
     // A POST is not sent twice: the client gets the 502.
     let post = "POST /ssh HTTP/1.1\r\nHost: a\r\nCookie: cutover_origin=old\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     let got = transcript(s.addr, post.as_bytes()).await;
@@ -316,9 +321,7 @@ async fn requests_the_direct_path_does_not_take_go_through_hyper_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_body_is_copied_whole_and_its_connection_kept() {
-    let origin = Scripted::start().await;
-    let new = Origin::start("new").await;
-    let s = splitter_to(origin.url(), &new).await;
+    let (origin, _new, s) = scripted_splitter().await;
     let got = transcript(
         s.addr,
         [request("/big", "GET"), request("/until-close", "GET")]
@@ -340,9 +343,7 @@ async fn a_large_body_is_copied_whole_and_its_connection_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_header_cannot_unframe_a_message_in_either_direction() {
-    let origin = Scripted::start().await;
-    let new = Origin::start("new").await;
-    let s = splitter_to(origin.url(), &new).await;
+    let (origin, _new, s) = scripted_splitter().await;
     // A body that reads as a request of its own: were its length dropped on the way (the
     // client's Connection names Content-Length), the origin would run it.
     let inner = "GET /admin HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n";
