@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{get, splitter, Load, Origin, TOKEN};
+use common::{get, live_splitter, splitter, Load, Origin, Recording, TOKEN};
 use cutover_core::engine::Steps;
 use cutover_core::{Journal, Secret};
 use cutover_traffic::canary::gates::{SplitterGates, Thresholds};
@@ -30,14 +30,6 @@ fn canary(interval_ms: u64) -> Canary {
 }
 
 /// The splitter's admin client, remembering every weight it was asked to set.
-struct Recording(AdminClient, Mutex<Vec<u8>>);
-impl Weights for Recording {
-    fn set(&self, p: u8) -> BoxFuture<'_, Result<(), String>> {
-        self.1.lock().unwrap().push(p);
-        self.0.set(p)
-    }
-}
-
 /// Moves the weight, and breaks the new origin once the weight reaches `at` percent: an app
 /// that works for its first users and fails under its share of real traffic.
 struct BreaksAt {
@@ -72,7 +64,7 @@ async fn a_healthy_new_origin_is_promoted_to_100() {
     let run = j.begin_run("traffic canary").unwrap();
     let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
     let steps = Steps::new(&j, run, &obs);
-    let weights = Recording(admin.clone(), Mutex::new(vec![]));
+    let weights = Recording::new(&admin);
     let out = canary::run(
         &canary(1200),
         &weights,
@@ -114,7 +106,7 @@ async fn a_failing_new_origin_is_rolled_back_to_0_within_one_interval() {
     let run = j.begin_run("traffic canary").unwrap();
     let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
     let steps = Steps::new(&j, run, &obs);
-    let weights = Recording(admin.clone(), Mutex::new(vec![]));
+    let weights = Recording::new(&admin);
     let out = canary::run(
         &canary(1200),
         &weights,
@@ -145,11 +137,9 @@ async fn a_failing_new_origin_is_rolled_back_to_0_within_one_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_that_starts_failing_at_10_is_rolled_back_to_0_within_one_interval() {
     let (old, new) = (Origin::start("old").await, Origin::start("new").await);
-    let mut config = common::config(&old, &new);
     // Its liveness probe keeps passing: the splitter does not mark it down, the gates must
     // see the failures.
-    config.health_path = "/live".into();
-    let s = cutover_traffic::splitter::start(config).await.unwrap();
+    let s = live_splitter(&old, &new).await;
     // New users, and users already on the new side (their cookie keeps them there while it
     // has a share): at 1% new users alone would leave a short check window nearly empty,
     // which is "no data" and would fail the 1% step for the wrong reason.
@@ -162,7 +152,7 @@ async fn an_origin_that_starts_failing_at_10_is_rolled_back_to_0_within_one_inte
     let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
     let steps = Steps::new(&j, run, &obs);
     let weights = BreaksAt {
-        weights: Recording(admin.clone(), Mutex::new(vec![])),
+        weights: Recording::new(&admin),
         at: 10,
         failing: new.failing.clone(),
     };
@@ -338,7 +328,7 @@ async fn a_restarted_canary_resumes_at_the_same_step_and_obeys_abort() {
     let run = j.begin_run("traffic canary").unwrap();
     let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
     let steps = Steps::new(&j, run, &obs);
-    let weights = Recording(admin.clone(), Mutex::new(vec![]));
+    let weights = Recording::new(&admin);
     let gates = SplitterGates::new(admin.clone());
     let lines = Mutex::new(vec![]);
     let report = |l: &str| lines.lock().unwrap().push(l.to_string());
@@ -396,7 +386,7 @@ async fn a_failed_promotion_resumes_as_promoting_and_never_lowers() {
     let j = journal(&dir);
     let c = canary(60_000);
     let weights = RefusesPromotion {
-        weights: Recording(admin.clone(), Mutex::new(vec![])),
+        weights: Recording::new(&admin),
         refuse: AtomicBool::new(true),
     };
     let gates = SplitterGates::new(admin.clone());

@@ -88,10 +88,8 @@ impl World {
     async fn start(new_fails: bool) -> World {
         let (old, new) = (Origin::start("old").await, Origin::start("new").await);
         new.fail(new_fails);
-        let mut config = common::config(&old, &new);
         // A liveness probe that keeps passing: the gates must see the failures.
-        config.health_path = "/live".into();
-        let s = splitter::start(config).await.unwrap();
+        let s = common::live_splitter(&old, &new).await;
         AdminClient::new(s.admin_addr, Secret::new(TOKEN))
             .set_new_percent(50)
             .await
@@ -194,6 +192,27 @@ impl World {
     fn step_names(&self) -> Vec<String> {
         self.journaled().into_iter().map(|s| s.0).collect()
     }
+
+    /// A refused batch is refused whole: the records still send 10%.
+    fn still_at_10(&self) {
+        assert_eq!(written(&self.fake), [weighted(10)]);
+        assert_eq!(
+            zone(&self.fake.sets.lock().unwrap()),
+            [set(NEW_SET, Some(10), NEW), set(OLD_SET, Some(90), OLD)]
+        );
+    }
+}
+
+/// The error a user sees when Route 53 refused a batch: what the canary was doing, the
+/// provider's reason, what to run next; and no secret. Returns it.
+fn refused(e: &CanaryError, doing: &str, next: &str) -> String {
+    let text = e.to_string();
+    let reason =
+        "cannot set the weight: Route 53 refused to change www.example.com (InvalidChangeBatch: ";
+    assert!(text.starts_with(&format!("{doing}{reason}")), "{text}");
+    assert!(text.ends_with(next), "{text}");
+    assert!(!text.contains(SECRET_KEY), "{text}");
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,22 +331,12 @@ async fn a_refused_batch_stops_the_canary_at_its_step_and_a_restart_resumes_ther
         ),
         "{e:?}"
     );
-    let text = e.to_string();
-    assert!(
-        text.starts_with("the canary stopped at step 2 (50%): cannot set the weight: Route 53 refused to change www.example.com (InvalidChangeBatch: "),
-        "{text}"
+    let text = refused(
+        &e,
+        "the canary stopped at step 2 (50%): ",
+        "; `cutover traffic canary` tries this step again, `cutover traffic abort` goes back to 0%",
     );
-    assert!(
-        text.ends_with("; `cutover traffic canary` tries this step again, `cutover traffic abort` goes back to 0%"),
-        "{text}"
-    );
-    assert!(!text.contains(SECRET_KEY));
-    // The batch was refused whole: the records still send 10%.
-    assert_eq!(written(&w.fake), [weighted(10)]);
-    assert_eq!(
-        zone(&w.fake.sets.lock().unwrap()),
-        [set(NEW_SET, Some(10), NEW), set(OLD_SET, Some(90), OLD)]
-    );
+    w.still_at_10();
     // The journal: step 2 and its DNS change failed, with the provider's reason.
     let journaled = w.journaled();
     let names: Vec<&str> = journaled.iter().map(|s| s.0.as_str()).collect();
@@ -443,22 +452,12 @@ async fn a_refused_rollback_is_retried_first_and_never_raises_the_weight() {
         ),
         "{e:?}\n{lines:#?}"
     );
-    let text = e.to_string();
-    assert!(
-        text.starts_with("the rollback to 0% did not complete: cannot set the weight: Route 53 refused to change www.example.com (InvalidChangeBatch: "),
-        "{text}"
+    let text = refused(
+        &e,
+        "the rollback to 0% did not complete: ",
+        "; the new app may still get 10% of new users; `cutover traffic canary` tries the move to 0% again before anything else",
     );
-    assert!(
-        text.ends_with("; the new app may still get 10% of new users; `cutover traffic canary` tries the move to 0% again before anything else"),
-        "{text}"
-    );
-    assert!(!text.contains(SECRET_KEY));
-    // The batch was refused whole: the records still send 10%.
-    assert_eq!(written(&w.fake), [weighted(10)]);
-    assert_eq!(
-        zone(&w.fake.sets.lock().unwrap()),
-        [set(NEW_SET, Some(10), NEW), set(OLD_SET, Some(90), OLD)]
-    );
+    w.still_at_10();
     // The state says it is rolling back, why, and why the move did not complete.
     let state = canary::state(&w.journal).unwrap().unwrap();
     assert_eq!(

@@ -8,14 +8,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::prometheus::Prometheus;
-use common::{get, Load, Origin, TOKEN};
+use common::{checks, live_splitter, Load, Origin, Recording, TOKEN};
 use cutover_core::engine::Steps;
 use cutover_core::{Journal, Secret};
 use cutover_traffic::canary::gates::{PrometheusGates, Thresholds};
-use cutover_traffic::canary::{self, Canary, Outcome, Phase, Weights};
+use cutover_traffic::canary::{self, Canary, Outcome, Phase};
 use cutover_traffic::splitter::admin::AdminClient;
 use cutover_traffic::splitter::{self, Side};
-use futures_util::future::BoxFuture;
 
 /// The new app's success rate in percent over the last 5s, as a plan would write it.
 const SUCCESS_RATE: &str = r#"100 * sum(rate(cutover_splitter_requests_total{origin="new",class!~"5xx|error"}[5s])) / sum(rate(cutover_splitter_requests_total{origin="new"}[5s]))"#;
@@ -48,21 +47,49 @@ fn gates(prometheus: &Prometheus, success_rate: &str, p99: &str) -> PrometheusGa
     }
 }
 
-/// The splitter's admin client, remembering every weight it was asked to set.
-struct Recording(AdminClient, Mutex<Vec<u8>>);
-impl Weights for Recording {
-    fn set(&self, p: u8) -> BoxFuture<'_, Result<(), String>> {
-        self.1.lock().unwrap().push(p);
-        self.0.set(p)
+/// Two origins, a splitter in front of them (health checks on `/live`), a Prometheus that
+/// scrapes it, and its admin client.
+struct Stage {
+    _old: Origin,
+    _new: Origin,
+    splitter: splitter::Running,
+    prometheus: Prometheus,
+    admin: AdminClient,
+}
+
+impl Stage {
+    async fn start(new_fails: bool) -> Stage {
+        let (old, new) = (Origin::start("old").await, Origin::start("new").await);
+        new.fail(new_fails);
+        let splitter = live_splitter(&old, &new).await;
+        let prometheus = Prometheus::start(splitter.admin_addr).await;
+        let admin = AdminClient::new(splitter.admin_addr, Secret::new(TOKEN));
+        Stage {
+            _old: old,
+            _new: new,
+            splitter,
+            prometheus,
+            admin,
+        }
     }
 }
 
-/// A splitter in front of `old` and `new` whose health checks use `/live`, which keeps
-/// passing when the app fails: the gates, not the health checks, must catch a failing app.
-async fn splitter(old: &Origin, new: &Origin) -> splitter::Running {
-    let mut config = common::config(old, new);
-    config.health_path = "/live".into();
-    splitter::start(config).await.unwrap()
+/// A canary that went to 10%, failed its first check there and was rolled back to 0%;
+/// returns why.
+fn rolled_back_at_10(out: Outcome, weights: &[u8], lines: &[String], names: &[String]) -> String {
+    assert_eq!(
+        (out.phase, out.new_percent),
+        (Phase::RolledBack, 0),
+        "{lines:#?}"
+    );
+    assert_eq!(weights, [10, 0], "{lines:#?}");
+    assert_eq!(names, ["traffic.canary.step.1", "traffic.canary.rollback"]);
+    let reason = out.reason.unwrap();
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!("rolled back to 0%: {reason}")
+    );
+    reason
 }
 
 /// Runs a canary in a fresh journal; returns its outcome, the weights set, the report's
@@ -77,7 +104,7 @@ async fn run(
     let run = j.begin_run("traffic canary").unwrap();
     let obs = |_: &cutover_core::engine::StepEvent<'_>| {};
     let steps = Steps::new(&j, run, &obs);
-    let weights = Recording(admin.clone(), Mutex::new(vec![]));
+    let weights = Recording::new(admin);
     let lines = Mutex::new(vec![]);
     let report = |l: &str| lines.lock().unwrap().push(l.to_string());
     let out = canary::run(c, &weights, gates, &steps, &report)
@@ -103,29 +130,21 @@ async fn run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_new_origin_is_promoted_by_prometheus_gates() {
-    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
-    let s = splitter(&old, &new).await;
-    let prometheus = Prometheus::start(s.admin_addr).await;
-    let _load = Load::start(s.addr);
-    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let st = Stage::start(false).await;
+    let _load = Load::start(st.splitter.addr);
     let c = canary(vec![10, 50, 100], 4000, 2000);
     let (out, weights, lines, names) =
-        run(&c, &admin, &gates(&prometheus, SUCCESS_RATE, P99)).await;
+        run(&c, &st.admin, &gates(&st.prometheus, SUCCESS_RATE, P99)).await;
     assert_eq!(
         (out.phase, out.new_percent),
         (Phase::Promoted, 100),
         "{lines:#?}\n{}",
-        prometheus.log()
+        st.prometheus.log()
     );
     assert_eq!(weights, [10, 50, 100]);
     // Two checks at each watched step, every one passed on Prometheus' numbers.
-    let checks: Vec<&str> = lines
-        .iter()
-        .map(|l| l.trim_start())
-        .filter(|l| l.starts_with("check "))
-        .collect();
     assert_eq!(
-        checks,
+        checks(&lines),
         [
             "check passed at 10%",
             "check passed at 10%",
@@ -142,59 +161,42 @@ async fn a_healthy_new_origin_is_promoted_by_prometheus_gates() {
             "traffic.canary.step.3"
         ]
     );
-    assert_eq!(admin.status().await.unwrap().new_percent, 100);
+    assert_eq!(st.admin.status().await.unwrap().new_percent, 100);
     // The numbers came from scraping: Prometheus holds the new origin's answers.
-    let scraped = prometheus
+    let scraped = st
+        .prometheus
         .value(r#"sum(cutover_splitter_requests_total{origin="new",class="2xx"})"#)
         .await
         .unwrap_or(0.0);
     assert!(scraped > 0.0, "Prometheus saw no 2xx of the new origin");
-    s.stop().await;
+    st.splitter.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_new_origin_is_rolled_back_to_0_by_prometheus_gates() {
-    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
-    new.fail(true);
-    let s = splitter(&old, &new).await;
-    let prometheus = Prometheus::start(s.admin_addr).await;
-    let _load = Load::start(s.addr);
-    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let st = Stage::start(true).await;
+    let _load = Load::start(st.splitter.addr);
     let c = canary(vec![10, 50, 100], 4000, 2000);
     let (out, weights, lines, names) =
-        run(&c, &admin, &gates(&prometheus, SUCCESS_RATE, P99)).await;
-    assert_eq!(
-        (out.phase, out.new_percent),
-        (Phase::RolledBack, 0),
-        "{lines:#?}"
-    );
+        run(&c, &st.admin, &gates(&st.prometheus, SUCCESS_RATE, P99)).await;
     // The first check at 10% failed and the next weight set was 0.
-    assert_eq!(weights, [10, 0], "{lines:#?}");
-    let reason = out.reason.unwrap();
+    let reason = rolled_back_at_10(out, &weights, &lines, &names);
     assert!(
         reason.starts_with("success rate 0.00% is below traffic.min_success_rate (95%)"),
         "the gate read the failures from Prometheus, not an empty answer: {reason}"
     );
-    assert_eq!(
-        lines.last().unwrap(),
-        &format!("rolled back to 0%: {reason}")
-    );
-    assert_eq!(names, ["traffic.canary.step.1", "traffic.canary.rollback"]);
-    let status = admin.status().await.unwrap();
+    let status = st.admin.status().await.unwrap();
     assert_eq!(status.new_percent, 0);
     let m = &status.origins[Side::New.index()].metrics;
     assert!(m.classes[4] > 0 && m.classes[1] == 0, "{m:?}");
-    s.stop().await;
+    st.splitter.stop().await;
 }
 
 /// Each way a query can fail to give one number is no data, which fails the check and rolls
 /// back, with a reason that says what to fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_data_from_prometheus_counts_as_a_failed_check() {
-    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
-    let s = splitter(&old, &new).await;
-    let prometheus = Prometheus::start(s.admin_addr).await;
-    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let st = Stage::start(false).await;
     let c = canary(vec![10, 100], 1500, 1500);
     let not_aggregated = r#"rate(cutover_splitter_requests_total{origin="new"}[5s])"#;
     let cases = [
@@ -225,57 +227,24 @@ async fn no_data_from_prometheus_counts_as_a_failed_check() {
         ),
     ];
     for (query, want) in cases {
-        let (out, weights, lines, names) = run(&c, &admin, &gates(&prometheus, &query, P99)).await;
-        assert_eq!(
-            (out.phase, out.new_percent),
-            (Phase::RolledBack, 0),
-            "{query}: {lines:#?}"
-        );
-        assert_eq!(weights, [10, 0], "{query}");
-        let reason = out.reason.unwrap();
+        let (out, weights, lines, names) =
+            run(&c, &st.admin, &gates(&st.prometheus, &query, P99)).await;
+        let reason = rolled_back_at_10(out, &weights, &lines, &names);
         assert!(reason.starts_with(want), "{query}: {reason}");
-        assert_eq!(names, ["traffic.canary.step.1", "traffic.canary.rollback"]);
     }
     // Prometheus not there: no data too, and the reason names the setting to check.
     let gone = PrometheusGates {
-        url: format!("http://{}", free_closed_port()),
-        ..gates(&prometheus, SUCCESS_RATE, P99)
+        url: format!("http://127.0.0.1:{}", common::free_port()),
+        ..gates(&st.prometheus, SUCCESS_RATE, P99)
     };
-    let (out, _, _, _) = run(&c, &admin, &gone).await;
-    let reason = out.reason.unwrap();
+    let (out, weights, lines, names) = run(&c, &st.admin, &gone).await;
+    let reason = rolled_back_at_10(out, &weights, &lines, &names);
     assert!(
         reason.starts_with("no data: cannot query Prometheus at")
             && reason.ends_with("check traffic.prometheus_url"),
         "{reason}"
     );
-    s.stop().await;
-}
-
-/// A loopback address nobody listens on.
-fn free_closed_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// One user on the new side (by cookie) sending a request every 500ms: a trickle. Stops
-/// when dropped.
-struct Trickle(tokio::task::JoinHandle<()>);
-impl Trickle {
-    fn start(addr: std::net::SocketAddr) -> Trickle {
-        Trickle(tokio::spawn(async move {
-            loop {
-                get(addr, "GET", "/", Some("cutover_origin=new"), b"").await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }))
-    }
-}
-impl Drop for Trickle {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    st.splitter.stop().await;
 }
 
 /// With traffic.requests_query, Prometheus gates hold each check to min_requests: a trickle
@@ -283,10 +252,7 @@ impl Drop for Trickle {
 /// the setting; the same canary with enough traffic passes every check and promotes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requests_query_makes_too_few_requests_no_data() {
-    let (old, new) = (Origin::start("old").await, Origin::start("new").await);
-    let s = splitter(&old, &new).await;
-    let prometheus = Prometheus::start(s.admin_addr).await;
-    let admin = AdminClient::new(s.admin_addr, Secret::new(TOKEN));
+    let st = Stage::start(false).await;
     let c = Canary {
         thresholds: Thresholds {
             min_requests: Some(20),
@@ -296,19 +262,19 @@ async fn a_requests_query_makes_too_few_requests_no_data() {
     };
     let counting = PrometheusGates {
         requests_query: Some(REQUESTS.to_string()),
-        ..gates(&prometheus, SUCCESS_RATE, P99)
+        ..gates(&st.prometheus, SUCCESS_RATE, P99)
     };
 
-    // A few requests a second at most, all answered 2xx: the rate and p99 alone would pass.
-    let trickle = Trickle::start(s.addr);
-    let (out, weights, lines, names) = run(&c, &admin, &counting).await;
-    assert_eq!(
-        (out.phase, out.new_percent),
-        (Phase::RolledBack, 0),
-        "{lines:#?}"
+    // One user on the new side (by cookie), a request every 500ms, all answered 2xx: the
+    // rate and p99 alone would pass.
+    let trickle = Load::paced(
+        st.splitter.addr,
+        1,
+        Some("cutover_origin=new"),
+        Duration::from_millis(500),
     );
-    assert_eq!(weights, [10, 0], "{lines:#?}");
-    let reason = out.reason.unwrap();
+    let (out, weights, lines, names) = run(&c, &st.admin, &counting).await;
+    let reason = rolled_back_at_10(out, &weights, &lines, &names);
     assert!(
         reason.starts_with("no data: traffic.requests_query counted ")
             && reason.ends_with(
@@ -316,8 +282,7 @@ async fn a_requests_query_makes_too_few_requests_no_data() {
             ),
         "{reason}"
     );
-    assert_eq!(names, ["traffic.canary.step.1", "traffic.canary.rollback"]);
-    let m = &admin.status().await.unwrap().origins[Side::New.index()].metrics;
+    let m = &st.admin.status().await.unwrap().origins[Side::New.index()].metrics;
     assert!(
         m.classes[1] > 0 && m.classes[4] == 0,
         "the new app answered, and only 2xx: {m:?}"
@@ -325,23 +290,18 @@ async fn a_requests_query_makes_too_few_requests_no_data() {
     drop(trickle);
 
     // Enough traffic: two users on the new side, one request after the other.
-    let _load = Load::users(s.addr, 2, Some("cutover_origin=new"));
-    let (out, weights, lines, _) = run(&c, &admin, &counting).await;
+    let _load = Load::users(st.splitter.addr, 2, Some("cutover_origin=new"));
+    let (out, weights, lines, _) = run(&c, &st.admin, &counting).await;
     assert_eq!(
         (out.phase, out.new_percent),
         (Phase::Promoted, 100),
         "{lines:#?}"
     );
     assert_eq!(weights, [10, 100]);
-    let checks: Vec<&str> = lines
-        .iter()
-        .map(|l| l.trim_start())
-        .filter(|l| l.starts_with("check "))
-        .collect();
     assert_eq!(
-        checks,
+        checks(&lines),
         ["check passed at 10%", "check passed at 10%"],
         "{lines:#?}"
     );
-    s.stop().await;
+    st.splitter.stop().await;
 }

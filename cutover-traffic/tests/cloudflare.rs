@@ -1,5 +1,7 @@
 //! Cloudflare against our own fake of its API, which can refuse the token and rate-limit.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,22 +98,12 @@ async fn fake() -> (Arc<Fake>, SocketAddr) {
 }
 
 fn settings(addr: SocketAddr, token: &str, lb: bool) -> DnsSettings {
-    DnsSettings {
-        zone: "example.com".into(),
-        name: "www.example.com".into(),
-        record_type: RecordKind::A,
-        old: vec!["192.0.2.10".into()],
-        new: vec!["198.51.100.20".into()],
-        low_ttl: Duration::from_secs(60),
-        authoritative: vec![],
-        resolvers: vec![],
-        provider: DnsProviderSettings::Cloudflare {
-            zone_id: "zone1".into(),
-            api_token: Secret::new(token),
-            load_balancer: lb.then(|| ("lb1".into(), "pool-old".into(), "pool-new".into())),
-            endpoint: Some(format!("http://{addr}")),
-        },
-    }
+    common::dns_settings(DnsProviderSettings::Cloudflare {
+        zone_id: "zone1".into(),
+        api_token: Secret::new(token),
+        load_balancer: lb.then(|| ("lb1".into(), "pool-old".into(), "pool-new".into())),
+        endpoint: Some(format!("http://{addr}")),
+    })
 }
 
 fn provider(s: &DnsSettings) -> Cloudflare {

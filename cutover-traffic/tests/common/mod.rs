@@ -11,13 +11,17 @@ pub mod route53;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cutover_core::plan::{DnsProviderSettings, DnsSettings, RecordKind};
 use cutover_core::Secret;
+use cutover_traffic::canary::Weights;
 use cutover_traffic::http::{full, Body};
+use cutover_traffic::splitter::admin::AdminClient;
 use cutover_traffic::splitter::{self, Config, OriginConfig};
+use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -350,17 +354,77 @@ impl Load {
 
     /// `workers` users sending requests one after the other, with `cookie` if any.
     pub fn users(addr: SocketAddr, workers: usize, cookie: Option<&'static str>) -> Load {
+        Load::paced(addr, workers, cookie, Duration::from_millis(2))
+    }
+
+    /// The same with `pause` between a user's requests.
+    pub fn paced(
+        addr: SocketAddr,
+        workers: usize,
+        cookie: Option<&'static str>,
+        pause: Duration,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         for _ in 0..workers {
             let stop = stop.clone();
             tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
                     get(addr, "GET", "/", cookie, b"").await;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tokio::time::sleep(pause).await;
                 }
             });
         }
         Load(stop)
+    }
+}
+
+/// A splitter in front of `old` and `new` whose health checks use `/live`, which keeps
+/// passing when the app fails: the canary's gates, not the health checks, must catch a
+/// failing app.
+pub async fn live_splitter(old: &Origin, new: &Origin) -> splitter::Running {
+    let mut config = config(old, new);
+    config.health_path = "/live".into();
+    splitter::start(config).await.unwrap()
+}
+
+/// The splitter's admin client, remembering every weight the canary asked it to set.
+pub struct Recording(pub AdminClient, pub Mutex<Vec<u8>>);
+
+impl Recording {
+    pub fn new(admin: &AdminClient) -> Recording {
+        Recording(admin.clone(), Mutex::new(vec![]))
+    }
+}
+
+impl Weights for Recording {
+    fn set(&self, p: u8) -> BoxFuture<'_, Result<(), String>> {
+        self.1.lock().unwrap().push(p);
+        self.0.set(p)
+    }
+}
+
+/// The canary report's check lines ("check passed at 10%", ...).
+pub fn checks(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .map(|l| l.trim_start())
+        .filter(|l| l.starts_with("check "))
+        .collect()
+}
+
+/// www.example.com A in example.com, moving from 192.0.2.10 to 198.51.100.20, through
+/// `provider`.
+pub fn dns_settings(provider: DnsProviderSettings) -> DnsSettings {
+    DnsSettings {
+        zone: "example.com".into(),
+        name: "www.example.com".into(),
+        record_type: RecordKind::A,
+        old: vec!["192.0.2.10".into()],
+        new: vec!["198.51.100.20".into()],
+        low_ttl: Duration::from_secs(60),
+        authoritative: vec![],
+        resolvers: vec![],
+        provider,
     }
 }
 

@@ -15,7 +15,7 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use cutover_core::plan::{DnsProviderSettings, DnsSettings, RecordKind};
+use cutover_core::plan::{DnsProviderSettings, DnsSettings};
 use cutover_core::Secret;
 use cutover_traffic::dns::route53::Route53;
 use cutover_traffic::dns::{ops, RecordSet};
@@ -291,24 +291,14 @@ pub async fn fake() -> (Arc<Fake>, SocketAddr) {
 }
 
 pub fn settings(endpoint: String, zone_id: &str) -> DnsSettings {
-    DnsSettings {
-        zone: "example.com".into(),
-        name: "www.example.com".into(),
-        record_type: RecordKind::A,
-        old: vec!["192.0.2.10".into()],
-        new: vec!["198.51.100.20".into()],
-        low_ttl: Duration::from_secs(60),
-        authoritative: vec![],
-        resolvers: vec![],
-        provider: DnsProviderSettings::Route53 {
-            hosted_zone_id: zone_id.into(),
-            access_key_id: Secret::new("AKIDFAKE"),
-            secret_access_key: Secret::new(SECRET_KEY),
-            session_token: None,
-            region: "us-east-1".into(),
-            endpoint: Some(endpoint),
-        },
-    }
+    super::dns_settings(DnsProviderSettings::Route53 {
+        hosted_zone_id: zone_id.into(),
+        access_key_id: Secret::new("AKIDFAKE"),
+        secret_access_key: Secret::new(SECRET_KEY),
+        session_token: None,
+        region: "us-east-1".into(),
+        endpoint: Some(endpoint),
+    })
 }
 
 pub fn provider(s: &DnsSettings) -> Route53 {
