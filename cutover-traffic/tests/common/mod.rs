@@ -434,16 +434,4 @@ impl Drop for Load {
     }
 }
 
-/// A loopback port free for TCP and for UDP (a DNS server takes both).
-pub fn free_port() -> u16 {
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use cutover_testkit::free_port;
