@@ -56,6 +56,19 @@ fn cutover(dir: &std::path::Path, args: &[&str]) -> Out {
 }
 
 struct Serve(Child);
+
+impl Serve {
+    /// `cutover traffic serve` with the plan in `dir`, until dropped.
+    fn start(dir: &std::path::Path) -> Serve {
+        Serve(
+            command(dir, &["traffic", "serve"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -95,13 +108,7 @@ async fn serve_canary_and_control_from_the_command_line() {
         status.stdout
     );
 
-    let _serve = Serve(
-        command(dir.path(), &["traffic", "serve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _serve = Serve::start(dir.path());
     let mut up = false;
     for _ in 0..300 {
         if cutover(dir.path(), &["traffic", "status"])
@@ -197,13 +204,7 @@ async fn status_says_why_an_origin_is_down() {
         format!("[source]\nurl = \"${{SRC_URL}}\"\n[target]\nurl = \"${{DST_URL}}\"\n\n[traffic]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nadmin_token = \"${{TRAFFIC_TOKEN}}\"\nhealth_interval = \"200ms\"\n\n[traffic.old]\nurl = \"{old}\"\n\n[traffic.new]\nurl = \"{new}\"\n"),
     )
     .unwrap();
-    let _serve = Serve(
-        command(dir.path(), &["traffic", "serve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _serve = Serve::start(dir.path());
     // Both origins pass their checks: no line explains anything.
     let mut healthy = None;
     for _ in 0..300 {
