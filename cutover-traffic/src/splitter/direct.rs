@@ -417,7 +417,7 @@ async fn bad_gateway(
     req: &h1::RequestInfo,
     out: &mut Vec<u8>,
 ) -> bool {
-    let text = format!("the {} origin did not answer\n", side.as_str());
+    let text = format!("{}\n", side.no_answer());
     out.clear();
     out.extend_from_slice(
         b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\n",

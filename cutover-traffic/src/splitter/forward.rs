@@ -425,10 +425,7 @@ async fn handle(
         if !retry || attempts > shared.retries {
             origin.metrics.record(None, started.elapsed());
             tracing::warn!(origin = side.as_str(), "request failed: {reason}");
-            return error_response(
-                StatusCode::BAD_GATEWAY,
-                &format!("the {} origin did not answer", side.as_str()),
-            );
+            return error_response(StatusCode::BAD_GATEWAY, &side.no_answer());
         }
         origin.metrics.retried();
         let other = side.other();

@@ -36,6 +36,11 @@ impl Side {
         }
     }
 
+    /// The body of the 502 a client gets when this side did not answer, on either path.
+    pub fn no_answer(self) -> String {
+        format!("the {} origin did not answer", self.as_str())
+    }
+
     pub fn parse(s: &str) -> Option<Side> {
         match s {
             "old" => Some(Side::Old),
