@@ -176,31 +176,25 @@ async fn exchange(
             Err(f) => f,
             Ok(raw) => {
                 match relay(shared, side, worker, client, req, raw, out, started, stop).await {
-                    Ok(keep) => {
-                        drop(guard);
-                        return keep;
-                    }
+                    Ok(keep) => return keep,
                     Err(f) => f,
                 }
             }
         };
         drop(guard);
-        let (retry, reason) = match failure {
+        // The whole request is still in `msg`: one that did not reach the origin can go
+        // again whatever it is.
+        let next = match failure {
             Failure::NotSent(reason) => {
-                origin.mark_failed(&reason);
-                (true, reason)
+                shared.retry_after(side, true, true, &reason, &mut attempts, started)
             }
-            Failure::Sent(reason) => (req.replayable, reason),
+            Failure::Sent(reason) => {
+                shared.retry_after(side, false, req.replayable, &reason, &mut attempts, started)
+            }
         };
-        attempts += 1;
-        if !retry || attempts > shared.retries {
-            origin.metrics.record(None, started.elapsed());
-            tracing::warn!(origin = side.as_str(), "request failed: {reason}");
-            return bad_gateway(client, side, req, out).await;
-        }
-        origin.metrics.retried();
-        if shared.origin(side.other()).is_up() {
-            side = side.other();
+        match next {
+            Some(s) => side = s,
+            None => return bad_gateway(client, side, req, out).await,
         }
     }
 }

@@ -414,23 +414,18 @@ async fn handle(
             }
         };
         drop(guard);
-        let (retry, reason) = match failure {
+        let next = match failure {
             Failure::NotSent(_, reason) => {
-                origin.mark_failed(&reason);
-                (body.is_some() || replayable, reason)
+                let again = body.is_some() || replayable;
+                shared.retry_after(side, true, again, &reason, &mut attempts, started)
             }
-            Failure::Sent(reason) => (replayable, reason),
+            Failure::Sent(reason) => {
+                shared.retry_after(side, false, replayable, &reason, &mut attempts, started)
+            }
         };
-        attempts += 1;
-        if !retry || attempts > shared.retries {
-            origin.metrics.record(None, started.elapsed());
-            tracing::warn!(origin = side.as_str(), "request failed: {reason}");
-            return error_response(StatusCode::BAD_GATEWAY, &side.no_answer());
-        }
-        origin.metrics.retried();
-        let other = side.other();
-        if shared.origin(other).is_up() {
-            side = other;
+        match next {
+            Some(s) => side = s,
+            None => return error_response(StatusCode::BAD_GATEWAY, &side.no_answer()),
         }
     }
 }

@@ -379,6 +379,37 @@ impl Shared {
         *self.weight.borrow()
     }
 
+    /// After a failed attempt at `side`, the same on both paths: an origin that could not
+    /// be reached (`not_sent`) is marked down; then, when the request may go again
+    /// (`again`) and retries are left, the retry is counted and the side to try next is
+    /// returned (the other one when it is up); else the failure is counted and logged.
+    fn retry_after(
+        &self,
+        side: Side,
+        not_sent: bool,
+        again: bool,
+        reason: &str,
+        attempts: &mut u32,
+        started: std::time::Instant,
+    ) -> Option<Side> {
+        let origin = self.origin(side);
+        if not_sent {
+            origin.mark_failed(reason);
+        }
+        *attempts += 1;
+        if !again || *attempts > self.retries {
+            origin.metrics.record(None, started.elapsed());
+            tracing::warn!(origin = side.as_str(), "request failed: {reason}");
+            return None;
+        }
+        origin.metrics.retried();
+        Some(if self.origin(side.other()).is_up() {
+            side.other()
+        } else {
+            side
+        })
+    }
+
     /// Hands a connection whose response has arrived whole back to `side`'s idle list for
     /// the next request: now when hyper is ready for one, else once it is (it may still be
     /// sending a request body the origin answered early; no request waits for that). Not
