@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -223,13 +223,6 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             })
 }
 
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
 fn error_response(status: StatusCode, text: &str) -> Response<Body> {
     let mut r = Response::new(full(format!("{text}\n")));
     *r.status_mut() = status;
@@ -383,7 +376,7 @@ async fn handle(
     if is_upgrade(&req) {
         return Box::pin(upgrade(shared, req, &peer, side)).await;
     }
-    let replayable = idempotent(req.method()) && req.body().is_end_stream();
+    let replayable = super::h1::idempotent(req.method().as_str()) && req.body().is_end_stream();
     let (parts, body) = req.into_parts();
     // The client's body goes to the first attempt; later attempts happen only when it was
     // handed back unsent, or when there is none.
@@ -574,4 +567,17 @@ async fn upgrade(
     });
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, crate::http::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Both paths take out the same hop-by-hop headers: this path keeps them as header
+    /// names, the direct one as text.
+    #[test]
+    fn both_paths_know_the_same_hop_by_hop_headers() {
+        assert_eq!(
+            super::HOP_BY_HOP.each_ref().map(|h| h.as_str()),
+            super::super::h1::HOP_BY_HOP
+        );
+    }
 }

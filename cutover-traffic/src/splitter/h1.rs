@@ -23,8 +23,17 @@ pub(super) enum Framing {
     UntilClose,
 }
 
+/// Methods that may be sent twice with the effect of once (RFC 9110 9.2.2): the only ones
+/// retried after a failure that may have reached the origin, on either path.
+pub(super) fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
 /// Headers that belong to one connection, not to the message (RFC 9110 7.6.1), lowercase.
-const HOP_BY_HOP: [&str; 8] = [
+pub(super) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -183,10 +192,6 @@ pub(super) fn request(buf: &[u8], sticky_cookie: &str) -> Request {
     if body_len > MAX_BODY {
         return Request::Elsewhere;
     }
-    let idempotent = matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    );
     let sticky = h
         .iter()
         .filter(|x| x.name.eq_ignore_ascii_case("cookie"))
@@ -197,7 +202,7 @@ pub(super) fn request(buf: &[u8], sticky_cookie: &str) -> Request {
         head_len,
         body_len,
         head_method: method == "HEAD",
-        replayable: idempotent && body_len == 0,
+        replayable: idempotent(method) && body_len == 0,
         close,
         sticky,
     })
