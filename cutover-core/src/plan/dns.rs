@@ -116,6 +116,12 @@ pub(super) fn default_region() -> Spanned<String> {
     spanned("us-east-1".into())
 }
 
+/// Set identifier of the old side of a weighted split. `cutover dns` and the Terraform that
+/// `cutover app terraform` writes name the same two records, so that neither undoes the other.
+pub const OLD_SET: &str = "cutover-old";
+/// Set identifier of the new side of a weighted split.
+pub const NEW_SET: &str = "cutover-new";
+
 /// The type of the record that moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum RecordKind {

@@ -154,7 +154,7 @@ fn default_samples() -> Spanned<i64> {
 }
 
 /// Which moves first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Order {
     /// The database switches first (every app already reaches it through the proxy, so users
