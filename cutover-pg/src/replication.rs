@@ -184,7 +184,10 @@ pub async fn stop_subscription(
 }
 
 /// The tables of publication `name`, as `schema.name`, sorted; None when it does not exist.
-async fn publication_tables(
+/// The tables a publication covers, as schema.name, sorted; cutover's own (the switchover's
+/// marker table, which a switch publishes beside the moved tables) left out. None when it
+/// does not exist.
+pub(crate) async fn publication_tables(
     client: &Client,
     side: Side,
     name: &str,
@@ -202,8 +205,8 @@ async fn publication_tables(
         .query(
             "SELECT n.nspname || '.' || c.relname FROM pg_publication_rel r
                JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE r.prpubid = $1 ORDER BY 1",
-            &[&oid],
+              WHERE r.prpubid = $1 AND n.nspname <> $2 ORDER BY 1",
+            &[&oid, &crate::inspect::OWN_SCHEMA],
         )
         .await
         .ctx(side, "list the publication's tables")?;
@@ -222,7 +225,11 @@ pub async fn ensure_publication(
     name: &str,
     tables: &[Table],
 ) -> Result<String, PgError> {
-    let mut wanted: Vec<String> = tables.iter().map(Table::display).collect();
+    let mut wanted: Vec<String> = tables
+        .iter()
+        .filter(|t| t.schema != crate::inspect::OWN_SCHEMA)
+        .map(Table::display)
+        .collect();
     wanted.sort();
     match publication_tables(client, side, name).await? {
         Some(have) if have == wanted => Ok(format!("publication {name} already in place")),
@@ -606,6 +613,24 @@ pub async fn subscription_info(
         enabled: r.get(0),
         not_ready: r.get(1),
     }))
+}
+
+/// True when the subscription's apply worker runs. A subscription just enabled has none for
+/// up to `wal_retrieve_retry_interval` (5 s by default), until the launcher starts one.
+pub async fn apply_worker_running(
+    client: &Client,
+    side: Side,
+    name: &str,
+) -> Result<bool, PgError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_stat_subscription w JOIN pg_subscription s ON s.oid = w.subid
+              WHERE s.subname = $1 AND w.relid IS NULL AND w.pid IS NOT NULL",
+            &[&name],
+        )
+        .await
+        .ctx(side, "look for the apply worker")?
+        .is_some())
 }
 
 /// Bytes between the server's WAL position and what the slot's subscriber confirmed; `None`

@@ -110,28 +110,6 @@ pub async fn subscription_oid(target: &Client, name: &str) -> Result<Option<u32>
     Ok(row.map(|r| r.get(0)))
 }
 
-async fn publication_tables(source: &Client, name: &str) -> Result<Option<Vec<String>>, PgError> {
-    let exists = source
-        .query_opt(
-            "SELECT oid FROM pg_publication WHERE pubname = $1",
-            &[&name],
-        )
-        .await
-        .ctx(Side::Source, "look for the publication")?;
-    let Some(row) = exists else { return Ok(None) };
-    let oid: u32 = row.get(0);
-    let rows = source
-        .query(
-            "SELECT n.nspname || '.' || c.relname FROM pg_publication_rel r
-               JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE r.prpubid = $1 ORDER BY 1",
-            &[&oid],
-        )
-        .await
-        .ctx(Side::Source, "list the publication's tables")?;
-    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
-}
-
 /// Creates the publication, or checks that the one there covers the same tables.
 async fn ensure_publication(
     source: &Client,
@@ -141,7 +119,7 @@ async fn ensure_publication(
     let name = sync.publication();
     let mut wanted: Vec<String> = tables.iter().map(Table::display).collect();
     wanted.sort();
-    match publication_tables(source, &name).await? {
+    match crate::replication::publication_tables(source, Side::Source, &name).await? {
         Some(have) if have == wanted => Ok(format!("publication {name} already in place")),
         Some(_) => Err(PgError::Refused(format!(
             "publication {name} on the source covers other tables than the plan selects (the selection changed since the sync started); \
@@ -740,7 +718,11 @@ async fn schema_after_copy(
     if paused {
         let resumed = crate::replication::set_enabled(target, Side::Target, &sub, true).await;
         restored?;
-        return resumed;
+        resumed?;
+        // `db sync` returns once changes are followed again: the launcher starts the apply
+        // worker of a subscription enabled again within `wal_retrieve_retry_interval`.
+        wait_streaming(plan, source, target).await?;
+        return Ok(());
     }
     restored
 }

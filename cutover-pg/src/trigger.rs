@@ -404,36 +404,35 @@ async fn shapes(follower: &Client, side: Side, tables: &[Table]) -> Result<Vec<S
 }
 
 /// Tables ordered parents first (by foreign keys among them); cycles keep their given order.
+/// The order in which a batch writes the tables (parents before children), and each table's
+/// neighbours by foreign key (its parents and its children).
 async fn parents_first(
     follower: &Client,
     side: Side,
     shapes: &[Shape],
-) -> Result<Vec<usize>, PgError> {
+) -> Result<(Vec<usize>, Vec<BTreeSet<usize>>), PgError> {
     let names: Vec<String> = shapes.iter().map(|s| s.qualified.clone()).collect();
+    // Matched by the tables' oids, not their names' text: a regclass prints its name quoted
+    // only where it must (shop."Customers"), which no name of ours is spelt as.
     let rows = follower
         .query(
-            "SELECT c.conrelid::regclass::text, c.confrelid::regclass::text
+            "SELECT ci.i, pi.i
                FROM pg_constraint c
-              WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
-                AND c.conrelid = ANY (SELECT n::regclass FROM unnest($1::text[]) n)
-                AND c.confrelid = ANY (SELECT n::regclass FROM unnest($1::text[]) n)",
+               JOIN unnest($1::text[]) WITH ORDINALITY ci(n, i) ON c.conrelid = ci.n::regclass
+               JOIN unnest($1::text[]) WITH ORDINALITY pi(n, i) ON c.confrelid = pi.n::regclass
+              WHERE c.contype = 'f' AND c.conrelid <> c.confrelid",
             &[&names],
         )
         .await
         .ctx(side, "read the foreign keys")?;
-    let idx_of = |regclass: &str| {
-        shapes.iter().position(|s| {
-            s.qualified == regclass
-                || s.display == regclass
-                || s.display.strip_prefix("public.") == Some(regclass)
-        })
-    };
     let mut parents: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); shapes.len()];
+    let mut neighbours: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); shapes.len()];
     for r in rows {
-        let (child, parent): (String, String) = (r.get(0), r.get(1));
-        if let (Some(c), Some(p)) = (idx_of(&child), idx_of(&parent)) {
-            parents[c].insert(p);
-        }
+        let (c, p): (i64, i64) = (r.get(0), r.get(1));
+        let (c, p) = (c as usize - 1, p as usize - 1);
+        parents[c].insert(p);
+        neighbours[c].insert(p);
+        neighbours[p].insert(c);
     }
     let mut order = vec![];
     let mut placed = vec![false; shapes.len()];
@@ -451,7 +450,7 @@ async fn parents_first(
             order.push(i);
         }
     }
-    Ok(order)
+    Ok((order, neighbours))
 }
 
 /// The `application_name` of the applier's sessions: a switchover knows them as
@@ -523,6 +522,16 @@ pub async fn backlog(origin: &Client, follower: &Client, link: &Link) -> Result<
     })
 }
 
+/// What one read of the change log came to.
+enum Applied {
+    /// Applied, up to the new position.
+    Batch(Batch, String),
+    /// The link was retired: nothing applied.
+    Retired,
+    /// Another applier moved the position since it was read: nothing applied.
+    Moved(String),
+}
+
 /// The applier of one link, with its connections and what it knows of the tables.
 pub struct Applier {
     link: Link,
@@ -530,6 +539,8 @@ pub struct Applier {
     follower: Client,
     shapes: Vec<Shape>,
     order: Vec<usize>,
+    /// Per table, its neighbours by foreign key.
+    neighbours: Vec<BTreeSet<usize>>,
     position: String,
     batches: u64,
 }
@@ -556,13 +567,14 @@ impl Applier {
             )));
         };
         let shapes = shapes(&follower, link.follower_side, tables).await?;
-        let order = parents_first(&follower, link.follower_side, &shapes).await?;
+        let (order, neighbours) = parents_first(&follower, link.follower_side, &shapes).await?;
         Ok(Applier {
             link: link.clone(),
             origin,
             follower,
             shapes,
             order,
+            neighbours,
             position,
             batches: 0,
         })
@@ -579,8 +591,15 @@ impl Applier {
             .ctx(os, "open the batch's snapshot")?;
         let result = self.apply_in_snapshot().await;
         let _ = self.origin.batch_execute("COMMIT").await;
-        let Some((batch, next)) = result? else {
-            return Ok(None);
+        let (batch, next) = match result? {
+            Applied::Batch(batch, next) => (batch, next),
+            Applied::Retired => return Ok(None),
+            Applied::Moved(position) => {
+                // Another applier of this link committed a batch since this one read its
+                // position: start again from where that one left off.
+                self.position = position;
+                return Box::pin(self.apply_once()).await;
+            }
         };
         self.position = next;
         self.batches += 1;
@@ -591,7 +610,7 @@ impl Applier {
         Ok(Some(batch))
     }
 
-    async fn apply_in_snapshot(&mut self) -> Result<Option<(Batch, String)>, PgError> {
+    async fn apply_in_snapshot(&mut self) -> Result<Applied, PgError> {
         let (os, fs) = (self.link.origin_side, self.link.follower_side);
         let next: String = self
             .origin
@@ -620,9 +639,9 @@ impl Applier {
                 .await?
                 .is_none()
             {
-                return Ok(None);
+                return Ok(Applied::Retired);
             }
-            return Ok(Some((batch, self.position.clone())));
+            return Ok(Applied::Batch(batch, self.position.clone()));
         }
         let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut truncated: BTreeSet<String> = BTreeSet::new();
@@ -653,15 +672,52 @@ impl Applier {
             .transaction()
             .await
             .ctx(fs, "begin the batch")?;
+        // Two appliers of one link (a `db follow` service beside `cutover apply`'s own, or a
+        // switchover's catch-up beside either) take turns: a batch holds the link's lock for
+        // its transaction, and one whose position another applier moved since it was read
+        // applies nothing and is read again from there. Without it the later of two batches
+        // could write rows as of an older snapshot over a newer one's, and move on from a
+        // position that no longer holds what it says.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('cutover.applied'), hashtext($1))",
+            &[&self.link.name],
+        )
+        .await
+        .ctx(fs, "take the link's lock")?;
+        let current: Option<String> = tx
+            .query_opt(
+                "SELECT position FROM cutover.applied WHERE link = $1",
+                &[&self.link.name],
+            )
+            .await
+            .ctx(fs, "read the position")?
+            .map(|r| r.get(0));
+        match current {
+            None => return Ok(Applied::Retired),
+            Some(p) if p != self.position => return Ok(Applied::Moved(p)),
+            Some(_) => {}
+        }
         // A fenced follower (the old primary after a switchover, where the applications'
         // role, often the owner itself, lost its write privileges) is written by granting the
         // owner what it lacks inside this transaction and revoking it before the commit: no
-        // other session ever sees the grant.
-        let touched: Vec<String> = self
+        // other session ever sees the grant. The tables next to a written one by foreign key
+        // are in it too: the key checks lock their rows (FOR KEY SHARE), which takes UPDATE
+        // on them, as the owner.
+        let mut touched_idx: BTreeSet<usize> = self
             .shapes
             .iter()
-            .filter(|s| keys.contains_key(&s.display) || truncated.contains(&s.display))
-            .map(|s| s.qualified.clone())
+            .enumerate()
+            .filter(|(_, s)| keys.contains_key(&s.display) || truncated.contains(&s.display))
+            .map(|(i, _)| i)
+            .collect();
+        let adjacent: Vec<usize> = touched_idx
+            .iter()
+            .flat_map(|&i| self.neighbours[i].iter().copied())
+            .collect();
+        touched_idx.extend(adjacent);
+        let touched: Vec<String> = touched_idx
+            .iter()
+            .map(|&i| self.shapes[i].qualified.clone())
             .collect();
         let lacking = tx
             .query(
@@ -752,10 +808,10 @@ impl Applier {
         if updated == 0 {
             // Retired while this batch ran: roll it back, the link is over.
             drop(tx);
-            return Ok(None);
+            return Ok(Applied::Retired);
         }
         tx.commit().await.ctx(fs, "commit the batch")?;
-        Ok(Some((batch, next)))
+        Ok(Applied::Batch(batch, next))
     }
 
     /// Drops log rows every transaction of which the follower has.

@@ -125,6 +125,9 @@ pub struct RangeMismatch {
     pub from: Option<Vec<String>>,
     /// Key values as text, exclusive; `None` to the end.
     pub to: Option<Vec<String>>,
+    /// The last range's end, inclusive: the largest key when the ranges were planned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub through: Option<Vec<String>>,
     pub source_rows: i64,
     pub target_rows: i64,
     /// The first few keys that differ, in key order (for a table without a key: the
@@ -377,10 +380,12 @@ fn failed(table: &Table, error: String) -> TableReport {
     }
 }
 
-/// A range of the key: `from` inclusive, `to` exclusive, `None` open.
+/// A range of the key: `from` inclusive, `to` exclusive, `None` open; the last range ends at
+/// `through`, inclusive, the largest key when the ranges were planned.
 struct Range {
     from: Option<Vec<String>>,
     to: Option<Vec<String>>,
+    through: Option<Vec<String>>,
 }
 
 /// How one side's table is read.
@@ -483,7 +488,10 @@ async fn side_table(
 }
 
 /// The ranges: every `chunk_rows`-th key of the source starts one, the first range open
-/// at the start and the last open at the end. One range without a key.
+/// at the start. The last one ends at the largest key the source holds now: rows written
+/// later with larger keys (an orders table under load) arrived after the verification began,
+/// and replication carries them; an open end would never agree while they keep coming. One
+/// range without a key.
 async fn boundaries(
     client: &Client,
     plan: &TablePlan<'_>,
@@ -493,6 +501,7 @@ async fn boundaries(
         return Ok(vec![Range {
             from: None,
             to: None,
+            through: None,
         }]);
     }
     let aliases: Vec<String> = (0..plan.key.len()).map(|i| format!("c{i}")).collect();
@@ -523,11 +532,44 @@ async fn boundaries(
         rows.iter()
             .map(|r| Some((0..plan.key.len()).map(|i| r.get(i)).collect())),
     );
+    let last = client
+        .query_opt(
+            &format!(
+                "SELECT {} FROM {} ORDER BY {} LIMIT 1",
+                // Named apart from the key columns: ORDER BY would take an output column of
+                // the same name (text) before the table's.
+                plan.key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| format!("{k}::text AS last_{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                plan.source.from,
+                plan.key
+                    .iter()
+                    .map(|k| format!("{k} DESC"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[],
+        )
+        .await
+        .ctx(
+            Side::Source,
+            &format!("read the largest key of {}", plan.table.display()),
+        )?
+        .map(|r| {
+            (0..plan.key.len())
+                .map(|i| r.get(i))
+                .collect::<Vec<String>>()
+        });
     let mut ranges = Vec::with_capacity(starts.len());
     for (i, from) in starts.iter().enumerate() {
+        let to = starts.get(i + 1).cloned().flatten();
         ranges.push(Range {
             from: from.clone(),
-            to: starts.get(i + 1).cloned().flatten(),
+            through: if to.is_none() { last.clone() } else { None },
+            to,
         });
     }
     Ok(ranges)
@@ -561,11 +603,16 @@ impl TablePlan<'_> {
         }
         if range.to.is_some() {
             parts.push(format!("({cols}) < ({})", tuple(next)));
+            next += self.key.len();
+        }
+        if range.through.is_some() {
+            parts.push(format!("({cols}) <= ({})", tuple(next)));
         }
         let values = range
             .from
             .iter()
             .chain(range.to.iter())
+            .chain(range.through.iter())
             .flatten()
             .map(String::as_str)
             .collect();
@@ -674,6 +721,7 @@ async fn compare_chunk(
         Some(RangeMismatch {
             from: range.from.clone(),
             to: range.to.clone(),
+            through: range.through.clone(),
             source_rows: s.rows,
             target_rows: t.rows,
             first_keys: first_keys(&conn, plan, range).await?,
