@@ -142,6 +142,23 @@ pub struct PauseStats {
     paused_at: Option<Instant>,
 }
 
+/// What went wrong on the server side since the proxy started: what a client sees as an
+/// error the proxy could not hide. A migration's canary fails a step on a rise of it.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct ErrorStats {
+    /// Sessions ended by their server connection (lost, refused, or an error the session
+    /// could not go on after).
+    pub server_errors: u64,
+    /// Client logins the proxy could not complete on the server.
+    pub server_logins_failed: u64,
+}
+
+impl ErrorStats {
+    pub fn total(&self) -> u64 {
+        self.server_errors + self.server_logins_failed
+    }
+}
+
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Status {
     pub active: Backend,
@@ -151,6 +168,8 @@ pub struct Status {
     pub drained: bool,
     pub sessions: Vec<SessionView>,
     pub pause: PauseStats,
+    #[serde(default)]
+    pub errors: ErrorStats,
 }
 
 impl Status {
@@ -201,6 +220,7 @@ pub struct Shared {
     /// Woken whenever a session's view changes or a session ends.
     pub(crate) changed: Notify,
     pause: Mutex<PauseStats>,
+    errors: Mutex<ErrorStats>,
     switching: tokio::sync::Mutex<()>,
     /// SCRAM keys per user, derived once (4096 rounds of HMAC) and reused by every login.
     scram: Mutex<HashMap<String, crate::auth::ScramSecret>>,
@@ -223,6 +243,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             changed: Notify::new(),
             pause: Mutex::new(PauseStats::default()),
+            errors: Mutex::new(ErrorStats::default()),
             switching: tokio::sync::Mutex::new(()),
             scram: Mutex::new(HashMap::new()),
         }))
@@ -264,6 +285,16 @@ impl Shared {
 
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A session ended by its server side (`login`: the server login failed).
+    pub(crate) fn record_server_error(&self, login: bool) {
+        let mut e = self.errors.lock().unwrap();
+        if login {
+            e.server_logins_failed += 1;
+        } else {
+            e.server_errors += 1;
+        }
     }
 
     pub(crate) fn record_hold(&self, waited: Duration) {
@@ -309,6 +340,7 @@ impl Shared {
             drained,
             sessions,
             pause: self.pause.lock().unwrap().clone(),
+            errors: self.errors.lock().unwrap().clone(),
         }
     }
 

@@ -58,11 +58,19 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
             let result = session.run().await;
             if let Err(e) = &result {
                 tracing::debug!("session {}: {e}", session.id);
+                if matches!(e, SessionError::Server(_)) {
+                    shared.record_server_error(false);
+                }
             }
             shared.unregister(session.id, session.cancel_key);
         }
         Ok(None) => {}
-        Err(e) => tracing::debug!("client {peer}: {e}"),
+        Err(e) => {
+            tracing::debug!("client {peer}: {e}");
+            if matches!(e, SessionError::Server(_)) {
+                shared.record_server_error(true);
+            }
+        }
     }
 }
 
