@@ -218,16 +218,39 @@ pub async fn request(
     timeout: Duration,
 ) -> Result<(hyper::StatusCode, Bytes), String> {
     let target = Target::new(url, None, None)?;
+    exchange(&target, method, url, headers, body, timeout)
+        .await
+        .map(|r| (r.status, r.body))
+}
+
+/// An answer, whole.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: hyper::StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+/// One request to `target` for the path (and query) of `url`; a `host` among `headers`
+/// replaces the target's own authority (an origin reached by address with its site's name).
+pub async fn exchange(
+    target: &Target,
+    method: hyper::Method,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Answer, String> {
     let path = url
         .split_once("://")
         .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
         .unwrap_or_else(|| "/".into());
     let work = async {
         let mut sender = target.handshake().await.map_err(|e| e.to_string())?;
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, target.authority());
+        let mut req = hyper::Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req = req.header(hyper::header::HOST, target.authority());
+        }
         for (k, v) in headers {
             req = req.header(*k, v.as_str());
         }
@@ -239,13 +262,18 @@ pub async fn request(
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        Ok((status, bytes))
+        Ok(Answer {
+            status,
+            headers,
+            body: bytes,
+        })
     };
     tokio::time::timeout(timeout, work)
         .await

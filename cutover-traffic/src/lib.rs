@@ -18,5 +18,6 @@
 pub mod canary;
 pub mod dns;
 pub mod http;
+pub mod probe;
 pub mod splitter;
 pub mod ttl;

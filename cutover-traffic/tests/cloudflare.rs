@@ -126,7 +126,7 @@ async fn records_switch_in_one_batch_and_weights_need_load_balancing() {
         .replace(
             &s.name,
             RecordKind::A,
-            &ops::split_sets(&s, 10, true).unwrap(),
+            &ops::split_sets(&s, 10, true, false).unwrap(),
         )
         .await
         .unwrap_err();
@@ -138,7 +138,7 @@ async fn records_switch_in_one_batch_and_weights_need_load_balancing() {
     p.replace(
         &s.name,
         RecordKind::A,
-        &ops::split_sets(&s, 100, false).unwrap(),
+        &ops::split_sets(&s, 100, false, false).unwrap(),
     )
     .await
     .unwrap();
@@ -159,7 +159,7 @@ async fn with_load_balancing_a_split_sets_pool_weights() {
     p.replace(
         &s.name,
         RecordKind::A,
-        &ops::split_sets(&s, 25, true).unwrap(),
+        &ops::split_sets(&s, 25, true, false).unwrap(),
     )
     .await
     .unwrap();
@@ -170,7 +170,7 @@ async fn with_load_balancing_a_split_sets_pool_weights() {
     p.replace(
         &s.name,
         RecordKind::A,
-        &ops::split_sets(&s, 0, true).unwrap(),
+        &ops::split_sets(&s, 0, true, false).unwrap(),
     )
     .await
     .unwrap();
@@ -190,7 +190,7 @@ async fn a_wrong_token_is_refused_clearly_and_never_shown() {
         .replace(
             &s.name,
             RecordKind::A,
-            &ops::split_sets(&s, 100, false).unwrap(),
+            &ops::split_sets(&s, 100, false, false).unwrap(),
         )
         .await
         .unwrap_err();

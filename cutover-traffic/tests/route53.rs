@@ -47,7 +47,7 @@ async fn a_split_is_one_batch_and_waits_for_insync() {
     p.replace(
         &s.name,
         RecordKind::A,
-        &ops::split_sets(&s, 50, true).unwrap(),
+        &ops::split_sets(&s, 50, true, false).unwrap(),
     )
     .await
     .unwrap();
@@ -55,7 +55,7 @@ async fn a_split_is_one_batch_and_waits_for_insync() {
     p.replace(
         &s.name,
         RecordKind::A,
-        &ops::split_sets(&s, 100, true).unwrap(),
+        &ops::split_sets(&s, 100, true, false).unwrap(),
     )
     .await
     .unwrap();
@@ -66,6 +66,43 @@ async fn a_split_is_one_batch_and_waits_for_insync() {
         (sets[0].weight.clone(), sets[0].values.clone(), sets[0].ttl),
         (None, vec!["198.51.100.20".to_string()], 60)
     );
+}
+
+/// The weighted records Terraform owns (`cutover app terraform` writes them with these set
+/// identifiers) stay those two records at 100% and back at 0%: only their weights move, so a
+/// later `terraform apply` finds what it made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_records_stay_weighted_at_the_ends_of_a_switch() {
+    let (_f, addr) = fake().await;
+    let s = settings(format!("http://{addr}"), ZONE_ID);
+    let p = provider(&s);
+    p.replace(
+        &s.name,
+        RecordKind::A,
+        &ops::split_sets(&s, 0, true, true).unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = cutover_core::Journal::open(&dir.path().join("j.db")).unwrap();
+    let run = journal.begin_run("dns switch").unwrap();
+    let steps = cutover_core::engine::Steps::new(&journal, run, &|_| {});
+    for (percent, old, new) in [(100u8, 0u32, 100u32), (0, 100, 0)] {
+        ops::set_split(&p, &s, percent, true, &steps).await.unwrap();
+        let mut sets: Vec<_> = p
+            .records(&s.name, RecordKind::A)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.weight.unwrap())
+            .collect();
+        sets.sort();
+        assert_eq!(
+            sets,
+            [(NEW_SET.to_string(), new), (OLD_SET.to_string(), old)],
+            "{percent}%"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +123,7 @@ async fn throttling_is_retried_with_backoff() {
         .replace(
             &s.name,
             RecordKind::A,
-            &ops::split_sets(&s, 100, true).unwrap(),
+            &ops::split_sets(&s, 100, true, false).unwrap(),
         )
         .await
         .unwrap_err();
@@ -183,7 +220,7 @@ async fn moto_server_accepts_our_requests() {
         p.replace(
             &s.name,
             RecordKind::A,
-            &ops::split_sets(&s, 0, true).unwrap(),
+            &ops::split_sets(&s, 0, true, false).unwrap(),
         )
         .await
         .unwrap();

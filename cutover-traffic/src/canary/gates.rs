@@ -36,6 +36,11 @@ pub struct Measured {
     /// judged after the request count: too few requests is the reason worth showing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub missing: Option<String>,
+    /// A check of its own that failed beside the numbers (the database gates of a migration:
+    /// the replication that protects the rollback fell behind, the proxy saw server errors).
+    /// It fails the window whatever the numbers say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// The thresholds of a check.
@@ -81,6 +86,11 @@ impl Verdict {
 }
 
 pub fn judge(m: &Measured, t: &Thresholds) -> Verdict {
+    if let Some(why) = &m.failed {
+        return Verdict::Failed {
+            reason: why.clone(),
+        };
+    }
     if let (Some(n), Some(min)) = (m.requests, t.min_requests) {
         if n < min {
             let reason = match m.counted_by {
@@ -346,7 +356,7 @@ impl Gates for PrometheusGates {
                 counted_by: Some(COUNT),
                 success_rate,
                 p99,
-                missing: None,
+                ..Measured::default()
             })
         })
     }
@@ -408,6 +418,28 @@ mod tests {
             &t(),
         );
         assert!(good.passed());
+        let other = judge(
+            &Measured {
+                failed: Some("the proxy saw 2 server errors in the window".into()),
+                ..good_numbers()
+            },
+            &t(),
+        );
+        assert_eq!(
+            other,
+            Verdict::Failed {
+                reason: "the proxy saw 2 server errors in the window".into()
+            }
+        );
+    }
+
+    fn good_numbers() -> Measured {
+        Measured {
+            requests: Some(100),
+            success_rate: Some(100.0),
+            p99: Some(0.01),
+            ..Measured::default()
+        }
     }
 
     #[test]

@@ -510,6 +510,29 @@ pub async fn run(
     }
 }
 
+/// Sends every new user back to the old app, whatever state the canary is in (a migration's
+/// rollback). The move is journaled as an abort before the weight changes, like any abort, so
+/// a canary started later finishes it first and never raises the weight after it. A request
+/// left for a running canary is dropped: this is the last word.
+pub async fn abandon(
+    steps: &Steps<'_>,
+    weights: &dyn Weights,
+    reason: &str,
+) -> Result<Outcome, CanaryError> {
+    let journal = steps.journal();
+    journal.set_fact(CONTROL_FACT, None)?;
+    let state = state(journal)?.unwrap_or(State {
+        step: 0,
+        new_percent: 0,
+        phase: Phase::Running,
+        reason: None,
+        error: None,
+        updated_ms: now_ms(),
+    });
+    let at = state.step;
+    make_move(steps, weights, state, Move::Abort, Some(reason), at).await
+}
+
 /// The reason an abort's state gives.
 const ABORTED: Option<&str> = Some("aborted by `cutover traffic abort`");
 

@@ -22,10 +22,7 @@ use cutover_core::plan::{DnsProviderSettings, DnsSettings, RecordKind};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
-/// Set identifier of the old side of a weighted split.
-pub const OLD_SET: &str = "cutover-old";
-/// Set identifier of the new side of a weighted split.
-pub const NEW_SET: &str = "cutover-new";
+pub use cutover_core::plan::{NEW_SET, OLD_SET};
 
 /// The records of one name and type (one weighted set, or the plain record).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -31,6 +31,33 @@ pub fn ttl_plan(journal: &cutover_core::Journal) -> Result<Option<TtlPlan>, DnsE
         .and_then(|text| serde_json::from_str(&text).ok()))
 }
 
+/// Journal fact: whether the name had weighted records before cutover first changed it.
+const WEIGHTED_AT_START: &str = "dns.weighted_at_start";
+
+/// Whether the name's records were weighted before cutover changed anything (the ones
+/// `cutover app terraform` writes): read once, at the first change, and kept in the journal.
+/// Records cutover made weighted for a canary go back to one plain record at 0% or 100%;
+/// records that were weighted from the start stay the same two records.
+async fn weighted_at_start(
+    provider: &dyn DnsProvider,
+    settings: &DnsSettings,
+    journal: &cutover_core::Journal,
+) -> Result<bool, DnsError> {
+    if let Some(v) = journal.fact(WEIGHTED_AT_START)? {
+        return Ok(v == "true");
+    }
+    let weighted = provider
+        .records(&settings.name, settings.record_type)
+        .await?
+        .iter()
+        .any(|s| s.weight.is_some());
+    journal.set_fact(
+        WEIGHTED_AT_START,
+        Some(if weighted { "true" } else { "false" }),
+    )?;
+    Ok(weighted)
+}
+
 /// Lowers the TTL of the plan's name to `dns.low_ttl`, keeping its answers, and records when.
 pub async fn lower_ttl(
     provider: &dyn DnsProvider,
@@ -53,6 +80,7 @@ pub async fn lower_ttl(
     } else {
         None
     };
+    weighted_at_start(provider, settings, steps.journal()).await?;
     let low = settings.low_ttl.as_secs() as u32;
     let earlier = ttl_plan(steps.journal())?;
     let plan = ttl::plan(settings, &before, negative, earlier, now_ms());
@@ -90,11 +118,15 @@ pub async fn lower_ttl(
     })
 }
 
-/// The record sets that send `new_percent` of resolutions to the new answers.
+/// The record sets that send `new_percent` of resolutions to the new answers. At 0% and 100%
+/// that is one plain record, unless the name had weighted records before the move
+/// (`keep_weighted`: the ones `cutover app terraform` writes): those stay the same two records
+/// with weights 100 and 0, so that Terraform, which owns them, finds them as it made them.
 pub fn split_sets(
     settings: &DnsSettings,
     new_percent: u8,
     weighted: bool,
+    keep_weighted: bool,
 ) -> Result<Vec<RecordSet>, DnsError> {
     let ttl = settings.low_ttl.as_secs() as u32;
     let set = |values: &[String], weight: Option<(&str, u32)>| RecordSet {
@@ -104,7 +136,15 @@ pub fn split_sets(
         values: values.to_vec(),
         weight: weight.map(|(id, w)| (id.to_string(), w)),
     };
+    let both = |old: u32| {
+        vec![
+            set(&settings.old, Some((OLD_SET, old))),
+            set(&settings.new, Some((NEW_SET, 100 - old))),
+        ]
+    };
     match new_percent {
+        0 if weighted && keep_weighted => Ok(both(100)),
+        100 if weighted && keep_weighted => Ok(both(0)),
         0 => Ok(vec![set(&settings.old, None)]),
         100 => Ok(vec![set(&settings.new, None)]),
         p if p > 100 => Err(DnsError::Refused(format!(
@@ -133,7 +173,8 @@ pub async fn set_split(
     if new_percent > 0 {
         ttl::check(plan.as_ref(), &settings.name, now_ms(), force)?;
     }
-    let sets = split_sets(settings, new_percent, provider.weighted())?;
+    let keep_weighted = weighted_at_start(provider, settings, steps.journal()).await?;
+    let sets = split_sets(settings, new_percent, provider.weighted(), keep_weighted)?;
     let intent = format!(
         "send {new_percent}% of {} to the new answers ({})",
         settings.name,

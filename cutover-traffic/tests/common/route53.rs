@@ -308,5 +308,5 @@ pub fn provider(s: &DnsSettings) -> Route53 {
 }
 
 pub fn weighted(s: &DnsSettings) -> Vec<RecordSet> {
-    ops::split_sets(s, 10, true).unwrap()
+    ops::split_sets(s, 10, true, false).unwrap()
 }
