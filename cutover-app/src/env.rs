@@ -164,7 +164,9 @@ fn matches_prefix(name: &str, pattern: &str) -> bool {
 
 fn replacement(service: &str) -> &'static str {
     match service {
-        "heroku-postgresql" => "the new database's URL (RDS, Neon or Supabase)",
+        "heroku-postgresql" => {
+            "the cutover proxy's URL while the move runs (an app pointed straight at the new database while the other writes to the old one makes two primaries, and writes are lost); the new database's own URL only after `cutover finish`"
+        }
         "heroku-redis" | "rediscloud" | "redistogo" => {
             "the new Redis's URL (ElastiCache, Upstash, ...)"
         }

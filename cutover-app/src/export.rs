@@ -79,8 +79,11 @@ pub struct Options {
     /// The container port (ECS, .env).
     pub port: u16,
     /// Vercel: the pooled database URL (runtime) and the direct one (migrations).
+    /// The new database's pooled and direct URLs, for after `cutover finish`.
     pub pooled_url: Option<Secret>,
     pub direct_url: Option<Secret>,
+    /// The cutover proxy's URL, which both variables hold while the move runs.
+    pub proxy_url: Option<Secret>,
 }
 
 /// An entry's value: known, or to be filled in.
@@ -138,19 +141,53 @@ pub fn entries(env: &EnvReport, target: Target, opts: &Options) -> (Vec<Entry>, 
             }
             Class::Addon => {
                 if target == Target::Vercel && v.name == "DATABASE_URL" {
+                    // While the move runs both variables are the proxy's URL: migrations too
+                    // reach whichever database is the primary, through it. After `cutover
+                    // finish` they become the new database's pooled and direct URLs.
+                    let after = opts.pooled_url.is_some() || opts.direct_url.is_some();
                     for (name, given, what) in [
-                        ("DATABASE_URL", &opts.pooled_url, "the pooled URL (runtime)"),
+                        (
+                            "DATABASE_URL",
+                            if after {
+                                &opts.pooled_url
+                            } else {
+                                &opts.proxy_url
+                            },
+                            "runtime",
+                        ),
                         (
                             DIRECT_URL_VAR,
-                            &opts.direct_url,
-                            "the direct URL (migrations)",
+                            if after {
+                                &opts.direct_url
+                            } else {
+                                &opts.proxy_url
+                            },
+                            "migrations",
                         ),
                     ] {
-                        let value = match given {
-                            Some(s) => Val::Known(s.clone()),
-                            None => {
-                                todo.push(format!("set {name} to the new database's {what}"));
-                                Val::Placeholder(format!("REPLACE_ME: the new database's {what}"))
+                        let value = match (given, after) {
+                            (Some(s), _) => Val::Known(s.clone()),
+                            (None, false) => {
+                                todo.push(format!("set {name} ({what}) to the cutover proxy's URL for the move; after `cutover finish`, to the new database's {} URL (`cutover app vercel --after-move`)", if what == "runtime" { "pooled" } else { "direct" }));
+                                Val::Placeholder("REPLACE_ME: the cutover proxy's URL".into())
+                            }
+                            (None, true) => {
+                                todo.push(format!(
+                                    "set {name} to the new database's {} URL ({what})",
+                                    if what == "runtime" {
+                                        "pooled"
+                                    } else {
+                                        "direct"
+                                    }
+                                ));
+                                Val::Placeholder(format!(
+                                    "REPLACE_ME: the new database's {} URL",
+                                    if what == "runtime" {
+                                        "pooled"
+                                    } else {
+                                        "direct"
+                                    }
+                                ))
                             }
                         };
                         out.push(Entry {

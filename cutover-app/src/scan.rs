@@ -238,7 +238,7 @@ pub fn scan_text(file: &str, text: &str) -> Vec<Finding> {
                 push(
                     "heroku-var",
                     format!("reads `{var}`, an add-on variable that will not exist after the move"),
-                    "read DATABASE_URL and point it at the new database",
+                    "read DATABASE_URL, which points at the cutover proxy while the move runs and at the new database after it",
                 );
             } else {
                 push(

@@ -10,6 +10,10 @@
 //!
 //! Both DNS records carry the same name and type (CNAME) with a weight each: `heroku`
 //! (the old origin) starts at 100 and `ecs` at 0, and a shift is a change of two numbers.
+//! Their set identifiers are the ones `cutover dns` and the canary move
+//! (`cutover-old`, `cutover-new`): they are the same two records, and Terraform leaves their
+//! TTL and weights to cutover (`ignore_changes`), so a later `terraform apply` never undoes a
+//! shift nor cutover a Terraform record.
 
 use crate::dockerfile::{self, PORT};
 use crate::export::{self, Target, Val};
@@ -152,7 +156,7 @@ fn all_egress() -> Item {
     )
 }
 
-fn weighted(name: &str, target: Expr, weight: &str) -> Block {
+fn weighted(name: &str, set: &str, target: Expr, weight: &str) -> Block {
     block(
         "resource",
         &["aws_route53_record", name],
@@ -162,9 +166,17 @@ fn weighted(name: &str, target: Expr, weight: &str) -> Block {
             attr("type", s("CNAME")),
             attr("ttl", raw("60")),
             attr("records", list(vec![target])),
-            attr("set_identifier", s(name)),
+            attr("set_identifier", s(set)),
             Item::Blank,
             nested("weighted_routing_policy", vec![attr("weight", raw(weight))]),
+            Item::Blank,
+            nested(
+                "lifecycle",
+                vec![attr(
+                    "ignore_changes",
+                    list(vec![raw("ttl"), raw("weighted_routing_policy")]),
+                )],
+            ),
         ],
     )
 }
@@ -516,11 +528,13 @@ pub fn render(ins: &Inspection, opts: &Options) -> Result<(Vec<Artifact>, Vec<St
     }
     blocks.push(weighted(
         "heroku",
+        cutover_core::plan::OLD_SET,
         raw("var.heroku_target"),
         "var.heroku_weight",
     ));
     blocks.push(weighted(
         "ecs",
+        cutover_core::plan::NEW_SET,
         raw("aws_lb.app.dns_name"),
         "var.ecs_weight",
     ));
@@ -652,13 +666,13 @@ fn variables(ins: &Inspection, opts: &Options, secrets: bool) -> Vec<Block> {
         var(
             "heroku_weight",
             "number",
-            "Share of DNS answers for Heroku (0-255).",
+            "Share of DNS answers for Heroku (0-255) when the records are made; `cutover dns` and the canary move it after.",
             Some(raw("100")),
         ),
         var(
             "ecs_weight",
             "number",
-            "Share of DNS answers for ECS (0-255). Raise it step by step.",
+            "Share of DNS answers for ECS (0-255) when the records are made; `cutover dns` and the canary move it after.",
             Some(raw("0")),
         ),
         var(

@@ -7,6 +7,12 @@
 //! *direct* URL (`DATABASE_URL_UNPOOLED`, the name Neon's integration uses), only for
 //! production builds: a preview build must never migrate the production database.
 //!
+//! While the move runs, both variables hold the cutover proxy's URL instead: with the old app
+//! still writing to the old database, a new app pointed straight at the new one would make two
+//! writable primaries, and a migration run there would land on the database that is not the
+//! primary yet. The pooled and direct URLs are written after `cutover finish`
+//! (`--after-move`).
+//!
 //! Only Node.js and Python apps have a Vercel runtime that serves a web process; for the
 //! others we refuse and point at the ECS output instead of writing config that cannot work.
 
@@ -19,11 +25,16 @@ use crate::inspect::{self, Inspection};
 use crate::language::Language;
 use crate::AppError;
 
-/// Database URLs for Vercel; either may be unknown (then the payload has a placeholder).
+/// Database URLs for Vercel; any may be unknown (then the payload has a placeholder).
 #[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// The new database's URLs, written only after the move (`after_move`).
     pub pooled_url: Option<Secret>,
     pub direct_url: Option<Secret>,
+    /// The cutover proxy's URL, which the app uses while the move runs.
+    pub proxy_url: Option<Secret>,
+    /// Write the new database's own URLs: the move is finished (`cutover finish`).
+    pub after_move: bool,
 }
 
 /// Neon's pooled URL for a direct one: the endpoint's host with `-pooler` after its id.
@@ -77,7 +88,7 @@ pub fn render(ins: &Inspection, opts: &Options) -> Result<(Vec<Artifact>, Vec<St
             "if [ \"$VERCEL_ENV\" = production ]; then DATABASE_URL=\"${DIRECT_URL_VAR}\" {release}; fi"
         ));
         notes.push(format!(
-            "the release phase `{release}` runs in production builds against {DIRECT_URL_VAR}, the direct URL; preview builds skip it"
+            "the release phase `{release}` runs in production builds against {DIRECT_URL_VAR} (the cutover proxy's URL while the move runs, the new database's direct URL after it); preview builds skip it"
         ));
     }
     match lang {
@@ -129,8 +140,13 @@ pub fn render(ins: &Inspection, opts: &Options) -> Result<(Vec<Artifact>, Vec<St
         ));
     }
     let env = inspect::env_or_manifest(ins);
+    if !opts.after_move && (opts.pooled_url.is_some() || opts.direct_url.is_some()) {
+        return Err(AppError::Unsupported(
+            "the pooled and direct URLs point the new app straight at the new database, which is safe only after `cutover finish` (until then the old app still writes to the old one): pass --after-move for that, or --proxy-url-env for the move".into(),
+        ));
+    }
     let mut pooled = opts.pooled_url.clone();
-    if pooled.is_none() {
+    if opts.after_move && pooled.is_none() {
         if let Some(derived) = opts
             .direct_url
             .as_ref()
@@ -145,8 +161,17 @@ pub fn render(ins: &Inspection, opts: &Options) -> Result<(Vec<Artifact>, Vec<St
         Target::Vercel,
         &export::Options {
             app: ins.name.clone(),
-            pooled_url: pooled,
-            direct_url: opts.direct_url.clone(),
+            pooled_url: if opts.after_move { pooled } else { None },
+            direct_url: if opts.after_move {
+                opts.direct_url.clone()
+            } else {
+                None
+            },
+            proxy_url: if opts.after_move {
+                None
+            } else {
+                opts.proxy_url.clone()
+            },
             ..Default::default()
         },
         "vercel-env.json",

@@ -357,6 +357,84 @@ fn terraform_and_vercel_write_their_trees() {
     assert!(dir.join("vercel.json").is_file());
 }
 
+/// The Route 53 records `app terraform` writes are the ones `cutover dns` and the canary
+/// move: the same set identifiers, the same starting weights, and Terraform leaves their TTL
+/// and weights to cutover, so neither undoes the other.
+#[test]
+fn terraform_writes_the_weighted_records_cutover_dns_moves() {
+    use cutover_traffic::dns::{ops, NEW_SET, OLD_SET};
+    let (_tmp, dir) = app_copy("node-express");
+    let infra = dir.join("infra");
+    let r = cutover(
+        &dir,
+        &[
+            "app",
+            "terraform",
+            dir.to_str().unwrap(),
+            "--domain",
+            "www.shop.example",
+            "--out",
+            infra.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let main = std::fs::read_to_string(infra.join("main.tf")).unwrap();
+    let variables = std::fs::read_to_string(infra.join("variables.tf")).unwrap();
+    let record = |name: &str| {
+        let start = main
+            .find(&format!("resource \"aws_route53_record\" \"{name}\""))
+            .unwrap();
+        let end = main[start..].find("\n}\n").unwrap() + start;
+        main[start..end].to_string()
+    };
+    let default = |var: &str| -> u32 {
+        let start = variables.find(&format!("variable \"{var}\"")).unwrap();
+        let block = &variables[start..];
+        let line = block
+            .lines()
+            .find(|l| l.trim_start().starts_with("default"))
+            .unwrap();
+        line.split('=').nth(1).unwrap().trim().parse().unwrap()
+    };
+    // What cutover writes at 0% over records that are weighted already.
+    let settings = cutover_core::plan::DnsSettings {
+        zone: "shop.example".into(),
+        name: "www.shop.example".into(),
+        record_type: cutover_core::plan::RecordKind::Cname,
+        old: vec!["shop.herokudns.com".into()],
+        new: vec!["shop-alb.eu-west-1.elb.amazonaws.com".into()],
+        low_ttl: std::time::Duration::from_secs(60),
+        authoritative: vec![],
+        resolvers: vec![],
+        provider: cutover_core::plan::DnsProviderSettings::Route53 {
+            hosted_zone_id: "Z0123456789ABC".into(),
+            access_key_id: cutover_core::Secret::new("id"),
+            secret_access_key: cutover_core::Secret::new("key"),
+            session_token: None,
+            region: "us-east-1".into(),
+            endpoint: None,
+        },
+    };
+    let sets = ops::split_sets(&settings, 0, true, true).unwrap();
+    for (resource, set, var) in [
+        ("heroku", OLD_SET, "heroku_weight"),
+        ("ecs", NEW_SET, "ecs_weight"),
+    ] {
+        let r = record(resource);
+        assert!(r.contains(&format!("set_identifier = \"{set}\"")), "{r}");
+        assert!(r.contains("type           = \"CNAME\""), "{r}");
+        assert!(
+            r.contains("ignore_changes = [ttl, weighted_routing_policy]"),
+            "{r}"
+        );
+        let cutover = sets
+            .iter()
+            .find(|s| s.weight.as_ref().is_some_and(|(id, _)| id == set))
+            .unwrap();
+        assert_eq!(cutover.weight.as_ref().unwrap().1, default(var), "{set}");
+    }
+}
+
 #[test]
 fn bad_input_is_one_line_and_writes_nothing() {
     let (tmp, dir) = app_copy("node-express");

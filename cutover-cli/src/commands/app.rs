@@ -467,6 +467,10 @@ fn vercel(g: &Global, a: AppVercelArgs) -> anyhow::Result<i32> {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };
+    let proxy = match url_from_env(g, "--proxy-url-env", &a.proxy_url_env) {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
     let ins = inspect_app(
         &a.source.dir,
         a.source.config.as_deref(),
@@ -477,6 +481,8 @@ fn vercel(g: &Global, a: AppVercelArgs) -> anyhow::Result<i32> {
         &vercel::Options {
             pooled_url: pooled,
             direct_url: direct,
+            proxy_url: proxy,
+            after_move: a.after_move,
         },
     )?;
     let out = a.out.clone().unwrap_or_else(|| a.source.dir.clone());

@@ -253,10 +253,14 @@ resource "aws_route53_record" "heroku" {
   type           = "CNAME"
   ttl            = 60
   records        = [var.heroku_target]
-  set_identifier = "heroku"
+  set_identifier = "cutover-old"
 
   weighted_routing_policy {
     weight = var.heroku_weight
+  }
+
+  lifecycle {
+    ignore_changes = [ttl, weighted_routing_policy]
   }
 }
 
@@ -266,9 +270,13 @@ resource "aws_route53_record" "ecs" {
   type           = "CNAME"
   ttl            = 60
   records        = [aws_lb.app.dns_name]
-  set_identifier = "ecs"
+  set_identifier = "cutover-new"
 
   weighted_routing_policy {
     weight = var.ecs_weight
+  }
+
+  lifecycle {
+    ignore_changes = [ttl, weighted_routing_policy]
   }
 }

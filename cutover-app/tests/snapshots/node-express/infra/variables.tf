@@ -46,13 +46,13 @@ variable "heroku_target" {
 }
 
 variable "heroku_weight" {
-  description = "Share of DNS answers for Heroku (0-255)."
+  description = "Share of DNS answers for Heroku (0-255) when the records are made; `cutover dns` and the canary move it after."
   type        = number
   default     = 100
 }
 
 variable "ecs_weight" {
-  description = "Share of DNS answers for ECS (0-255). Raise it step by step."
+  description = "Share of DNS answers for ECS (0-255) when the records are made; `cutover dns` and the canary move it after."
   type        = number
   default     = 0
 }
