@@ -40,7 +40,8 @@ impl Resolver {
 
     /// A new answer: each client moves to it within the TTL.
     pub fn set(&self, base: &str) {
-        self.answer.send_replace(base.trim_end_matches('/').to_string());
+        self.answer
+            .send_replace(base.trim_end_matches('/').to_string());
     }
 
     pub fn current(&self) -> String {
@@ -232,12 +233,12 @@ async fn client(
         let at_ms = now_ms();
         let started = Instant::now();
         tally.sent.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            send(&mut conn, &base, method, &path, body),
-        )
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())));
+        let result =
+            tokio::time::timeout(REQUEST_TIMEOUT, send(&mut conn, &base, method, &path, body))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()))
+                });
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let verdict = match result {
             Ok((status, bytes)) => judge(write, status, &bytes, &tally),
@@ -251,7 +252,10 @@ async fn client(
             tally.failed.fetch_add(1, Ordering::Relaxed);
             let mut f = tally.failures.lock().unwrap();
             if f.len() < KEEP_FAILURES {
-                f.push(format!("{} {base}{path}: {why}", if write { "POST" } else { "GET" }));
+                f.push(format!(
+                    "{} {base}{path}: {why}",
+                    if write { "POST" } else { "GET" }
+                ));
             }
         }
         tally.samples.lock().unwrap().push(Sample {
@@ -268,7 +272,10 @@ fn judge(write: bool, status: u16, body: &[u8], tally: &Tally) -> Result<(), Str
     let expected = if write { 201 } else { 200 };
     if status != expected {
         let text = String::from_utf8_lossy(body);
-        return Err(format!("status {status}: {}", text.chars().take(200).collect::<String>()));
+        return Err(format!(
+            "status {status}: {}",
+            text.chars().take(200).collect::<String>()
+        ));
     }
     if write {
         let id = serde_json::from_slice::<serde_json::Value>(body)

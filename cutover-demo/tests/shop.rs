@@ -88,7 +88,11 @@ async fn a_load_that_cannot_reach_the_app_counts_every_request_as_failed() {
     assert!(report.sent > 0);
     assert_eq!(report.failed, report.sent);
     assert!(report.acknowledged.is_empty());
-    assert!(report.failures[0].contains("connect to"), "{:?}", report.failures);
+    assert!(
+        report.failures[0].contains("connect to"),
+        "{:?}",
+        report.failures
+    );
 }
 
 #[tokio::test]
