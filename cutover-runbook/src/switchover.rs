@@ -853,6 +853,22 @@ async fn preconditions(
                 e.to_side
             )));
         }
+        // A subscription enabled a moment ago (a sync's last step re-enables it) has no apply
+        // worker until the launcher starts one, up to 5 s later: the catch-up inside the pause
+        // would wait for it, and every client with it.
+        let started = Instant::now();
+        while !replication::apply_worker_running(to, e.to_side, &e.old.subscription).await? {
+            if started.elapsed() > WORKER_WAIT {
+                return Err(SwitchError::Refused(format!(
+                    "subscription {} on the {} has no apply worker running after {}s; read the {} server's log (`cutover db status` shows its errors)",
+                    e.old.subscription,
+                    e.to_side,
+                    WORKER_WAIT.as_secs(),
+                    e.to_side
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         let lag = replication::slot_lag(from, e.from_side, &e.old.slot).await?;
         let Some(lag) = lag else {
             return Err(SwitchError::Refused(format!(
@@ -980,6 +996,9 @@ impl cutover_core::engine::Outcome for Pre {
     }
 }
 
+/// How long the preconditions wait for the old direction's apply worker to run.
+const WORKER_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Changes waiting beyond which a trigger-mode switch does not start: the catch-up inside
 /// the pause would be long.
 const MAX_BACKLOG: i64 = 50_000;
@@ -1076,6 +1095,35 @@ async fn subscription_exists(client: &Client, side: Side, name: &str) -> Result<
     Ok(replication::subscription_info(client, side, name)
         .await?
         .is_some())
+}
+
+/// Undoes what a run of `direction` that died before its switch left behind (the fence, a
+/// paused proxy, a half-started reverse direction), when the proxy is still on that run's
+/// old primary. Returns false, having done nothing, when the switch happened.
+pub async fn undo_interrupted(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    admin: &AdminClient,
+    direction: Direction,
+) -> Result<bool, SwitchError> {
+    let e = Ends::of(plan, direction);
+    let status = admin.status().await?;
+    if status.active == e.proxy_to {
+        return Ok(false);
+    }
+    let from = connect(&e.from_url, e.from_side).await?;
+    let to = connect(&e.to_url, e.to_side).await?;
+    recover(
+        steps,
+        &e,
+        &from,
+        &to,
+        admin,
+        direction.name(),
+        status.paused,
+    )
+    .await?;
+    Ok(true)
 }
 
 /// A run that died before the switch (killed, machine lost) can leave the old primary

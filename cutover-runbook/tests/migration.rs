@@ -1,0 +1,330 @@
+//! The whole migration against real servers: two clusters, the shop on each platform, the
+//! proxy, the splitter, and users sending HTTP requests through them the whole time. Every
+//! test ends by checking the users' side: no request failed, no acknowledged order is missing.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cutover_core::journal::Status;
+use cutover_core::plan::Order;
+use cutover_core::Journal;
+use cutover_pg::Side;
+use cutover_proxy::Backend;
+use cutover_runbook::demo::{whole, DemoOptions, Stage, StageOptions};
+use cutover_runbook::migration::{
+    self, Applied, Approval, Event, MigrationError, MigrationState, Phase, RunState,
+};
+use futures_util::future::BoxFuture;
+
+/// Two moves at a time at most: each is two clusters, two apps, a proxy and a splitter, and
+/// the canary's gates judge latencies.
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+fn yes(_q: String) -> BoxFuture<'static, Approval> {
+    Box::pin(async { Approval::Yes })
+}
+
+struct Move {
+    stage: Stage,
+    journal: Journal,
+    events: Mutex<Vec<Event>>,
+}
+
+impl Move {
+    async fn start(options: StageOptions) -> Move {
+        let stage = Stage::start(options).await.expect("the stage starts");
+        let journal = Journal::open(&stage.plan.journal_path()).unwrap();
+        Move {
+            stage,
+            journal,
+            events: Mutex::new(vec![]),
+        }
+    }
+
+    fn record(&self) -> impl Fn(Event) + Send + Sync + '_ {
+        |e| self.events.lock().unwrap().push(e)
+    }
+
+    /// `apply`, with users moving to the new app's address once the canary has promoted (as
+    /// DNS caches expire).
+    async fn apply(&self, until: Option<Phase>) -> Result<Applied, MigrationError> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let record = |e: Event| {
+            self.events.lock().unwrap().push(e.clone());
+            let _ = tx.send(e);
+        };
+        let new_url = self.stage.new_app_url();
+        let options = migration::Options { yes: true, until };
+        let apply = migration::apply(&self.stage.plan, &self.journal, &options, &record, &yes);
+        tokio::pin!(apply);
+        loop {
+            tokio::select! {
+                a = &mut apply => return a,
+                Some(e) = rx.recv() => {
+                    if matches!(&e, Event::StepFinished { step, status: Status::Ok, .. } if step == "traffic.canary") {
+                        self.stage.resolver.set(&new_url);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn rollback(&self) -> Result<migration::RolledBack, MigrationError> {
+        let r = migration::rollback(&self.stage.plan, &self.journal, &self.record()).await;
+        // Users' DNS answers the old platform again.
+        self.stage.resolver.set(&format!(
+            "http://{}",
+            self.stage.splitter.as_ref().unwrap().addr
+        ));
+        r
+    }
+
+    fn state(&self) -> MigrationState {
+        MigrationState::load(&self.journal).unwrap().unwrap()
+    }
+
+    async fn proxy_on(&self) -> Backend {
+        self.stage.proxy.as_ref().unwrap().shared.status().active
+    }
+
+    fn new_percent(&self) -> u8 {
+        self.stage.splitter.as_ref().unwrap().shared.new_percent()
+    }
+
+    /// The old platform serves: its app takes an order, straight, now.
+    async fn old_app_takes_an_order(&self) {
+        let addr = self.stage.old_app.as_ref().unwrap().addr;
+        let (status, _) = cutover_traffic::http::request(
+            hyper::Method::POST,
+            &format!("http://{addr}/orders"),
+            &[("content-type", "application/json".into())],
+            Some(br#"{"customer": 7, "total": "1.00"}"#.to_vec()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status.as_u16(), 201);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_first_moves_everything_under_load_losing_nothing() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let s = whole::run(
+        &DemoOptions {
+            heroku: false,
+            order: Order::TrafficFirst,
+            rate: 40.0,
+        },
+        &|_| {},
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert!(s.clean(), "{s:#?}");
+    assert_eq!(s.requests_failed, 0, "{:?}", s.failures);
+    assert_eq!(s.writes_lost, 0);
+    let phases: Vec<Phase> = s.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::Prepare,
+            Phase::NewApp,
+            Phase::Proxy,
+            Phase::Traffic,
+            Phase::Database,
+            Phase::Done,
+            Phase::Hold,
+            Phase::Finish
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_from_every_phase_puts_users_and_writes_back_losing_nothing() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let m = Move::start(StageOptions::default()).await;
+    let load = m.stage.load(30.0);
+
+    // Nothing has moved after the prepare phase: there is nothing to roll back.
+    let a = m.apply(Some(Phase::Prepare)).await.unwrap();
+    assert_eq!(a.state, RunState::Stopped);
+    let err = m.rollback().await.unwrap_err().to_string();
+    assert!(err.starts_with("nothing to roll back"), "{err}");
+    assert_eq!(m.state().state, RunState::Stopped);
+
+    let mut attempts = 1;
+    for until in [
+        Phase::NewApp,
+        Phase::Database,
+        Phase::Traffic,
+        Phase::Done,
+        Phase::Hold,
+    ] {
+        let a = m.apply(Some(until)).await.unwrap();
+        assert_eq!(a.attempt, attempts, "{until}");
+        assert_eq!(a.state, RunState::Stopped, "{until}: {a:?}");
+        let moved = !matches!(until, Phase::NewApp);
+        match m.rollback().await {
+            Ok(r) => {
+                assert!(moved, "{until}: {r:?}");
+                assert_eq!(m.state().state, RunState::RolledBack);
+                attempts += 1;
+            }
+            Err(e) => {
+                assert!(!moved, "{until}: {e}");
+                assert!(e.to_string().starts_with("nothing to roll back"), "{e}");
+            }
+        }
+        assert_eq!(m.proxy_on().await, Backend::Source, "{until}");
+        assert_eq!(m.new_percent(), 0, "{until}");
+        m.old_app_takes_an_order().await;
+    }
+    // Undone in the order that puts users back first (database-first: traffic, then the
+    // database).
+    let undone: Vec<String> = m
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepFinished { step, .. } if step.starts_with("rollback.") => Some(step.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        &undone[..3],
+        [
+            "rollback.database.switchover",
+            "rollback.traffic.canary",
+            "rollback.database.switchover"
+        ]
+    );
+
+    // And finally the whole move; after `finish` there is nothing to roll back to.
+    let a = m.apply(None).await.unwrap();
+    assert_eq!(a.state, RunState::Finished);
+    let err = m.rollback().await.unwrap_err().to_string();
+    assert!(err.contains("nothing to roll back to"), "{err}");
+
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    let present = m
+        .stage
+        .orders_present(Side::Target, &report.acknowledged)
+        .await
+        .unwrap();
+    assert_eq!(present, report.acknowledged.len() as i64);
+    for secret in m.stage.secrets() {
+        let journal = std::fs::read(m.stage.plan.journal_path()).unwrap();
+        assert!(!String::from_utf8_lossy(&journal).contains(&secret));
+    }
+}
+
+/// Runs `apply` expecting it to stop at `step` with `expect` in its reason, the users and
+/// the database where they were.
+async fn refused_at(m: &Move, step: &str, expect: &str) -> String {
+    let err = m.apply(None).await.unwrap_err().to_string();
+    assert!(err.contains(expect), "{err}");
+    let s = m.state();
+    assert_eq!(s.state, RunState::Failed);
+    assert_eq!(s.step.as_deref(), Some(step));
+    assert!(s.reason.as_deref().unwrap().contains(expect));
+    let status = migration::status(&m.stage.plan, &m.journal)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.step.as_deref(), Some(step));
+    assert!(status.reason.unwrap().contains(expect));
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_synthetic_check_stops_the_run_before_any_user_moves() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let m = Move::start(StageOptions {
+        extra: r#"
+[[new_app.checks]]
+name = "the order total is kept"
+method = "POST"
+path = "/orders"
+body = '{"customer": 2, "total": "5.00"}'
+status = 201
+json = { total = "5.50" }
+"#
+        .into(),
+        ..StageOptions::default()
+    })
+    .await;
+    let err = refused_at(&m, "new_app.checks", "the order total is kept").await;
+    assert!(
+        err.contains("total is \"5.00\" (expected \"5.50\")"),
+        "{err}"
+    );
+    assert!(err.contains("no user was moved"), "{err}");
+    assert_eq!(m.proxy_on().await, Backend::Source);
+    assert_eq!(m.new_percent(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_difference_stops_the_run_before_any_user_moves() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let m = Move::start(StageOptions {
+        shadow_ignore: vec![],
+        ..StageOptions::default()
+    })
+    .await;
+    let err = refused_at(&m, "new_app.shadow", "answers differently").await;
+    assert!(
+        err.contains("GET /orders/1: served_by is \"old\" on the old app, \"new\" on the new"),
+        "{err}"
+    );
+    assert_eq!(m.proxy_on().await, Backend::Source);
+    assert_eq!(m.new_percent(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_gate_sends_users_back_and_stops_the_run() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let m = Move::start(StageOptions {
+        // No answer is that fast: every check fails.
+        traffic_extra: "max_p99 = \"1us\"".into(),
+        ..StageOptions::default()
+    })
+    .await;
+    let load = m.stage.load(30.0);
+    let err = refused_at(&m, "traffic.canary", "the canary rolled back to 0%").await;
+    assert!(err.contains("above traffic.max_p99"), "{err}");
+    assert_eq!(m.new_percent(), 0);
+    // Database-first: the database had moved, and the users are back on the old app.
+    assert_eq!(m.proxy_on().await, Backend::Target);
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_around_the_proxy_blocks_the_database_phase_and_is_named() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let m = Move::start(StageOptions {
+        proxy_wait: "1s",
+        ..StageOptions::default()
+    })
+    .await;
+    let mut direct = m.stage.source.url_as(
+        cutover_runbook::demo::stage::ROLE,
+        Some(m.stage.app_password.clone()),
+        cutover_runbook::demo::stage::DB,
+    );
+    direct.application_name = Some("nightly-report".into());
+    let _rogue = cutover_pg::connect(&direct, Side::Source).await.unwrap();
+    let err = refused_at(&m, "proxy.sessions", "do not come through the proxy").await;
+    assert!(
+        err.contains("user app") && err.contains("(nightly-report)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("point every app's DATABASE_URL at the proxy"),
+        "{err}"
+    );
+    assert_eq!(m.proxy_on().await, Backend::Source);
+}
