@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub const EXIT_CODES: &str = "Exit codes:
-  0  success (check: no problem; db verify: equal)
+  0  success (check: no problem; db verify: equal; apply: done, or stopped where asked)
   1  failure, or blocking problems found (check), or the databases differ (db verify)
   2  check: warnings only
-  64 the command line is wrong";
+  3  apply, finish: stopped before a step that needs a person's yes (run it on a terminal, or with --yes)
+  64 the command line is wrong
+  130 interrupted (Ctrl-C)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,14 +50,29 @@ pub enum Command {
     Init(InitArgs),
     /// Check both databases and report every problem at once, each with its fix.
     Check,
-    /// Show the journal: every run and step, as a timeline.
+    /// Show the whole migration the plan file makes: its phases and steps, what each changes
+    /// and how a rollback undoes it, and what the plan lacks. -o saves it for `apply`.
+    Plan(PlanArgs),
+    /// Run the migration, or go on with it: prepare, new app, proxy, database and traffic,
+    /// done, hold, finish. Asks before each step that changes production; run again after
+    /// any stop or crash, it goes on where it was.
+    Apply(ApplyArgs),
+    /// Where the migration is (phase, step, lag, proxy, traffic, rollback window), then the
+    /// journal: every run and step, as a timeline.
     Status,
+    /// Users and writes back on the old platform, from any phase, losing nothing written on
+    /// the new one. Stops a running `apply` first.
+    Rollback(RollbackArgs),
+    /// After the rollback window: cut the replication, clean up both sides, and write the
+    /// decommission checklist.
+    Finish(FinishArgs),
     /// Database commands: sync, status, verify, cleanup.
     #[command(subcommand)]
     Db(DbCommand),
     /// Run the PG proxy applications connect through (point DATABASE_URL at it).
     Proxy(ProxyArgs),
-    /// Run the whole database move on two local clusters this command starts itself.
+    /// Run the whole move of a small shop between two local platforms this command starts
+    /// itself: apps, proxy, splitter, HTTP load, every phase of the migration.
     Demo(DemoArgs),
     /// The DNS record that moves users: lower-ttl, verify, switch.
     #[command(subcommand)]
@@ -68,6 +85,54 @@ pub enum Command {
     /// environment, generate Terraform (ECS) or Vercel config. Needs no plan file.
     #[command(subcommand)]
     App(AppCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Save the plan (with a fingerprint of the plan file) for `cutover apply FILE`.
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// A plan saved by `cutover plan -o FILE`: refused if the plan file changed since.
+    pub saved: Option<PathBuf>,
+    /// Answer yes to every question (the database switch, moving users, cutting replication).
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Stop after this phase: prepare, new_app, proxy, database, traffic, done, hold.
+    #[arg(long, value_parser = parse_phase)]
+    pub until: Option<cutover_runbook::migration::Phase>,
+    /// Show what would run, as `cutover plan` does; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_phase(s: &str) -> Result<cutover_runbook::migration::Phase, String> {
+    cutover_runbook::migration::Phase::parse(s).ok_or_else(|| {
+        "use one of prepare, new_app, proxy, database, traffic, done, hold, finish".to_string()
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// Do not ask; needed when stdin is not a terminal.
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Show what would be undone, in order; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FinishArgs {
+    /// Finish inside the rollback window (a rollback is impossible after it).
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask; needed when stdin is not a terminal.
+    #[arg(short, long)]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +234,12 @@ pub enum SourceKind {
     Heroku,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DemoOrder {
+    DatabaseFirst,
+    TrafficFirst,
+}
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// What the source is like. "heroku": wal_level=replica and one application role that
@@ -176,12 +247,20 @@ pub struct DemoArgs {
     /// mode and also rolls back, losing nothing.
     #[arg(long, value_enum, default_value_t = SourceKind::Native)]
     pub source_kind: SourceKind,
-    /// pgbench scale of the demo data (100,000 account rows per unit).
+    /// Which moves first: database-first or traffic-first.
+    #[arg(long, value_enum, default_value_t = DemoOrder::DatabaseFirst)]
+    pub order: DemoOrder,
+    /// Only the database move (sync, switchover, verify) under pgbench load, as before the
+    /// whole move existed.
+    #[arg(long)]
+    pub database_only: bool,
+    /// With --database-only: pgbench scale of the demo data (100,000 account rows per unit).
     #[arg(long, default_value_t = 2)]
     pub scale: u32,
-    /// Transactions per second of the write load during the copy.
-    #[arg(long, default_value_t = 100)]
-    pub rate: u32,
+    /// Load: HTTP requests per second from the shop's users (default 40), or with
+    /// --database-only pgbench transactions per second during the copy (default 100).
+    #[arg(long)]
+    pub rate: Option<u32>,
     /// Leave the clusters running at the end and print how to reach them (Ctrl-C stops them).
     #[arg(long)]
     pub keep: bool,
@@ -310,11 +389,19 @@ pub struct AppVercelArgs {
     /// Directory to write vercel.json and vercel-env.json into (default: the app's directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Name of an environment variable holding the pooled database URL (used at runtime).
+    /// Name of an environment variable holding the cutover proxy's URL (with the app's
+    /// password): DATABASE_URL and DATABASE_URL_UNPOOLED while the move runs.
+    #[arg(long)]
+    pub proxy_url_env: Option<String>,
+    /// Write the new database's own URLs: the move is finished (`cutover finish`).
+    #[arg(long)]
+    pub after_move: bool,
+    /// With --after-move: name of an environment variable holding the new database's pooled
+    /// URL (runtime).
     #[arg(long)]
     pub pooled_url_env: Option<String>,
-    /// Name of an environment variable holding the direct database URL (used by migrations;
-    /// for Neon the pooled one is derived from it).
+    /// With --after-move: name of an environment variable holding the new database's direct
+    /// URL (migrations; for Neon the pooled one is derived from it).
     #[arg(long)]
     pub direct_url_env: Option<String>,
     #[command(flatten)]

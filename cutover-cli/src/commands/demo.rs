@@ -1,5 +1,6 @@
-//! `cutover demo`: the whole database move on two local clusters it starts itself, with
-//! writes going on during the copy, and a summary at the end.
+//! `cutover demo`: the whole move of a small shop between two local platforms (the migration
+//! runbook, under HTTP load), or with `--database-only` the database move alone under pgbench
+//! load; a summary at the end either way.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use cutover_pg::local::{ClusterOptions, LocalCluster, WalLevel};
 use cutover_pg::{connect, Side};
 use serde::Serialize;
 
-use crate::cli::{DemoArgs, Global, SourceKind, VerifyArgs};
+use crate::cli::{DemoArgs, DemoOrder, Global, SourceKind, VerifyArgs};
 use crate::output;
 use crate::progress::{step_printer, CopyProgress};
 
@@ -151,6 +152,96 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
+    if !args.database_only {
+        if args.keep {
+            anyhow::bail!(
+                "--keep works with --database-only; the whole move finishes and cleans up"
+            );
+        }
+        return whole(g, &args).await;
+    }
+    database_only(g, args).await
+}
+
+/// The whole move, by the migration runbook.
+async fn whole(g: &Global, args: &DemoArgs) -> anyhow::Result<i32> {
+    use cutover_runbook::demo::{whole, DemoOptions};
+    let options = DemoOptions {
+        heroku: args.source_kind == SourceKind::Heroku,
+        order: match args.order {
+            DemoOrder::DatabaseFirst => cutover_core::plan::Order::DatabaseFirst,
+            DemoOrder::TrafficFirst => cutover_core::plan::Order::TrafficFirst,
+        },
+        rate: args.rate.unwrap_or(40) as f64,
+    };
+    // Progress goes to stderr with --json too: stdout holds the summary alone.
+    let verbose = g.verbose > 0;
+    let events = |e: &cutover_runbook::migration::Event| super::migration::print_event(e, verbose);
+    let note = |text: &str| eprintln!("\n{text}");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let summary = tokio::select! {
+        s = whole::run(&options, &events, &note) => s?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the demo's servers are stopped and removed"),
+        _ = term.recv() => anyhow::bail!("terminated; the demo's servers are stopped and removed"),
+    };
+    if g.json {
+        output::json(&summary)?;
+    } else {
+        print_move(&summary);
+    }
+    Ok(if summary.clean() { 0 } else { 1 })
+}
+
+fn print_move(s: &cutover_runbook::demo::MoveSummary) {
+    let ms = |v: Option<f64>| {
+        v.map(|v| format!("{v:.0} ms"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "cutover demo: the whole move ({} mode, {})",
+        s.mode, s.order
+    );
+    println!(
+        "  requests          {} sent, {} failed ({:.1}/s, through the splitter, then the new app)",
+        s.requests_sent, s.requests_failed, s.requests_per_second
+    );
+    for f in &s.failures {
+        println!("                    {f}");
+    }
+    println!(
+        "  writes            {} acknowledged, {} on the final primary, {} lost",
+        s.writes_acknowledged, s.writes_present, s.writes_lost
+    );
+    println!(
+        "  database switch   longest request in flight {}",
+        ms(s.longest_request_at_switch_ms)
+    );
+    if s.rolled_back_mid_canary {
+        println!(
+            "  rollback          mid-canary, longest request while the database switched back {}; moved again (attempt {})",
+            ms(s.longest_request_at_rollback_ms),
+            s.attempts
+        );
+    }
+    let steps: Vec<String> = s
+        .longest_request_at_canary_steps
+        .iter()
+        .map(|c| format!("{} {}", c.step, ms(c.longest_request_ms)))
+        .collect();
+    println!("  canary steps      longest request: {}", steps.join(", "));
+    println!("  longest request   {}", ms(s.longest_request_ms));
+    let phases: Vec<String> = s
+        .phases
+        .iter()
+        .map(|p| format!("{} {}", p.phase, output::millis(p.ms)))
+        .collect();
+    println!("  phases            {}", phases.join(", "));
+    println!("  total             {}", output::millis(s.total_ms));
+    println!("  checklist         {}", s.checklist);
+}
+
+/// The database move alone, under pgbench load.
+async fn database_only(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
     eprintln!(
         "starting two local PostgreSQL clusters (wal_level=logical on both: the target replicates back after the switch)..."
     );
@@ -314,10 +405,11 @@ async fn migrate(
         proxy.addr, proxy.admin_addr
     );
 
-    let copy_load = start_load(&via_proxy, args.rate, 3600)?;
+    let rate = args.rate.unwrap_or(100);
+    let copy_load = start_load(&via_proxy, rate, 3600)?;
     eprintln!(
         "write load through the proxy ({} transactions/s) during the copy\n",
-        args.rate
+        rate
     );
     let journal = Journal::open(&plan.journal_path())?;
     let run = journal.begin_run("demo: db sync")?;
@@ -408,7 +500,7 @@ async fn migrate(
         plan,
         &admin,
         &via_proxy,
-        args.rate,
+        rate,
         cutover_runbook::Direction::Switchover,
     )
     .await?;
@@ -419,7 +511,7 @@ async fn migrate(
                 plan,
                 &admin,
                 &via_proxy,
-                args.rate,
+                rate,
                 cutover_runbook::Direction::Rollback,
             )
             .await?,

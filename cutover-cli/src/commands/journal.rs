@@ -1,11 +1,95 @@
-//! `cutover status`: the journal as a timeline.
+//! `cutover status`: where the migration is, then the journal as a timeline.
 
 use cutover_core::journal::Status;
+
+use cutover_runbook::migration::{self, MigrationState, StatusView};
 
 use crate::cli::Global;
 use crate::output;
 
-pub fn run(g: &Global) -> anyhow::Result<i32> {
+fn print_migration(s: &MigrationState, v: Option<&StatusView>, unavailable: Option<&str>) {
+    let driven = v
+        .and_then(|v| v.driven_by.clone())
+        .map(|d| format!(" ({d} drives it)"))
+        .unwrap_or_else(|| {
+            if s.state == migration::RunState::Running {
+                " (no command drives it now: `cutover apply` goes on)".into()
+            } else {
+                String::new()
+            }
+        });
+    println!(
+        "migration: attempt {}, {}, {}{driven}",
+        s.attempt,
+        s.order.as_str(),
+        s.state.as_str()
+    );
+    if let Some(step) = &s.step {
+        println!(
+            "  at {step}; {} step(s) done{}",
+            s.done.len(),
+            v.map(|v| format!(" of {}", v.steps_total))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(r) = &s.reason {
+        println!("  {r}");
+    }
+    let Some(v) = v else {
+        if let Some(u) = unavailable {
+            println!("  (the live view needs the plan: {u})");
+        }
+        return;
+    };
+    if let Some(p) = &v.proxy {
+        println!(
+            "  database: the proxy is on the {} (epoch {}, {} session(s), {} server error(s){})",
+            p.active,
+            p.epoch,
+            p.sessions,
+            p.server_errors,
+            if p.paused { ", PAUSED" } else { "" }
+        );
+    }
+    if let Some(l) = &v.lag {
+        let amount = match (l.bytes, l.changes) {
+            (Some(b), _) => output::bytes(b),
+            (None, Some(c)) => format!("{c} change(s)"),
+            (None, None) => "nothing follows".into(),
+        };
+        println!("  replication {}: {amount} behind", l.direction);
+    }
+    if let Some(t) = &v.traffic {
+        println!(
+            "  traffic: {}% of new users to the new app; new app {} over {} request(s); old origin {:.1} requests/s",
+            t.new_percent,
+            t.new_success_rate
+                .map(|r| format!("{r:.2}% successful"))
+                .unwrap_or_else(|| "no answer yet".into()),
+            t.new_requests,
+            t.old_origin_rps
+        );
+        if let Some(c) = &t.canary {
+            println!("  canary: {c}");
+        }
+    }
+    match (&v.rollback_window_ends, v.rollback_window_left_s) {
+        (Some(end), Some(left)) if left > 0 => println!(
+            "  rollback window: {} left (until {end}); `cutover rollback` loses nothing",
+            humantime::format_duration(std::time::Duration::from_secs(left as u64))
+        ),
+        (Some(end), _) if s.state != migration::RunState::Finished => {
+            println!("  rollback window: over since {end}; `cutover finish` cuts the replication")
+        }
+        (None, _) => println!("  rollback window: starts when the move is done"),
+        _ => {}
+    }
+    for u in &v.unavailable {
+        println!("  unavailable: {u}");
+    }
+}
+
+pub async fn run(g: &Global) -> anyhow::Result<i32> {
     let path = cutover_core::plan::journal_path_for(&g.plan);
     if !path.exists() {
         anyhow::bail!(
@@ -15,9 +99,28 @@ pub fn run(g: &Global) -> anyhow::Result<i32> {
     }
     let journal = cutover_core::Journal::open(&path)?;
     let runs = journal.timeline()?;
+    let state = MigrationState::load(&journal)?;
+    // The live view needs the plan (its proxy, splitter and databases); the journal alone
+    // still says where the migration is.
+    let (view, unavailable) = match &state {
+        None => (None, None),
+        Some(_) => match super::load_plan(&g.plan) {
+            Ok(plan) => (migration::status(&plan, &journal).await?, None),
+            Err(e) => (None, Some(format!("{e:#}").replace('\n', "; "))),
+        },
+    };
     if g.json {
-        output::json(&runs)?;
+        output::json(&serde_json::json!({
+            "migration": view,
+            "state": state,
+            "live_view_unavailable": unavailable,
+            "runs": runs,
+        }))?;
         return Ok(0);
+    }
+    if let Some(s) = &state {
+        print_migration(s, view.as_ref(), unavailable.as_deref());
+        println!();
     }
     for run in &runs {
         let outcome = match (&run.outcome, run.ended_ms) {

@@ -8,6 +8,7 @@ mod dns;
 mod follow;
 mod init;
 mod journal;
+mod migration;
 mod proxy;
 mod status;
 mod switchover;
@@ -28,7 +29,11 @@ pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Init(args) => init::run(&g, args),
         Command::Check => check::run(&g).await,
-        Command::Status => journal::run(&g),
+        Command::Plan(args) => migration::plan(&g, args).await,
+        Command::Apply(args) => migration::apply(&g, args).await,
+        Command::Status => journal::run(&g).await,
+        Command::Rollback(args) => migration::rollback(&g, args).await,
+        Command::Finish(args) => migration::finish(&g, args).await,
         Command::Db(DbCommand::Sync(args)) => sync::run(&g, args).await,
         Command::Db(DbCommand::Status(args)) => status::run(&g, args).await,
         Command::Db(DbCommand::Verify(args)) => verify::run(&g, args).await,

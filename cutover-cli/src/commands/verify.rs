@@ -1,7 +1,6 @@
 //! `cutover db verify`: exit 0 when equal, 1 when not.
 
-use cutover_pg::verify::{CatchUp, VerifyEvent, VerifyOptions, VerifyReport};
-use cutover_pg::Side;
+use cutover_pg::verify::VerifyReport;
 
 use crate::cli::{Global, VerifyArgs};
 use crate::output;
@@ -33,90 +32,7 @@ pub async fn verify(
     plan: &cutover_core::Plan,
     args: &VerifyArgs,
 ) -> Result<VerifyReport, cutover_pg::PgError> {
-    let source = cutover_pg::connect(&plan.source.url, Side::Source).await?;
-    let mut tables = cutover_pg::inspect::tables(&source, Side::Source, &plan.sync).await?;
-    if !args.tables.is_empty() {
-        let unknown: Vec<&String> = args
-            .tables
-            .iter()
-            .filter(|a| !tables.iter().any(|t| &t.display() == *a))
-            .collect();
-        if !unknown.is_empty() {
-            let names: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
-            return Err(cutover_pg::PgError::Refused(format!(
-                "--table {} is not among the plan's tables; write it as schema.table",
-                names.join(", ")
-            )));
-        }
-        tables.retain(|t| args.tables.contains(&t.display()));
-    }
-    let options = VerifyOptions {
-        chunk_rows: plan.verify.chunk_rows,
-        parallel: plan.verify.parallel,
-        catch_up_timeout: plan.verify.catch_up_timeout,
-    };
-    let progress = |e: VerifyEvent| {
-        if let VerifyEvent::TableDone { table, equal } = e {
-            tracing::info!(table, equal, "verified");
-        }
-    };
-    if plan.sync.mode == cutover_core::Mode::Trigger {
-        // The link in force says which side is followed: differences are re-checked once
-        // the follower's position covers what the other side had committed.
-        let link = cutover_pg::sync::current_link(plan).await?;
-        let catch_up = CatchUp::TriggerLink(link.name.clone());
-        return cutover_pg::verify::verify(
-            &link.origin,
-            &link.follower,
-            &tables,
-            &options,
-            Some(&catch_up),
-            &progress,
-        )
-        .await;
-    }
-    let slot = plan.sync.slot();
-    let has_slot = source
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| cutover_pg::PgError::sql(Side::Source, "look for the slot", e))?
-        .is_some();
-    // After a switchover the target is the primary and the source follows it through the
-    // reverse slot on the target: compare from the target then.
-    let target = cutover_pg::connect(&plan.target.url, Side::Target).await?;
-    let reverse = plan.sync.reverse_slot();
-    let reversed = !has_slot
-        && target
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&reverse],
-            )
-            .await
-            .map_err(|e| cutover_pg::PgError::sql(Side::Target, "look for the slot", e))?
-            .is_some();
-    let catch_up = if reversed {
-        Some(CatchUp::Slot(reverse))
-    } else {
-        has_slot.then(|| CatchUp::Slot(slot.clone()))
-    };
-    let (writer, follower) = if reversed {
-        tracing::info!("the target is the primary: comparing from it");
-        (&plan.target.url, &plan.source.url)
-    } else {
-        (&plan.source.url, &plan.target.url)
-    };
-    cutover_pg::verify::verify(
-        writer,
-        follower,
-        &tables,
-        &options,
-        catch_up.as_ref(),
-        &progress,
-    )
-    .await
+    cutover_runbook::verify::verify(plan, &args.tables).await
 }
 
 /// A report as the journal records it: one line.
