@@ -186,11 +186,13 @@ async fn a_session_that_bypasses_the_proxy_is_listed_and_nothing_changes() {
         .exec("GRANT ALL ON ALL TABLES IN SCHEMA public TO app")
         .await;
     let _proxy = start_proxy(&env, port).await;
-    let direct = env
+    let mut direct = env
         .pair
         .source
         .cluster
         .url_as("app", Some(pw.clone()), &env.pair.source.db);
+    // An application's session (cutover's own carry application_name "cutover").
+    direct.application_name = Some("rails".into());
     let bypass = connect(&direct, Side::Source).await.unwrap();
     let run = env.run(&["db", "switchover"]);
     assert_eq!(run.code, 1);

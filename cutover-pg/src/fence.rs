@@ -586,6 +586,13 @@ pub struct SessionInfo {
     pub backend_start: String,
 }
 
+/// A session cutover itself opened (its checks, status reads, the trigger-mode applier): the
+/// `application_name` every connection of cutover's carries. It writes no application data
+/// on a primary, so it never counts as an application reaching the database around the proxy.
+pub fn is_cutover_session(s: &SessionInfo) -> bool {
+    s.application_name == "cutover" || s.application_name == crate::trigger::APPLIER_NAME
+}
+
 /// Client sessions on this connection's database other than this connection and
 /// `allowed_pids` (the proxy's). Walsenders, logical replication workers, autovacuum and other
 /// background processes are not client sessions and are never listed.

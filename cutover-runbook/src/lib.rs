@@ -2,6 +2,7 @@
 //! verification from whichever side is the primary, and the whole migration (plan, apply,
 //! status, rollback, finish).
 
+pub mod canary;
 pub mod demo;
 pub mod migration;
 pub mod switchover;

@@ -894,12 +894,13 @@ async fn preconditions(
     }
     // Nobody writes to `from` behind the proxy's back.
     let proxy_pids = status.server_pids(e.proxy_from);
-    // Trigger mode's applier reads the old primary; it is ours, and the fence's
-    // terminations only make it reconnect.
+    // cutover's own sessions (trigger mode's applier reads the old primary, a migration's
+    // checks come and go) are not applications; the fence's terminations only make them
+    // reconnect.
     let others: Vec<_> = fence::other_sessions(from, e.from_side, &proxy_pids)
         .await?
         .into_iter()
-        .filter(|s| !(e.trigger && s.application_name == cutover_pg::trigger::APPLIER_NAME))
+        .filter(|s| !fence::is_cutover_session(s))
         .collect();
     if !others.is_empty() && !options.force {
         let list: Vec<String> = others

@@ -2,8 +2,7 @@
 
 use cutover_core::engine::Steps;
 use cutover_core::plan::{GateSource, WeightsVia};
-use cutover_traffic::canary::gates::{Gates, PrometheusGates, SplitterGates};
-use cutover_traffic::canary::{self, Canary, Control, DnsWeights, Phase, Weights};
+use cutover_traffic::canary::{self, Canary, Control, Phase};
 use cutover_traffic::splitter::{self, admin::AdminClient};
 
 use crate::cli::{Global, TrafficCanaryArgs, TrafficCommand, TrafficServeArgs};
@@ -83,47 +82,19 @@ async fn run_canary(g: &Global, args: TrafficCanaryArgs) -> anyhow::Result<i32> 
         }
         return Ok(0);
     }
-    let admin = AdminClient::new(t.admin_listen, t.admin_token.clone());
-    let gates: Box<dyn Gates> = match &t.metrics {
-        GateSource::Splitter => Box::new(SplitterGates::new(admin.clone())),
-        GateSource::Prometheus {
-            url,
-            success_rate_query,
-            p99_query,
-            requests_query,
-        } => Box::new(PrometheusGates {
-            url: url.clone(),
-            success_rate_query: success_rate_query.clone(),
-            p99_query: p99_query.clone(),
-            requests_query: requests_query.clone(),
-        }),
-    };
+    let gates = cutover_runbook::canary::gates(&plan)?;
+    let mover = cutover_runbook::canary::Mover::of(&plan)?;
     let journal = super::open_journal(&plan)?;
     let run = journal.begin_run("traffic canary")?;
     let steps = Steps::new(&journal, run, &step_printer);
-    let provider;
-    let dns_weights;
-    let weights: &dyn Weights = match t.weights_via {
-        WeightsVia::Splitter => &admin,
-        WeightsVia::Dns => {
-            let settings = plan.dns().map_err(anyhow::Error::msg)?;
-            provider = cutover_traffic::dns::provider(settings)?;
-            dns_weights = DnsWeights {
-                provider: provider.as_ref(),
-                settings,
-                steps: &steps,
-                force: args.force,
-            };
-            &dns_weights
-        }
-    };
+    let weights = mover.weights(&plan, &steps, args.force);
     let report = |line: &str| {
         if !g.json {
             eprintln!("{line}");
         }
     };
     let result = tokio::select! {
-        r = canary::run(&c, weights, gates.as_ref(), &steps, &report) => r,
+        r = canary::run(&c, weights.as_ref(), gates.as_ref(), &steps, &report) => r,
         _ = tokio::signal::ctrl_c() => {
             journal.end_run(run, "interrupted")?;
             eprintln!("interrupted: the weight stays where it is; `cutover traffic canary` resumes where it stopped (a rollback, abort or promotion under way is finished first), `cutover traffic abort` goes back to 0%");

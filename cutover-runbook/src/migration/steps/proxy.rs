@@ -13,11 +13,6 @@ use crate::migration::{MigrationError, Phase};
 
 pub(crate) struct Sessions;
 
-/// cutover's own sessions on the source (its checks, the trigger-mode applier).
-fn ours(s: &fence::SessionInfo) -> bool {
-    s.application_name == "cutover" || s.application_name == cutover_pg::trigger::APPLIER_NAME
-}
-
 impl Step for Sessions {
     fn phase(&self) -> Phase {
         Phase::Proxy
@@ -50,7 +45,7 @@ impl Step for Sessions {
                     fence::other_sessions(&source, Side::Source, &pids)
                         .await?
                         .into_iter()
-                        .filter(|s| !ours(s))
+                        .filter(|s| !fence::is_cutover_session(s))
                         .collect();
                 if others.is_empty() {
                     return Ok(format!(

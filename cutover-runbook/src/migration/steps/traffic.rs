@@ -4,16 +4,23 @@
 use std::time::Duration;
 
 use cutover_core::journal::now_ms;
-use cutover_core::plan::{GateSource, WeightsVia};
+use cutover_core::plan::WeightsVia;
 use cutover_core::Plan;
-use cutover_traffic::canary::gates::{Gates, PrometheusGates, SplitterGates};
-use cutover_traffic::canary::{self, Canary, DnsWeights, Phase as CanaryPhase, Weights};
+use cutover_traffic::canary::{self, Canary, Phase as CanaryPhase};
 
+use crate::canary::{Mover, MoverError};
 use crate::migration::gates::DatabaseGates;
 use crate::migration::step::{Cx, Fut, OnStop, Step};
 use crate::migration::{MigrationError, Phase};
 
 pub(crate) struct CanaryStep;
+
+fn mover_error(e: MoverError) -> MigrationError {
+    match e {
+        MoverError::Plan(p) => MigrationError::Refused(p),
+        MoverError::Dns(d) => MigrationError::Dns(d),
+    }
+}
 
 /// Waits for the TTL planner's safe time before a DNS change; never guessed: without a
 /// recorded plan the change itself refuses.
@@ -36,43 +43,6 @@ async fn wait_safe_time(cx: &Cx<'_>) -> Result<(), MigrationError> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(left.clamp(1, 1000) as u64)).await;
-    }
-}
-
-/// What moves the weight: the splitter, or the DNS provider's weighted records.
-struct Mover {
-    splitter: Option<cutover_traffic::splitter::admin::AdminClient>,
-    dns: Option<Box<dyn cutover_traffic::dns::DnsProvider>>,
-}
-
-impl Mover {
-    fn of(cx: &Cx<'_>) -> Result<Mover, MigrationError> {
-        let t = cx.plan.traffic().map_err(MigrationError::Refused)?;
-        Ok(match t.weights_via {
-            WeightsVia::Splitter => Mover {
-                splitter: cx.splitter(),
-                dns: None,
-            },
-            WeightsVia::Dns => Mover {
-                splitter: None,
-                dns: Some(cutover_traffic::dns::provider(
-                    cx.plan.dns().map_err(MigrationError::Refused)?,
-                )?),
-            },
-        })
-    }
-
-    fn weights<'a>(&'a self, cx: &'a Cx<'a>) -> Box<dyn Weights + 'a> {
-        match (&self.splitter, &self.dns, &cx.plan.dns) {
-            (Some(s), _, _) => Box::new(s.clone()),
-            (None, Some(p), Some(settings)) => Box::new(DnsWeights {
-                provider: p.as_ref(),
-                settings,
-                steps: cx.steps,
-                force: false,
-            }),
-            _ => unreachable!("Mover::of made one of the two"),
-        }
     }
 }
 
@@ -117,26 +87,11 @@ impl Step for CanaryStep {
                 wait_safe_time(cx).await?;
             }
             let c = Canary::from_settings(t);
-            let inner: Box<dyn Gates> = match &t.metrics {
-                GateSource::Splitter => {
-                    Box::new(SplitterGates::new(cx.splitter().expect("[traffic]")))
-                }
-                GateSource::Prometheus {
-                    url,
-                    success_rate_query,
-                    p99_query,
-                    requests_query,
-                } => Box::new(PrometheusGates {
-                    url: url.clone(),
-                    success_rate_query: success_rate_query.clone(),
-                    p99_query: p99_query.clone(),
-                    requests_query: requests_query.clone(),
-                }),
-            };
+            let inner = crate::canary::gates(cx.plan).map_err(mover_error)?;
             let gates = DatabaseGates::new(inner, cx.plan, cx.proxy()?);
             let report = |line: &str| cx.progress(line.trim().to_string());
-            let mover = Mover::of(cx)?;
-            let weights = mover.weights(cx);
+            let mover = Mover::of(cx.plan).map_err(mover_error)?;
+            let weights = mover.weights(cx.plan, cx.steps, false);
             let out = canary::run(&c, weights.as_ref(), &gates, cx.steps, &report).await?;
             let reason = out.reason.clone().unwrap_or_default();
             match out.phase {
@@ -181,8 +136,8 @@ impl Step for CanaryStep {
     }
     fn undo<'a>(&'a self, cx: &'a Cx<'a>) -> Fut<'a, String> {
         Box::pin(async move {
-            let mover = Mover::of(cx)?;
-            let weights = mover.weights(cx);
+            let mover = Mover::of(cx.plan).map_err(mover_error)?;
+            let weights = mover.weights(cx.plan, cx.steps, false);
             let out = canary::abandon(
                 cx.steps,
                 weights.as_ref(),
