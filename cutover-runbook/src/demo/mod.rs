@@ -1,6 +1,8 @@
 //! The demo's moves: the whole move of the shop ([`whole`]) on two local platforms
-//! ([`stage`]), which the migration tests drive the same way.
+//! ([`stage`]), which the migration tests drive the same way, and the database move alone
+//! ([`database`]).
 
+pub mod database;
 pub mod stage;
 pub mod whole;
 

@@ -325,7 +325,7 @@ impl Stage {
     }
 }
 
-fn write_env(path: &Path, env: &BTreeMap<String, String>) -> Result<(), StageError> {
+pub(super) fn write_env(path: &Path, env: &BTreeMap<String, String>) -> Result<(), StageError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let text: String = env

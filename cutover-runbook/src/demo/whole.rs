@@ -35,6 +35,14 @@ pub enum DemoError {
     Migration(#[from] MigrationError),
     #[error(transparent)]
     Journal(#[from] cutover_core::JournalError),
+    #[error(transparent)]
+    Pg(#[from] cutover_pg::PgError),
+    #[error(transparent)]
+    Local(#[from] cutover_pg::local::LocalError),
+    #[error(transparent)]
+    Plan(#[from] cutover_core::PlanError),
+    #[error(transparent)]
+    Switch(#[from] crate::SwitchError),
     #[error("{0}")]
     Failed(String),
 }
