@@ -458,7 +458,7 @@ pub async fn set_start(
 }
 
 /// Whether subscription `name` exists in this database, and if so whether it is enabled.
-pub(crate) async fn subscription_enabled(
+pub async fn subscription_enabled(
     client: &Client,
     side: Side,
     name: &str,

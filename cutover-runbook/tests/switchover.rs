@@ -49,7 +49,7 @@ async fn fixture() -> Fixture {
     let journal = Journal::open(&plan.journal_path()).unwrap();
     let run = journal.begin_run("db sync").unwrap();
     let steps = Steps::new(&journal, run, &|_| {});
-    cutover_pg::sync::sync(&plan, &steps, &|_| {})
+    cutover_runbook::sync::sync(&plan, &steps, &|_| {})
         .await
         .unwrap();
     // pg_dump's copy carries no grants: the platform's roles are set up by hand.

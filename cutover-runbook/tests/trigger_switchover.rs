@@ -78,7 +78,7 @@ async fn trigger_mode_switchover_and_lossless_rollback_from_a_heroku_like_source
     let plan = cutover_core::plan::parse(&text, &dir.path().join("cutover.toml"), &env).unwrap();
     let journal = Journal::open(&plan.journal_path()).unwrap();
     let run = journal.begin_run("db sync").unwrap();
-    cutover_pg::sync::sync(&plan, &Steps::new(&journal, run, &|_| {}), &|_| {})
+    cutover_runbook::sync::sync(&plan, &Steps::new(&journal, run, &|_| {}), &|_| {})
         .await
         .unwrap();
     pair.target

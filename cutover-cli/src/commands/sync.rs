@@ -18,7 +18,7 @@ pub async fn run(g: &Global, args: SyncArgs) -> anyhow::Result<i32> {
     let bars = CopyProgress::new(false);
     let show = |t: &[cutover_pg::sync::TableProgress]| bars.update(t);
     let result = tokio::select! {
-        r = cutover_pg::sync::sync(&plan, &steps, &show) => r,
+        r = cutover_runbook::sync::sync(&plan, &steps, &show) => r,
         _ = tokio::signal::ctrl_c() => {
             bars.finish();
             journal.end_run(run, "interrupted")?;

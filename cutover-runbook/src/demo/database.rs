@@ -342,7 +342,7 @@ async fn migrate(
     let run = journal.begin_run("demo: db sync")?;
     let steps = Steps::new(&journal, run, cx.steps);
     let started = Instant::now();
-    let synced = cutover_pg::sync::sync(plan, &steps, cx.copy).await;
+    let synced = crate::sync::sync(plan, &steps, cx.copy).await;
     (cx.copy_done)();
     journal.end_run(run, if synced.is_ok() { "ok" } else { "failed" })?;
     let mut copy_load = copy_load;

@@ -223,7 +223,7 @@ impl Step for Sync {
                     all / (1024 * 1024)
                 ));
             };
-            let s = cutover_pg::sync::sync(cx.plan, cx.steps, &progress).await?;
+            let s = crate::sync::sync(cx.plan, cx.steps, &progress).await?;
             cx.follower.start();
             Ok(format!(
                 "{} tables, ~{} rows, {} bytes{}; changes are followed",

@@ -1,0 +1,159 @@
+//! The schema's three parts as journaled steps: pre-data before the copy, the keys before
+//! anything is applied, the rest after the copy.
+
+use cutover_core::engine::Steps;
+use cutover_core::Plan;
+use cutover_pg::inspect::Table;
+use cutover_pg::schema;
+use cutover_pg::sync::*;
+use cutover_pg::{PgError, Side};
+use tokio_postgres::Client;
+
+pub(super) async fn schema_pre_data(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    target: &Client,
+    tables: &[Table],
+    dump: &schema::SchemaDump,
+) -> Result<(), PgError> {
+    if !plan.sync.copy_schema {
+        steps.skip("schema.pre_data", "sync.copy_schema = false")?;
+        return Ok(());
+    }
+    let present = schema::tables_present(target, tables).await?;
+    if present == tables.len() {
+        steps.skip(
+            "schema.pre_data",
+            "every table already exists on the target",
+        )?;
+    } else if present > 0 {
+        return Err(PgError::Refused(format!(
+            "{present} of the {} tables already exist on the target, the others do not; drop them on the target, or create them all and set sync.copy_schema = false",
+            tables.len()
+        )));
+    } else {
+        restore_step(
+            plan,
+            steps,
+            "schema.pre_data",
+            "restore types, tables and functions on the target",
+            dump,
+            &dump.pre_data,
+            dump.counts.0,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Primary keys and replica identity indexes: before the subscription applies anything.
+pub(super) async fn schema_keys(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    source: &Client,
+    target: &Client,
+    tables: &[Table],
+    dump: &schema::SchemaDump,
+) -> Result<(), PgError> {
+    if !plan.sync.copy_schema {
+        steps.skip("schema.keys", "sync.copy_schema = false")?;
+        return Ok(());
+    }
+    let (src_keys, ..) = schema::object_counts(source, Side::Source, tables).await?;
+    let (dst_keys, ..) = schema::object_counts(target, Side::Target, tables).await?;
+    if dst_keys >= src_keys {
+        steps.skip("schema.keys", "primary keys already in place")?;
+        return Ok(());
+    }
+    restore_step(
+        plan,
+        steps,
+        "schema.keys",
+        "create primary keys and replica identity indexes",
+        dump,
+        &dump.keys,
+        dump.counts.1,
+    )
+    .await
+}
+
+pub(super) async fn schema_after_copy(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    source: &Client,
+    target: &Client,
+    tables: &[Table],
+    dump: &schema::SchemaDump,
+) -> Result<(), PgError> {
+    if !plan.sync.copy_schema {
+        steps.skip("schema.post_data", "sync.copy_schema = false")?;
+        return Ok(());
+    }
+    let (_, si, sc, st) = schema::object_counts(source, Side::Source, tables).await?;
+    let (_, ti, tc, tt) = schema::object_counts(target, Side::Target, tables).await?;
+    // Restored in one transaction: when an earlier run tried it and every object is there, it landed.
+    let tried = steps.journal().last("schema.post_data")?.is_some();
+    if dump.counts.2 == 0 || (tried && ti >= si && tc >= sc && tt >= st) {
+        steps.skip(
+            "schema.post_data",
+            "indexes, constraints and triggers already in place",
+        )?;
+        return Ok(());
+    }
+    // The restore is one transaction that locks tables in its own order (an index on one
+    // table, then a foreign key across two), while the subscription's transactions lock them
+    // in theirs: each can end up waiting for the other, and PostgreSQL then ends one of them
+    // as a deadlock (seen under load). So the subscription is paused for the restore, and
+    // its apply worker gone before it starts; the slot keeps every change meanwhile, and the
+    // subscription starts again after it whatever the outcome. A run killed in between
+    // leaves it paused; the next `db sync` enables it (see `ensure_subscription`).
+    let sub = plan.sync.subscription();
+    let paused = cutover_pg::replication::subscription_enabled(target, Side::Target, &sub).await?
+        == Some(true);
+    if paused {
+        cutover_pg::replication::set_enabled(target, Side::Target, &sub, false).await?;
+        if let Err(e) = wait_no_worker(target, &sub).await {
+            let _ = cutover_pg::replication::set_enabled(target, Side::Target, &sub, true).await;
+            return Err(e);
+        }
+    }
+    let restored = restore_step(
+        plan,
+        steps,
+        "schema.post_data",
+        "create indexes, constraints and triggers on the target",
+        dump,
+        &dump.post_data,
+        dump.counts.2,
+    )
+    .await;
+    if paused {
+        let resumed = cutover_pg::replication::set_enabled(target, Side::Target, &sub, true).await;
+        restored?;
+        resumed?;
+        // `db sync` returns once changes are followed again: the launcher starts the apply
+        // worker of a subscription enabled again within `wal_retrieve_retry_interval`.
+        wait_streaming(plan, source, target).await?;
+        return Ok(());
+    }
+    restored
+}
+
+/// Restores one part of the schema as a journaled step.
+pub(super) async fn restore_step(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    step: &str,
+    intent: &str,
+    dump: &schema::SchemaDump,
+    part: &std::path::Path,
+    entries: usize,
+) -> Result<(), PgError> {
+    steps
+        .run(step, intent, || async {
+            schema::restore(dump, part, &plan.target.url).await?;
+            Ok::<_, PgError>(format!("{entries} entries"))
+        })
+        .await
+        .map(|_| ())
+}
