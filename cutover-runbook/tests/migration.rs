@@ -328,3 +328,70 @@ async fn a_session_around_the_proxy_blocks_the_database_phase_and_is_named() {
     );
     assert_eq!(m.proxy_on().await, Backend::Source);
 }
+
+/// With [dns] the move lowers the TTL first, waits out the old one, switches the record after
+/// the canary, and a rollback points it back: against a real BIND, by RFC 2136 with TSIG.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_is_lowered_first_switched_after_the_canary_and_rolled_back_on_bind() {
+    use cutover_core::plan::RecordKind;
+    use cutover_testkit::bind::{Bind, KEY_NAME, KEY_SECRET, ZONE};
+    let _slot = SLOTS.acquire().await.unwrap();
+    let bind = Bind::start_with_ttl(2).await;
+    let name = format!("www.{ZONE}");
+    let m = Move::start(StageOptions {
+        extra: format!(
+            r#"
+[dns]
+provider = "rfc2136"
+zone = "{ZONE}"
+name = "{name}"
+record_type = "A"
+old = ["192.0.2.10"]
+new = ["198.51.100.20"]
+low_ttl = "1s"
+
+[dns.rfc2136]
+server = "{}"
+key_name = "{KEY_NAME}"
+secret = "${{CUTOVER_TEST_TSIG}}"
+"#,
+            bind.addr
+        ),
+        extra_env: vec![("CUTOVER_TEST_TSIG".into(), KEY_SECRET.into())],
+        ..StageOptions::default()
+    })
+    .await;
+    let answer = || async {
+        cutover_traffic::dns::query::ask(bind.addr, &name, RecordKind::A)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let load = m.stage.load(20.0);
+    let a = m.apply(Some(Phase::Traffic)).await.unwrap();
+    assert_eq!(a.state, RunState::Stopped, "{a:?}");
+    let now = answer().await;
+    assert_eq!(
+        (now.values, now.ttl),
+        (vec!["198.51.100.20".to_string()], 1)
+    );
+    let steps: Vec<String> = m
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepFinished { step, .. } => Some(step.clone()),
+            _ => None,
+        })
+        .collect();
+    let at = |s: &str| steps.iter().position(|x| x == s).unwrap();
+    assert!(at("prepare.lower_ttl") < at("prepare.sync"));
+    assert!(at("traffic.canary") < at("traffic.dns"));
+
+    m.rollback().await.unwrap();
+    assert_eq!(answer().await.values, vec!["192.0.2.10".to_string()]);
+    assert_eq!(m.proxy_on().await, Backend::Source);
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+}

@@ -9,6 +9,8 @@ use cutover_pg::local::{ClusterOptions, LocalCluster, WalLevel};
 use cutover_pg::{connect, Side};
 use tokio_postgres::Client;
 
+pub mod bind;
+
 pub use cutover_pg::local;
 
 /// One database on a cluster of its own.

@@ -4,10 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::bind::{Bind, KEY_NAME, KEY_SECRET, ZONE};
 use cutover_core::engine::Steps;
 use cutover_core::plan::{DnsProviderSettings, DnsSettings, RecordKind};
 use cutover_core::{Journal, Secret};
+use cutover_testkit::bind::{Bind, KEY_NAME, KEY_SECRET, ZONE};
 use cutover_traffic::dns::rfc2136::Rfc2136;
 use cutover_traffic::dns::{ops, query, DnsError, DnsProvider, RecordSet};
 

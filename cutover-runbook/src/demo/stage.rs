@@ -36,6 +36,8 @@ pub struct StageOptions {
     pub traffic_extra: String,
     /// Extra plan text (a test's own sections), appended as written.
     pub extra: String,
+    /// Variables the extra text refers to.
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Default for StageOptions {
@@ -52,6 +54,7 @@ impl Default for StageOptions {
             shadow_ignore: vec!["served_by"],
             traffic_extra: String::new(),
             extra: String::new(),
+            extra_env: vec![],
         }
     }
 }
@@ -109,41 +112,50 @@ fn url_text(c: &ConnString, password: &str) -> String {
     )
 }
 
+/// Two clusters, a Heroku-like source when `heroku` (`wal_level = replica`), each with the
+/// application's role (one password, not a superuser) owning the shop's database.
+pub(super) async fn platforms(
+    heroku: bool,
+) -> Result<(LocalCluster, LocalCluster, Secret), StageError> {
+    let (source, target) = tokio::join!(
+        LocalCluster::start(ClusterOptions {
+            wal_level: if heroku {
+                WalLevel::Replica
+            } else {
+                WalLevel::Logical
+            },
+            ..Default::default()
+        }),
+        LocalCluster::start(ClusterOptions {
+            wal_level: WalLevel::Logical,
+            ..Default::default()
+        })
+    );
+    let (source, target) = (source?, target?);
+    let app_password = Secret::new(random_password());
+    for (c, side) in [(&source, Side::Source), (&target, Side::Target)] {
+        let admin = connect(&c.url("postgres"), side).await?;
+        for sql in [
+            format!(
+                "CREATE ROLE {ROLE} LOGIN PASSWORD {}",
+                cutover_pg::literal(app_password.expose())
+            ),
+            format!("CREATE DATABASE {DB} OWNER {ROLE}"),
+        ] {
+            admin
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| PgError::sql(side, "prepare the shop's database", e))?;
+        }
+    }
+    Ok((source, target, app_password))
+}
+
 impl Stage {
     /// Starts both clusters, loads the shop on the old one, writes the plan, and starts the
     /// proxy, both apps and the splitter.
     pub async fn start(options: StageOptions) -> Result<Stage, StageError> {
-        let (source, target) = tokio::join!(
-            LocalCluster::start(ClusterOptions {
-                wal_level: if options.heroku {
-                    WalLevel::Replica
-                } else {
-                    WalLevel::Logical
-                },
-                ..Default::default()
-            }),
-            LocalCluster::start(ClusterOptions {
-                wal_level: WalLevel::Logical,
-                ..Default::default()
-            })
-        );
-        let (source, target) = (source?, target?);
-        let app_password = Secret::new(random_password());
-        for (c, side) in [(&source, Side::Source), (&target, Side::Target)] {
-            let admin = connect(&c.url("postgres"), side).await?;
-            for sql in [
-                format!(
-                    "CREATE ROLE {ROLE} LOGIN PASSWORD {}",
-                    cutover_pg::literal(app_password.expose())
-                ),
-                format!("CREATE DATABASE {DB} OWNER {ROLE}"),
-            ] {
-                admin
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| PgError::sql(side, "prepare the shop's database", e))?;
-            }
-        }
+        let (source, target, app_password) = platforms(options.heroku).await?;
         // The old platform: the shop's tables, made by the application's role as Heroku's
         // would be.
         let app_source = source.url_as(ROLE, Some(app_password.clone()), DB);
@@ -212,6 +224,7 @@ impl Stage {
         );
         env.insert("CUTOVER_DEMO_ADMIN_TOKEN".to_string(), random_password());
         env.insert("CUTOVER_DEMO_TRAFFIC_TOKEN".to_string(), random_password());
+        env.extend(options.extra_env.iter().cloned());
         let text = plan_text(
             &options,
             proxy_port,

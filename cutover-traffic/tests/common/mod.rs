@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod bind;
 pub mod prometheus;
 #[cfg(feature = "route53")]
 pub mod route53;
