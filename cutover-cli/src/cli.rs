@@ -130,6 +130,9 @@ pub struct FinishArgs {
     /// Finish inside the rollback window (a rollback is impossible after it).
     #[arg(long)]
     pub force: bool,
+    /// Show what finish would do, and whether the window allows it now; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Do not ask; needed when stdin is not a terminal.
     #[arg(short, long)]
     pub yes: bool,

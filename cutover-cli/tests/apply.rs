@@ -280,6 +280,16 @@ async fn plan_apply_status_and_finish_refuse_bad_input_with_one_line() {
         line.starts_with("error: the rollback window ends at") && line.contains("pass --force"),
         "{line}"
     );
+    let r = run(&stage, &["finish", "--dry-run"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("finish.cleanup: cut the replication")
+            && r.stdout
+                .contains("finish refuses before then without --force")
+            && r.stdout.contains("nothing was changed (dry run)"),
+        "{}",
+        r.stdout
+    );
     let r = run(&stage, &["status"]).await;
     assert!(r.stdout.contains("rollback window: 59m"), "{}", r.stdout);
     assert!(

@@ -586,6 +586,23 @@ pub struct SessionInfo {
     pub backend_start: String,
 }
 
+impl SessionInfo {
+    /// "pid 123 user app from 10.0.0.5 (rails)", as lists of sessions name them.
+    pub fn describe(&self) -> String {
+        format!(
+            "pid {} user {} from {} ({})",
+            self.pid,
+            self.user,
+            self.client_addr.as_deref().unwrap_or("local socket"),
+            if self.application_name.is_empty() {
+                "no application_name"
+            } else {
+                &self.application_name
+            }
+        )
+    }
+}
+
 /// A session cutover itself opened (its checks, status reads, the trigger-mode applier): the
 /// `application_name` every connection of cutover's carries. It writes no application data
 /// on a primary, so it never counts as an application reaching the database around the proxy.

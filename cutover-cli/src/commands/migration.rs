@@ -304,6 +304,43 @@ pub async fn rollback(g: &Global, args: RollbackArgs) -> anyhow::Result<i32> {
 pub async fn finish(g: &Global, args: FinishArgs) -> anyhow::Result<i32> {
     let plan = super::load_plan(&g.plan)?;
     let journal = super::open_journal(&plan)?;
+    if args.dry_run {
+        let steps: Vec<_> = Runbook::of(&plan)
+            .describe(&plan)
+            .into_iter()
+            .filter(|s| s.phase == migration::Phase::Finish)
+            .collect();
+        let state = MigrationState::load(&journal)?;
+        let window = state.as_ref().and_then(|s| s.done_ms).map(|done| {
+            let ends = done + plan.migration.hold.as_millis() as i64;
+            (
+                output::timestamp(ends),
+                ends <= cutover_core::journal::now_ms(),
+            )
+        });
+        if g.json {
+            output::json(&serde_json::json!({
+                "dry_run": true,
+                "steps": steps,
+                "rollback_window_ends": window.as_ref().map(|w| &w.0),
+                "window_over": window.as_ref().map(|w| w.1),
+            }))?;
+        } else {
+            println!("finish would:");
+            for s in &steps {
+                println!("  {}: {} (changes: {})", s.step, s.does, s.changes);
+            }
+            match window {
+                Some((end, true)) => println!("the rollback window ended at {end}"),
+                Some((end, false)) => {
+                    println!("the rollback window ends at {end}: finish refuses before then without --force")
+                }
+                None => println!("the move is not done yet: finish refuses until it is"),
+            }
+            println!("nothing was changed (dry run)");
+        }
+        return Ok(0);
+    }
     let events = printer(g.json, g.verbose > 0);
     let ask = approver();
     let applied = migration::finish(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cutover_core::engine::{StepEvent, Steps};
 use cutover_core::{ConnString, Journal, Plan, Secret};
 use cutover_demo::SHOP_SCHEMA;
-use cutover_pg::local::{ClusterOptions, LocalCluster, WalLevel};
+use cutover_pg::local::LocalCluster;
 use cutover_pg::sync::TableProgress;
 use cutover_pg::verify::VerifyReport;
 use cutover_pg::{connect, Side};
@@ -201,43 +201,12 @@ pub async fn run(
     if heroku {
         (cx.note)("the source is Heroku-like: wal_level=replica, and cutover uses only the application's role, which owns the tables (no superuser, no replication)");
     }
-    let (source, target) = tokio::join!(
-        LocalCluster::start(ClusterOptions {
-            wal_level: if heroku {
-                WalLevel::Replica
-            } else {
-                WalLevel::Logical
-            },
-            ..Default::default()
-        }),
-        LocalCluster::start(ClusterOptions {
-            wal_level: WalLevel::Logical,
-            ..Default::default()
-        })
-    );
-    let (source, target) = (source?, target?);
-    // The application's role, on both platforms, with one password; not a superuser.
-    let app_pw = cutover_core::Secret::new(cutover_pg::local::random_password());
+    let (source, target, app_pw) = super::stage::platforms(heroku).await?;
     (cx.secrets)(vec![
         source.password().clone(),
         target.password().clone(),
         app_pw.clone(),
     ]);
-    for (c, side) in [(&source, Side::Source), (&target, Side::Target)] {
-        let admin = connect(&c.url("postgres"), side).await?;
-        for sql in [
-            format!(
-                "CREATE ROLE app LOGIN PASSWORD {}",
-                cutover_pg::literal(app_pw.expose())
-            ),
-            "CREATE DATABASE shop OWNER app".to_string(),
-        ] {
-            admin
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| cutover_pg::PgError::sql(side, "prepare the demo database", e))?;
-        }
-    }
     let (src_url, dst_url) = (source.url("shop"), target.url("shop"));
     let app_src = source.url_as("app", Some(app_pw.clone()), "shop");
     (cx.note)(&format!("source {src_url}\ntarget {dst_url}"));

@@ -5,14 +5,14 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cutover_core::engine::{StepEvent, Steps};
+use cutover_core::engine::StepEvent;
 use cutover_core::{Journal, Plan};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use super::events::Event;
-use super::follower::Follower;
 use super::lock::Lock;
+use super::run::Run;
 use super::runbook::Runbook;
 use super::state::{self, MigrationState, RunState};
 use super::step::{Cx, OnStop, Step};
@@ -75,7 +75,7 @@ pub async fn apply(
                 .into(),
         ));
     }
-    let mut state = match MigrationState::load(journal)? {
+    let state = match MigrationState::load(journal)? {
         None => MigrationState::new(1, plan.migration.order),
         Some(s) if s.state == RunState::RolledBack => {
             MigrationState::new(s.attempt + 1, plan.migration.order)
@@ -116,33 +116,18 @@ pub async fn apply(
             s
         }
     };
-    state.save(journal)?;
-    events(Event::Started {
-        command: "apply",
-        attempt: state.attempt,
-        order: state.order.as_str(),
-        done: state.done.len(),
-    });
-    let state = Mutex::new(state);
-    let run = journal.begin_run("apply")?;
-    let current = Mutex::new((Phase::Prepare, String::new()));
-    let observer = observer(events, &current);
-    let steps = Steps::new(journal, run, &observer);
-    let follower = Follower::new(plan);
-    let cx = Cx {
-        plan,
-        steps: &steps,
-        events,
-        state: &state,
-        follower: &follower,
-        current: &current,
-    };
-    if state.lock().unwrap().is_done("prepare.sync") {
-        follower.start();
+    let done = state.done.len();
+    let sync_done = state.is_done("prepare.sync");
+    let run = Run::begin(plan, journal, events, "apply", state, done)?;
+    let watch = run.observer();
+    let steps = run.steps(&watch);
+    let cx = run.cx(&steps);
+    if sync_done {
+        run.follower.start();
     }
     let result = drive(&cx, &runbook, |_| true, options, approve).await;
-    follower.stop().await;
-    finish_run(&cx, "apply", run, result)
+    run.follower.stop().await;
+    finish_run(&cx, "apply", run.id, result)
 }
 
 /// Turns the journal's step events into the migration's: the runbook's own steps, and the

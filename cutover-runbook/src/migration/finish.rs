@@ -1,18 +1,15 @@
 //! `cutover finish`: after the rollback window, the finish phase on its own (replication cut,
 //! both sides cleaned up, the decommission checklist), when `apply` did not run it.
 
-use std::sync::Mutex;
-
 use cutover_core::journal::now_ms;
 use cutover_core::{Journal, Plan};
 
-use super::apply::{drive, finish_run, observer, Applied, Approver, Options};
+use super::apply::{drive, finish_run, Applied, Approver, Options};
 use super::events::Event;
-use super::follower::Follower;
 use super::lock::Lock;
+use super::run::Run;
 use super::runbook::Runbook;
 use super::state::{DoneStep, MigrationState, RunState};
-use super::step::Cx;
 use super::{MigrationError, Phase};
 
 #[derive(Clone, Debug, Default)]
@@ -84,27 +81,11 @@ pub async fn finish(
         });
     }
     s.state = RunState::Running;
-    s.save(journal)?;
-    events(Event::Started {
-        command: "finish",
-        attempt: s.attempt,
-        order: s.order.as_str(),
-        done: s.done.len(),
-    });
-    let state = Mutex::new(s);
-    let run = journal.begin_run("finish")?;
-    let current = Mutex::new((Phase::Finish, String::new()));
-    let watch = observer(events, &current);
-    let steps = cutover_core::engine::Steps::new(journal, run, &watch);
-    let follower = Follower::new(plan);
-    let cx = Cx {
-        plan,
-        steps: &steps,
-        events,
-        state: &state,
-        follower: &follower,
-        current: &current,
-    };
+    let done = s.done.len();
+    let run = Run::begin(plan, journal, events, "finish", s, done)?;
+    let watch = run.observer();
+    let steps = run.steps(&watch);
+    let cx = run.cx(&steps);
     let result = drive(
         &cx,
         &runbook,
@@ -116,7 +97,7 @@ pub async fn finish(
         approve,
     )
     .await;
-    finish_run(&cx, "finish", run, result)
+    finish_run(&cx, "finish", run.id, result)
 }
 
 pub(crate) fn rfc3339(ms: i64) -> String {

@@ -37,6 +37,7 @@ mod gates;
 mod lag;
 mod lock;
 mod rollback;
+mod run;
 mod runbook;
 mod state;
 mod status;

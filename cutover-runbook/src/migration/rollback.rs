@@ -9,21 +9,19 @@
 //! the reverse replication that has followed the new primary since the switch. A rollback
 //! killed half-way is finished by running it again: each undo is idempotent and recorded.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use cutover_core::journal::now_ms;
 use cutover_core::{Journal, Plan};
 use serde::Serialize;
 
-use super::apply::{finish_run, observer, Applied};
+use super::apply::{finish_run, Applied};
 use super::events::Event;
-use super::follower::Follower;
 use super::lock::Lock;
+use super::run::Run;
 use super::runbook::Runbook;
 use super::state::{self, MigrationState, RunState};
-use super::step::Cx;
-use super::{MigrationError, Phase};
+use super::MigrationError;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RolledBack {
@@ -98,29 +96,14 @@ pub async fn rollback(
     let undo = to_undo(&s);
     s.state = RunState::RollingBack;
     s.reason = None;
-    s.save(journal)?;
-    events(Event::Started {
-        command: "rollback",
-        attempt: s.attempt,
-        order: s.order.as_str(),
-        done: s.undone.len(),
-    });
-    let state = Mutex::new(s);
-    let run = journal.begin_run("rollback")?;
-    let current = Mutex::new((Phase::Prepare, String::new()));
-    let watch = observer(events, &current);
-    let steps = cutover_core::engine::Steps::new(journal, run, &watch);
-    let follower = Follower::new(plan);
+    let done = s.undone.len();
+    let run = Run::begin(plan, journal, events, "rollback", s, done)?;
+    let watch = run.observer();
+    let steps = run.steps(&watch);
+    let cx = run.cx(&steps);
     // Trigger mode: the direction the database goes back on is applied while we work.
-    follower.start();
-    let cx = Cx {
-        plan,
-        steps: &steps,
-        events,
-        state: &state,
-        follower: &follower,
-        current: &current,
-    };
+    run.follower.start();
+    let state = &run.state;
     let result = async {
         let mut undone = vec![];
         for name in undo.iter().rev() {
@@ -149,7 +132,7 @@ pub async fn rollback(
         Ok::<_, MigrationError>(undone)
     }
     .await;
-    follower.stop().await;
+    run.follower.stop().await;
     let undone = match &result {
         Ok(u) => u.clone(),
         Err(_) => vec![],
@@ -171,7 +154,7 @@ pub async fn rollback(
         ));
         let _ = s.save(journal);
         drop(s);
-        journal.end_run(run, "failed")?;
+        journal.end_run(run.id, "failed")?;
         events(Event::Ended {
             command: "rollback",
             state: RunState::RollingBack,
@@ -181,6 +164,6 @@ pub async fn rollback(
         });
         return Err(applied.unwrap_err());
     }
-    finish_run(&cx, "rollback", run, applied)?;
+    finish_run(&cx, "rollback", run.id, applied)?;
     Ok(RolledBack { attempt, undone })
 }

@@ -406,22 +406,7 @@ impl<'a> Switch<'a> {
             .filter(|s| !fence::is_cutover_session(s))
             .collect();
         if !others.is_empty() && !self.options.force {
-            let list: Vec<String> = others
-                .iter()
-                .map(|s| {
-                    format!(
-                        "pid {} user {} from {} ({})",
-                        s.pid,
-                        s.user,
-                        s.client_addr.as_deref().unwrap_or("local socket"),
-                        if s.application_name.is_empty() {
-                            "no application_name"
-                        } else {
-                            &s.application_name
-                        }
-                    )
-                })
-                .collect();
+            let list: Vec<String> = others.iter().map(|s| s.describe()).collect();
             return Err(SwitchError::Refused(format!(
                 "{} sessions on the {} do not go through the proxy: {}; point them at the proxy, or pass --force to end them at the fence",
                 others.len(),

@@ -55,19 +55,7 @@ impl Step for Sessions {
                 }
                 let list = others
                     .iter()
-                    .map(|s| {
-                        format!(
-                            "pid {} user {} from {} ({})",
-                            s.pid,
-                            s.user,
-                            s.client_addr.as_deref().unwrap_or("local socket"),
-                            if s.application_name.is_empty() {
-                                "no application_name"
-                            } else {
-                                &s.application_name
-                            }
-                        )
-                    })
+                    .map(|s| s.describe())
                     .collect::<Vec<_>>()
                     .join("; ");
                 if started.elapsed() >= cx.plan.migration.proxy_wait {
