@@ -2,10 +2,8 @@
 //! runs of this attempt did, asking a person before the steps that change production, and
 //! stopping when a rollback asks.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use cutover_core::engine::StepEvent;
 use cutover_core::{Journal, Plan};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -128,58 +126,6 @@ pub async fn apply(
     let result = drive(&cx, &runbook, |_| true, options, approve).await;
     run.follower.stop().await;
     finish_run(&cx, "apply", run.id, result)
-}
-
-/// Turns the journal's step events into the migration's: the runbook's own steps, and the
-/// steps of the procedures they call as details.
-pub(crate) fn observer<'a>(
-    events: &'a (dyn Fn(Event) + Send + Sync),
-    current: &'a Mutex<(Phase, String)>,
-) -> impl Fn(&StepEvent<'_>) + Send + Sync + 'a {
-    move |e: &StepEvent<'_>| {
-        let (phase, outer) = current.lock().unwrap().clone();
-        let event = match e {
-            StepEvent::Started { step, intent } if *step == outer => Event::StepStarted {
-                phase,
-                step: step.to_string(),
-                intent: intent.to_string(),
-            },
-            StepEvent::Finished {
-                step,
-                status,
-                duration,
-                outcome,
-            } if *step == outer => Event::StepFinished {
-                phase,
-                step: step.to_string(),
-                status: *status,
-                duration_ms: duration.as_millis() as u64,
-                outcome: outcome.to_string(),
-            },
-            StepEvent::Started { step, intent } => Event::Detail {
-                phase,
-                step: outer,
-                detail: step.to_string(),
-                status: None,
-                duration_ms: None,
-                text: intent.to_string(),
-            },
-            StepEvent::Finished {
-                step,
-                status,
-                duration,
-                outcome,
-            } => Event::Detail {
-                phase,
-                step: outer,
-                detail: step.to_string(),
-                status: Some(*status),
-                duration_ms: Some(duration.as_millis() as u64),
-                text: outcome.to_string(),
-            },
-        };
-        events(event);
-    }
 }
 
 /// Runs the runbook's steps that `wanted` selects, in order, from where this attempt is.

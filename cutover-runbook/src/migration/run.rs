@@ -8,7 +8,6 @@ use cutover_core::engine::{StepEvent, Steps};
 use cutover_core::journal::RunId;
 use cutover_core::{Journal, Plan};
 
-use super::apply::observer;
 use super::events::Event;
 use super::follower::Follower;
 use super::state::MigrationState;
@@ -74,5 +73,57 @@ impl<'a> Run<'a> {
             follower: &self.follower,
             current: &self.current,
         }
+    }
+}
+
+/// Turns the journal's step events into the migration's: the runbook's own steps, and the
+/// steps of the procedures they call as details.
+fn observer<'a>(
+    events: &'a (dyn Fn(Event) + Send + Sync),
+    current: &'a Mutex<(Phase, String)>,
+) -> impl Fn(&StepEvent<'_>) + Send + Sync + 'a {
+    move |e: &StepEvent<'_>| {
+        let (phase, outer) = current.lock().unwrap().clone();
+        let event = match e {
+            StepEvent::Started { step, intent } if *step == outer => Event::StepStarted {
+                phase,
+                step: step.to_string(),
+                intent: intent.to_string(),
+            },
+            StepEvent::Finished {
+                step,
+                status,
+                duration,
+                outcome,
+            } if *step == outer => Event::StepFinished {
+                phase,
+                step: step.to_string(),
+                status: *status,
+                duration_ms: duration.as_millis() as u64,
+                outcome: outcome.to_string(),
+            },
+            StepEvent::Started { step, intent } => Event::Detail {
+                phase,
+                step: outer,
+                detail: step.to_string(),
+                status: None,
+                duration_ms: None,
+                text: intent.to_string(),
+            },
+            StepEvent::Finished {
+                step,
+                status,
+                duration,
+                outcome,
+            } => Event::Detail {
+                phase,
+                step: outer,
+                detail: step.to_string(),
+                status: Some(*status),
+                duration_ms: Some(duration.as_millis() as u64),
+                text: outcome.to_string(),
+            },
+        };
+        events(event);
     }
 }
