@@ -227,3 +227,79 @@ fn proxy_without_a_proxy_section_says_how_to_add_one() {
         assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_leaves_on_sigterm_as_a_load_balancer_expects() {
+    let mut env = Env::native().await;
+    let pw = env.pair.app_role("app").await;
+    let (port, _) = with_proxy(&mut env, pw.expose());
+    let health = free_port();
+    let plan = std::fs::read_to_string(env.plan()).unwrap().replace(
+        "\n[proxy]\nlisten",
+        &format!(
+            "\n[proxy]\nhealth_listen = \"127.0.0.1:{health}\"\nshutdown_timeout = \"20s\"\nlisten"
+        ),
+    );
+    std::fs::write(env.plan(), plan).unwrap();
+    let child = env
+        .command(&["proxy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let health: std::net::SocketAddr = format!("127.0.0.1:{health}").parse().unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if cutover_testkit::http_get(health, "/ready")
+            .await
+            .map(|r| r.0)
+            == Ok(200)
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the proxy answers /ready");
+    let url = cutover_testkit::via_proxy(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "app",
+        &pw,
+        &env.pair.source.db,
+    );
+    let c = connect(&url, Side::Source).await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    let (_, metrics) = cutover_testkit::http_get(health, "/metrics").await.unwrap();
+    assert_eq!(
+        cutover_testkit::metric(&metrics, "cutover_proxy_sessions"),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let run = common::to_run(out);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains(&format!("/ready and /metrics on {health}")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("stopped: 1 sessions closed at a transaction boundary, 0 cut"),
+        "{}",
+        run.stderr
+    );
+    assert!(c.simple_query("SELECT 1").await.is_err());
+    env.assert_no_secret(&run.stdout);
+    env.assert_no_secret(&run.stderr);
+}

@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod auth;
 pub mod codec;
+mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 mod session;
@@ -15,5 +17,5 @@ pub mod state;
 pub mod tls;
 
 pub use admin::AdminClient;
-pub use proxy::{start, Config, Running, Status, SwitchReport};
+pub use proxy::{start, Config, Running, Shutdown, Status, SwitchReport};
 pub use state::Backend;

@@ -36,6 +36,9 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Where the active backend is kept.
     pub state_path: PathBuf,
+    /// Where `/live`, `/ready` and `/metrics` are served (no token: nothing there changes
+    /// anything); None serves none.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -60,6 +63,7 @@ impl Config {
             target: plan.target.url.clone(),
             tls,
             state_path: plan.proxy_state_path(),
+            health_listen: p.health_listen,
         })
     }
 
@@ -84,6 +88,11 @@ pub struct Gate {
     /// A switch to this backend is coming: sessions log in to it ahead of the pause, so
     /// the expensive part of a move (the login) is not paid while clients wait.
     pub prepare: Option<Backend>,
+    /// The proxy is shutting down: every session ends at its next idle point (never inside
+    /// a transaction), telling its client to connect again.
+    pub closing: bool,
+    /// The shutdown's drain time is over: sessions still there end now, wherever they are.
+    pub cut: bool,
 }
 
 /// A session as the admin API shows it.
@@ -224,6 +233,9 @@ pub struct Shared {
     switching: tokio::sync::Mutex<()>,
     /// SCRAM keys per user, derived once (4096 rounds of HMAC) and reused by every login.
     scram: Mutex<HashMap<String, crate::auth::ScramSecret>>,
+    pub metrics: crate::metrics::Metrics,
+    /// Takes new sessions (false while it drains, for `/ready`).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -234,6 +246,8 @@ impl Shared {
             active: durable.active,
             epoch: durable.epoch,
             prepare: None,
+            closing: false,
+            cut: false,
         });
         Ok(Arc::new(Shared {
             config,
@@ -246,6 +260,8 @@ impl Shared {
             errors: Mutex::new(ErrorStats::default()),
             switching: tokio::sync::Mutex::new(()),
             scram: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::Metrics::new(),
+            ready: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -264,12 +280,16 @@ impl Shared {
         });
         self.sessions.lock().unwrap().insert(id, cell.clone());
         self.cancel_keys.lock().unwrap().insert(cancel, id);
+        self.metrics.sessions.inc();
+        self.metrics.sessions_opened.inc();
         self.changed.notify_waiters();
         cell
     }
 
     pub(crate) fn unregister(&self, id: u64, cancel: (i32, i32)) {
-        self.sessions.lock().unwrap().remove(&id);
+        if self.sessions.lock().unwrap().remove(&id).is_some() {
+            self.metrics.sessions.dec();
+        }
         self.cancel_keys.lock().unwrap().remove(&cancel);
         self.changed.notify_waiters();
     }
@@ -292,13 +312,16 @@ impl Shared {
         let mut e = self.errors.lock().unwrap();
         if login {
             e.server_logins_failed += 1;
+            self.metrics.error(crate::metrics::ErrorKind::ServerLogin);
         } else {
             e.server_errors += 1;
+            self.metrics.error(crate::metrics::ErrorKind::Server);
         }
     }
 
     pub(crate) fn record_hold(&self, waited: Duration) {
         let ms = waited.as_secs_f64() * 1000.0;
+        self.metrics.hold_seconds.observe(waited.as_secs_f64());
         let mut p = self.pause.lock().unwrap();
         p.holds += 1;
         p.longest_hold_ms = p.longest_hold_ms.max(ms);
@@ -344,6 +367,37 @@ impl Shared {
         }
     }
 
+    /// Whether the proxy takes new sessions.
+    pub fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The metrics as Prometheus reads them.
+    pub fn prometheus(&self) -> String {
+        let g = self.gate();
+        self.metrics
+            .render(g.active, g.epoch, g.paused, self.ready())
+    }
+
+    /// Client sessions now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().unwrap().len()
+    }
+
+    /// Waits until no session is left, or `timeout`; returns how many are left.
+    pub async fn wait_sessions_gone(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let n = self.session_count();
+            if n == 0 || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.session_count();
+            }
+        }
+    }
+
     /// Holds every session at its next transaction boundary.
     pub fn pause(&self) {
         let mut changed = false;
@@ -353,6 +407,7 @@ impl Shared {
             changed
         });
         if changed {
+            self.metrics.pauses.inc();
             let mut p = self.pause.lock().unwrap();
             p.pauses += 1;
             p.last_pause_longest_hold_ms = 0.0;
@@ -419,7 +474,9 @@ impl Shared {
     fn pause_ended(&self) {
         let mut p = self.pause.lock().unwrap();
         if let Some(at) = p.paused_at.take() {
-            p.last_pause_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
+            let took = at.elapsed().as_secs_f64();
+            self.metrics.pause_seconds.observe(took);
+            p.last_pause_ms = Some(took * 1000.0);
         }
     }
 
@@ -517,14 +574,32 @@ pub struct SwitchReport {
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Where `/live`, `/ready` and `/metrics` are served, when they are.
+    pub health_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
+    /// Ends the accept loop only.
+    accepting: tokio_util::sync::CancellationToken,
     stop: tokio_util::sync::CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How a shutdown went.
+#[derive(Clone, Debug, Serialize)]
+pub struct Shutdown {
+    /// Sessions when the shutdown began.
+    pub sessions: usize,
+    /// Sessions that ended at a transaction boundary (their clients were told to connect
+    /// again) or by themselves, within the drain time.
+    pub closed: usize,
+    /// Sessions still inside a transaction when the drain time ran out: their connections
+    /// were cut and the database rolled those transactions back.
+    pub cut: usize,
 }
 
 impl Running {
     /// Stops accepting; sessions in progress end with their clients.
     pub async fn stop(self) {
+        self.accepting.cancel();
         self.stop.cancel();
         for t in self.tasks {
             let _ = t.await;
@@ -534,6 +609,36 @@ impl Running {
     /// Waits until [`Running::stop`] or a fatal listener error.
     pub fn stopper(&self) -> tokio_util::sync::CancellationToken {
         self.stop.clone()
+    }
+
+    /// Leaves as a load balancer expects: `/ready` answers 503 and no session is accepted
+    /// any more; each session ends at its next transaction boundary, its client told to
+    /// connect again (a pool then reaches another instance); a session still inside a
+    /// transaction after `drain` is cut.
+    pub async fn shutdown(self, drain: Duration) -> Shutdown {
+        self.shared
+            .ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.accepting.cancel();
+        let sessions = self.shared.session_count();
+        self.shared.gate.send_modify(|g| g.closing = true);
+        let left = self.shared.wait_sessions_gone(drain).await;
+        if left > 0 {
+            self.shared.gate.send_modify(|g| g.cut = true);
+            let still = self.shared.wait_sessions_gone(Duration::from_secs(5)).await;
+            if still > 0 {
+                tracing::warn!("{still} sessions did not end after being cut");
+            }
+        }
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        Shutdown {
+            sessions,
+            closed: sessions.saturating_sub(left),
+            cut: left,
+        }
     }
 }
 
@@ -554,15 +659,26 @@ pub async fn start(config: Config) -> Result<Running, String> {
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+    let health = match config.health_listen {
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
+            format!("cannot listen on {a} for /ready, /live and /metrics: {e}; pick another proxy.health_listen")
+        })?),
+        None => None,
+    };
+    let health_addr = match &health {
+        Some(h) => Some(h.local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
     let shared = Shared::new(config)?;
     let stop = tokio_util::sync::CancellationToken::new();
+    let accepting = stop.child_token();
     let accept = {
         let shared = shared.clone();
-        let stop = stop.clone();
+        let accepting = accepting.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => break,
+                    _ = accepting.cancelled() => break,
                     r = listener.accept() => match r {
                         Ok((tcp, peer)) => {
                             tokio::spawn(crate::session::serve(shared.clone(), tcp, peer));
@@ -581,12 +697,22 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let stop = stop.clone();
         tokio::spawn(async move { crate::admin::serve(shared, admin, stop).await })
     };
+    let mut tasks = vec![accept, admin_task];
+    if let Some(h) = health {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::health::serve(shared, h, stop).await
+        }));
+    }
     Ok(Running {
         addr,
         admin_addr,
+        health_addr,
         shared,
+        accepting,
         stop,
-        tasks: vec![accept, admin_task],
+        tasks,
     })
 }
 

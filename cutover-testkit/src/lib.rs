@@ -166,6 +166,7 @@ impl Pair {
             target: self.target.url(),
             tls: None,
             state_path: dir.join("cutover.proxy.json"),
+            health_listen: Some(any),
         }
     }
 }
@@ -219,4 +220,36 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// `GET path` on `addr` over plain HTTP/1.0: the status and the body. Errors (nothing
+/// listening, a cut connection) come back as text.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP answer: {text:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line: {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// The value of one sample (`name` with its labels, as written) in Prometheus text.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok()).flatten()
+    })
 }

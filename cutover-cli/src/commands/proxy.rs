@@ -1,9 +1,11 @@
-//! `cutover proxy`: runs the PG proxy until SIGINT or SIGTERM.
+//! `cutover proxy`: runs the PG proxy until SIGINT or SIGTERM, then leaves as a load balancer
+//! expects (see `Running::shutdown`).
 
 use crate::cli::{Global, ProxyArgs};
 
 pub async fn run(g: &Global, args: ProxyArgs) -> anyhow::Result<i32> {
     let plan = super::load_plan(&g.plan)?;
+    let drain = plan.proxy().map_err(anyhow::Error::msg)?.shutdown_timeout;
     let mut config = cutover_proxy::Config::from_plan(&plan).map_err(anyhow::Error::msg)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -16,12 +18,17 @@ pub async fn run(g: &Global, args: ProxyArgs) -> anyhow::Result<i32> {
         crate::output::json(&serde_json::json!({
             "listen": running.addr,
             "admin": running.admin_addr,
+            "health": running.health_addr,
             "active": gate.active,
             "epoch": gate.epoch,
         }))?;
     } else {
+        let health = match running.health_addr {
+            Some(a) => format!(", /ready and /metrics on {a}"),
+            None => String::new(),
+        };
         println!(
-            "proxy listening on {} (admin API on {}), sending sessions to the {}",
+            "proxy listening on {} (admin API on {}{health}), sending sessions to the {}",
             running.addr, running.admin_addr, gate.active
         );
     }
@@ -30,7 +37,19 @@ pub async fn run(g: &Global, args: ProxyArgs) -> anyhow::Result<i32> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    eprintln!("stopping: no new sessions; sessions in progress end with their clients");
-    running.stop().await;
+    let sessions = running.shared.session_count();
+    eprintln!(
+        "stopping: not ready, no new sessions; {sessions} sessions end at their next transaction boundary (at most {})",
+        humantime::format_duration(drain)
+    );
+    let done = running.shutdown(drain).await;
+    if g.json {
+        crate::output::json(&serde_json::json!({ "shutdown": done }))?;
+    } else {
+        eprintln!(
+            "stopped: {} sessions closed at a transaction boundary, {} cut inside a transaction",
+            done.closed, done.cut
+        );
+    }
     Ok(0)
 }

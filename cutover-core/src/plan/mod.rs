@@ -289,8 +289,6 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     })
 }
 
-/// Replaces each `${NAME}` with the variable's value; names every missing one.
-
 impl RawPlan {
     /// Checks every value and reports every problem at once.
     pub fn validate(self, text: &str, path: &Path, env: &dyn Env) -> Result<Plan, PlanError> {

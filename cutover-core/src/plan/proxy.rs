@@ -23,6 +23,14 @@ pub struct RawProxy {
     pub admin_listen: Spanned<String>,
     /// Bearer token of the admin API, by reference: "${CUTOVER_ADMIN_TOKEN}".
     pub admin_token: Spanned<String>,
+    /// `/live`, `/ready` and `/metrics` (Prometheus) for a load balancer and a scraper, e.g.
+    /// "0.0.0.0:9187". They read but never change anything. Default: none.
+    #[serde(default)]
+    pub health_listen: Option<Spanned<String>>,
+    /// On SIGTERM, how long sessions may take to end by themselves (idle ones are told to
+    /// reconnect; one in a transaction may finish it) before they are cut. Default: "30s".
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     /// Certificate chain (PEM) offered to clients that ask for TLS. With `tls_key`.
     #[serde(default)]
     pub tls_cert: Option<Spanned<String>>,
@@ -108,6 +116,9 @@ pub struct ProxySettings {
     pub listen: std::net::SocketAddr,
     pub admin_listen: std::net::SocketAddr,
     pub admin_token: crate::secret::Secret,
+    pub health_listen: Option<std::net::SocketAddr>,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub users: Vec<ProxyUser>,
@@ -163,6 +174,10 @@ pub(super) fn proxy_settings(
         }
     }
     let admin_token = secret(c, "proxy.admin_token", &p.admin_token, env);
+    let health_listen = p
+        .health_listen
+        .as_ref()
+        .map(|h| addr(c, "proxy.health_listen", h));
     let path = |v: &Option<Spanned<String>>| v.as_ref().map(|s| PathBuf::from(s.get_ref()));
     if p.tls_cert.is_some() != p.tls_key.is_some() {
         let span = p
@@ -237,6 +252,8 @@ pub(super) fn proxy_settings(
         listen: listen?,
         admin_listen: admin_listen?,
         admin_token: admin_token?,
+        health_listen: health_listen.flatten(),
+        shutdown_timeout: p.shutdown_timeout,
         tls_cert: path(&p.tls_cert),
         tls_key: path(&p.tls_key),
         users,

@@ -68,6 +68,10 @@ catch_up_timeout = "30s"
 # listen = "127.0.0.1:6432"
 # admin_listen = "127.0.0.1:6433"
 # admin_token = "${{CUTOVER_ADMIN_TOKEN}}"
+# /live, /ready and /metrics for a load balancer and Prometheus:
+# health_listen = "0.0.0.0:9187"
+# On SIGTERM: how long sessions may take to end before they are cut.
+# shutdown_timeout = "30s"
 # tls_cert = "proxy.crt"
 # tls_key = "proxy.key"
 #

@@ -118,6 +118,8 @@ fn a_proxy_section_is_checked_whole() {
     let plan = parse(good, Path::new("p.toml"), &e).unwrap();
     let p = plan.proxy().unwrap();
     assert_eq!(p.listen.port(), 6432);
+    assert_eq!(p.health_listen, None);
+    assert_eq!(p.shutdown_timeout, std::time::Duration::from_secs(30));
     assert_eq!(p.user("app").unwrap().auth, ClientAuth::ScramSha256);
     assert_eq!(plan.proxy_state_path(), Path::new("p.proxy.json"));
     let json = serde_json::to_string(&plan).unwrap();
@@ -129,10 +131,17 @@ fn a_proxy_section_is_checked_whole() {
 
     let bad = "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${DST}\"\n\
                [proxy]\nadmin_listen = \"0.0.0.0:6433\"\nadmin_token = \"inline\"\n\
+               health_listen = \"everywhere\"\n\
                [[proxy.users]]\nname = \"app\"\nauth = \"kerberos\"\n";
     let err = parse(bad, Path::new("p.toml"), &e).unwrap_err();
     let text = err.to_string();
-    for want in ["loopback", "inline", "kerberos", "no password"] {
+    for want in [
+        "loopback",
+        "inline",
+        "kerberos",
+        "no password",
+        "proxy.health_listen: \"everywhere\" is not an address",
+    ] {
         assert!(text.contains(want), "{want}: {text}");
     }
     let none = parse(

@@ -245,6 +245,29 @@ impl Session {
         loop {
             let gate = *self.gate_rx.borrow_and_update();
             let idle = self.flow.idle() && self.to_server.is_empty();
+            if gate.cut {
+                let mut out = std::mem::take(&mut self.to_client);
+                codec::error_response(
+                    &mut out,
+                    "FATAL",
+                    "57P01",
+                    "the cutover proxy is shutting down and this transaction outlasted proxy.shutdown_timeout; it was rolled back, connect again",
+                );
+                let _ = self.client_wr.write_all(&out).await;
+                return Ok(());
+            }
+            if idle && gate.closing && self.cbuf.is_empty() {
+                // The proxy is going away: at an idle point, never inside a transaction.
+                let mut out = std::mem::take(&mut self.to_client);
+                codec::error_response(
+                    &mut out,
+                    "FATAL",
+                    "57P01",
+                    "the cutover proxy is shutting down; connect again (the load balancer sends you to another instance)",
+                );
+                self.client_wr.write_all(&out).await?;
+                return Ok(());
+            }
             if idle && gate.epoch != self.epoch {
                 self.migrate(gate).await?;
                 continue;
@@ -301,10 +324,13 @@ impl Session {
                     }
                 }
                 r = self.client_rd.read_buf(&mut self.cbuf), if read_client => {
-                    if r? == 0 { return Ok(()); }
+                    let n = r?;
+                    if n == 0 { return Ok(()); }
+                    self.shared.metrics.client_bytes.inc_by(n as u64);
                 }
                 r = server.rd.read_buf(&mut server.buf), if read_server => {
                     let n = r.map_err(ServerError::from)?;
+                    self.shared.metrics.server_bytes.inc_by(n as u64);
                     let closed = n == 0;
                     self.forward_server()?;
                     if closed {
@@ -384,6 +410,9 @@ impl Session {
             if frame.tag == b'Z' {
                 self.flow.pending = self.flow.pending.saturating_sub(1);
                 self.flow.tx = frame.body().first().copied().unwrap_or(b'I');
+                if self.flow.tx == b'I' {
+                    self.shared.metrics.transactions.inc();
+                }
             } else if frame.tag == b'S' {
                 if let Ok(Backend::ParameterStatus { name, value }) = codec::parse_backend(&frame) {
                     remember(&mut self.reported, name, value);

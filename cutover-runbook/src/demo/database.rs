@@ -106,9 +106,6 @@ pub struct SwitchFigures {
 
 /// Starts the write load through the proxy: pgbench's TPC-B-like transactions at `rate`
 /// per second, for `seconds`.
-
-/// Starts the write load through the proxy: pgbench's TPC-B-like transactions at `rate`
-/// per second, for `seconds`.
 fn start_load(
     url: &ConnString,
     rate: u32,

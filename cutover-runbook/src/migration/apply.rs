@@ -156,13 +156,13 @@ pub(crate) async fn drive(
         }
         if let Some(u) = options.until {
             if index(phase) > index(u) {
-                return Ok(stop(
+                return stop(
                     cx,
                     Some(phase),
                     Some(&name),
                     format!("stopped after the {u} phase, as asked (--until {u})"),
                     false,
-                )?);
+                );
             }
         }
         if let Some(question) = step.approval(cx.plan) {
@@ -187,7 +187,7 @@ pub(crate) async fn drive(
                     Approval::No => format!("stopped before {name}: the answer to \"{question}\" was no; `cutover apply` asks again"),
                     _ => format!("waiting for a person before {name} ({question}); run `cutover apply` on a terminal, or `cutover apply --yes`"),
                 };
-                return Ok(stop(cx, Some(phase), Some(&name), why, true)?);
+                return stop(cx, Some(phase), Some(&name), why, true);
             }
         }
         if state::stop_requested(cx.journal())? {
