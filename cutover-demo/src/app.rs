@@ -139,6 +139,14 @@ fn answer(shop: &Shop, status: StatusCode, body: serde_json::Value) -> Response 
     r
 }
 
+/// A database error with the server's message and code ("db error" alone says nothing).
+fn pg_error(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {} ({})", d.severity(), d.message(), d.code().code()),
+        None => e.to_string(),
+    }
+}
+
 fn failed(shop: &Shop, e: impl std::fmt::Display) -> Response {
     answer(
         shop,
@@ -153,7 +161,7 @@ async fn health(State(shop): State<Arc<Shop>>) -> Response {
         client
             .query_one("SELECT 1", &[])
             .await
-            .map_err(|e| e.to_string())
+            .map_err(pg_error)
     }
     .await;
     match result {
@@ -197,11 +205,11 @@ async fn create(State(shop): State<Arc<Shop>>, Json(order): Json<NewOrder>) -> R
                  SELECT {ORDER_COLUMNS} FROM o JOIN c ON c.id = o.customer"
             ))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(pg_error)?;
         client
             .query_opt(&stmt, &[&order.customer.to_string(), &order.total])
             .await
-            .map_err(|e| e.to_string())
+            .map_err(pg_error)
     }
     .await;
     match result {
@@ -223,11 +231,11 @@ async fn read(State(shop): State<Arc<Shop>>, Path(id): Path<i64>) -> Response {
                 "SELECT {ORDER_COLUMNS} FROM shop.orders o JOIN shop.\"Customers\" c ON c.id = o.customer WHERE o.id = $1"
             ))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(pg_error)?;
         client
             .query_opt(&stmt, &[&id])
             .await
-            .map_err(|e| e.to_string())
+            .map_err(pg_error)
     }
     .await;
     match result {
@@ -256,11 +264,11 @@ async fn list(State(shop): State<Arc<Shop>>, Query(q): Query<ListQuery>) -> Resp
                   ORDER BY o.id LIMIT $1"
             ))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(pg_error)?;
         client
             .query(&stmt, &[&limit])
             .await
-            .map_err(|e| e.to_string())
+            .map_err(pg_error)
     }
     .await;
     match result {

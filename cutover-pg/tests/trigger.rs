@@ -329,3 +329,68 @@ async fn the_applier_recovers_from_source_and_target_restarts() {
         "it noticed the restarts"
     );
 }
+
+/// The capture is installed on a database in production, and installed again when a move
+/// starts over after a rollback, while the application's writes already go through it: it
+/// never waits for an application transaction (a lock on the log held while it waits for a
+/// table is how the two deadlock), and a table whose triggers are missing gets them once
+/// the transaction that holds it lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installing_the_capture_again_under_application_writes_waits_for_nothing() {
+    let s = setup().await;
+    initial_copy(&s).await;
+    let app = connect(&s.owner_source, Side::Source).await.unwrap();
+    app.batch_execute("BEGIN; INSERT INTO scratch VALUES ('open', 1)")
+        .await
+        .unwrap();
+    let installer = connect(&s.owner_source, Side::Source).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        trigger::install_capture(&installer, Side::Source, &s.tables, &[]),
+    )
+    .await
+    .expect("a second install waits for no application transaction")
+    .unwrap();
+    // The same transaction goes on writing through the capture, and commits.
+    app.batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 1; COMMIT")
+        .await
+        .unwrap();
+
+    // A table without its triggers, written by an open transaction: the install waits for
+    // it, without holding the log or any other table meanwhile.
+    s.pair
+        .source
+        .exec("DROP TRIGGER cutover_capture ON scratch; DROP TRIGGER cutover_capture_truncate ON scratch")
+        .await;
+    app.batch_execute("BEGIN; INSERT INTO accounts VALUES (100001, 5, 'held')")
+        .await
+        .unwrap();
+    app.batch_execute("UPDATE scratch SET v = v + 1 WHERE k = 'k1'")
+        .await
+        .unwrap();
+    let tables = s.tables.clone();
+    let owner = s.owner_source.clone();
+    let install = tokio::spawn(async move {
+        let c = connect(&owner, Side::Source).await.unwrap();
+        trigger::install_capture(&c, Side::Source, &tables, &[]).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Other writers pass while it waits, on every table but the one it waits for.
+    let other = connect(&s.owner_source, Side::Source).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        other.batch_execute("INSERT INTO moves (account, amount) VALUES (2, 7)"),
+    )
+    .await
+    .expect("writes to other tables are not held up")
+    .unwrap();
+    app.batch_execute("COMMIT").await.unwrap();
+    install.await.unwrap().unwrap();
+    let armed = s
+        .pair
+        .source
+        .value("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'scratch'::regclass AND tgname LIKE 'cutover_capture%'")
+        .await
+        .unwrap();
+    assert_eq!(armed, "2");
+}

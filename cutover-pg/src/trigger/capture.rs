@@ -55,6 +55,12 @@ pub fn refuse_keyless(
 
 /// Installs the log and the triggers on `tables`. Idempotent. Tables in
 /// `whole_row_tables` without a primary key log whole rows as their key.
+///
+/// The origin is in production while this runs, and on a second run its writes already go
+/// through the capture. So no step holds a lock on one table while it waits for another:
+/// the log is made without locking it when it exists, the functions lock no table, and each
+/// table's triggers are made in a transaction of their own ([`lock_each`]), skipped when
+/// they are already there and enabled.
 pub async fn install_capture(
     client: &Client,
     side: Side,
@@ -62,8 +68,13 @@ pub async fn install_capture(
     whole_row_tables: &[(String, String)],
 ) -> Result<(), PgError> {
     refuse_keyless(tables, whole_row_tables)?;
-    let mut sql = String::from("BEGIN;");
-    sql.push_str(SCHEMA_DDL);
+    client
+        .batch_execute(SCHEMA_DDL)
+        .await
+        .map_err(|e| install_error(side, e))?;
+    let armed = armed_tables(client, side).await?;
+    let mut functions = String::new();
+    let mut triggers = Vec::new();
     for t in tables {
         let f = function_name(t);
         let tbl = literal(&t.display());
@@ -88,7 +99,7 @@ pub async fn install_capture(
             new_key = "to_jsonb(NEW)".into();
             old_key = "to_jsonb(OLD)".into();
         }
-        sql.push_str(&format!(
+        functions.push_str(&format!(
             "CREATE OR REPLACE FUNCTION cutover.{f}() RETURNS trigger
                LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
              BEGIN
@@ -105,24 +116,108 @@ pub async fn install_capture(
                  INSERT INTO cutover.changes (tbl, op) VALUES ({tbl}, 'T');
                END IF;
                RETURN NULL;
-             END $fn$;
-             CREATE OR REPLACE TRIGGER cutover_capture AFTER INSERT OR UPDATE OR DELETE ON {q}
-               FOR EACH ROW EXECUTE FUNCTION cutover.{f}();
-             CREATE OR REPLACE TRIGGER cutover_capture_truncate AFTER TRUNCATE ON {q}
-               FOR EACH STATEMENT EXECUTE FUNCTION cutover.{f}();",
-            q = t.qualified()
+             END $fn$;"
         ));
-    }
-    sql.push_str("COMMIT;");
-    client.batch_execute(&sql).await.map_err(|e| {
-        let err = PgError::sql(side, "install the change capture", e);
-        match &err {
-            PgError::Sql { code: Some(c), message, .. } if c == "42501" => PgError::Refused(format!(
-                "the {side} role may not install the change capture ({message}); trigger mode needs a role that owns the tables and may CREATE in the database"
-            )),
-            _ => err,
+        if !armed.contains(&(t.schema.clone(), t.name.clone())) {
+            triggers.push((
+                t.display(),
+                format!(
+                    "CREATE OR REPLACE TRIGGER cutover_capture AFTER INSERT OR UPDATE OR DELETE ON {q}
+                       FOR EACH ROW EXECUTE FUNCTION cutover.{f}();
+                     CREATE OR REPLACE TRIGGER cutover_capture_truncate AFTER TRUNCATE ON {q}
+                       FOR EACH STATEMENT EXECUTE FUNCTION cutover.{f}();",
+                    q = t.qualified()
+                ),
+            ));
         }
-    })
+    }
+    client
+        .batch_execute(&format!("BEGIN;{functions}COMMIT;"))
+        .await
+        .map_err(|e| install_error(side, e))?;
+    lock_each(client, side, "install the change capture", &triggers)
+        .await
+        .map_err(|e| not_permitted(side, e))
+}
+
+/// The tables whose two capture triggers exist and fire, as (schema, name).
+async fn armed_tables(
+    client: &Client,
+    side: Side,
+) -> Result<std::collections::HashSet<(String, String)>, PgError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text
+               FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE g.tgname IN ('cutover_capture', 'cutover_capture_truncate')
+                AND NOT g.tgisinternal AND g.tgenabled = 'O'
+              GROUP BY 1, 2 HAVING count(*) = 2",
+            &[],
+        )
+        .await
+        .ctx(side, "look for the capture triggers")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// How long one table's DDL waits for its lock before it lets the application's writes
+/// pass and tries again, and how many times it tries.
+const LOCK_WAIT: &str = "2s";
+const LOCK_TRIES: u32 = 15;
+
+/// Runs each `(table, sql)` in a transaction of its own that waits at most [`LOCK_WAIT`]
+/// for its lock. A waiting lock holds up every later write to its table, so a lock not
+/// granted in time (or a deadlock) rolls back, lets those writes through and tries again.
+async fn lock_each(
+    client: &Client,
+    side: Side,
+    what: &str,
+    each: &[(String, String)],
+) -> Result<(), PgError> {
+    for (table, sql) in each {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let r = client
+                .batch_execute(&format!(
+                    "BEGIN; SET LOCAL lock_timeout = '{LOCK_WAIT}'; {sql} COMMIT;"
+                ))
+                .await;
+            match r {
+                Ok(()) => break,
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    let busy = e
+                        .code()
+                        .is_some_and(|c| matches!(c.code(), "55P03" | "40P01"));
+                    if !busy {
+                        return Err(PgError::sql(side, format!("{what} on {table}"), e));
+                    }
+                    if tries >= LOCK_TRIES {
+                        return Err(PgError::Refused(format!(
+                            "{side}: could not {what} on {table}: its lock was not granted in {tries} tries of {LOCK_WAIT} (a long transaction holds the table; end it, see pg_stat_activity, and run the command again)"
+                        )));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn install_error(side: Side, e: tokio_postgres::Error) -> PgError {
+    not_permitted(side, PgError::sql(side, "install the change capture", e))
+}
+
+/// A permission error while installing says what the role needs.
+fn not_permitted(side: Side, err: PgError) -> PgError {
+    match err {
+        PgError::Sql { code: Some(c), message, .. } if c == "42501" => PgError::Refused(format!(
+            "the {side} role may not install the change capture ({message}); trigger mode needs a role that owns the tables and may CREATE in the database"
+        )),
+        err => err,
+    }
 }
 
 /// Whether the capture triggers fire on `tables` (`enabled`), e.g. off on a side that only
@@ -165,28 +260,34 @@ pub async fn remove_capture(client: &Client, side: Side) -> Result<bool, PgError
         .await
         .ctx(side, "look for the cutover schema")?
         .is_some();
-    let mut sql = String::from("BEGIN;");
-    for r in &rows {
-        let q: String = r.get(0);
-        sql.push_str(&format!(
-            "DROP TRIGGER IF EXISTS cutover_capture ON {q}; DROP TRIGGER IF EXISTS cutover_capture_truncate ON {q};"
-        ));
-    }
+    // The side may be in production: each table's triggers go in a transaction of their
+    // own, then the log, which nothing writes any more.
+    let triggers: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            let q: String = r.get(0);
+            let sql = format!(
+                "DROP TRIGGER IF EXISTS cutover_capture ON {q}; DROP TRIGGER IF EXISTS cutover_capture_truncate ON {q};"
+            );
+            (q, sql)
+        })
+        .collect();
+    lock_each(client, side, "remove the change capture", &triggers).await?;
     if schema {
-        sql.push_str(
-            "DROP TABLE IF EXISTS cutover.changes; DROP TABLE IF EXISTS cutover.applied;
+        let log = "DROP TABLE IF EXISTS cutover.changes; DROP TABLE IF EXISTS cutover.applied;
              DO $$ DECLARE f regprocedure; BEGIN
                FOR f IN SELECT p.oid::regprocedure FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                          WHERE n.nspname = 'cutover' AND p.proname LIKE 'capture\\_%' LOOP
                  EXECUTE 'DROP FUNCTION ' || f;
-               END LOOP; END $$;",
-        );
+               END LOOP; END $$;";
+        lock_each(
+            client,
+            side,
+            "remove the change capture",
+            &[("the change log".to_string(), log.to_string())],
+        )
+        .await?;
     }
-    sql.push_str("COMMIT;");
-    client
-        .batch_execute(&sql)
-        .await
-        .ctx(side, "remove the change capture")?;
     Ok(!rows.is_empty() || schema)
 }
 

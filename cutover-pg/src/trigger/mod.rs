@@ -76,7 +76,13 @@ CREATE TABLE IF NOT EXISTS cutover.changes (
     key jsonb,
     at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX IF NOT EXISTS changes_by_xid ON cutover.changes (xid);
+DO $ddl$ BEGIN
+  -- CREATE INDEX IF NOT EXISTS locks the log before it looks for the name: that lock would
+  -- wait behind every write the capture logs, and deadlock with them.
+  IF to_regclass('cutover.changes_by_xid') IS NULL THEN
+    CREATE INDEX changes_by_xid ON cutover.changes (xid);
+  END IF;
+END $ddl$;
 CREATE TABLE IF NOT EXISTS cutover.applied (
     link text PRIMARY KEY,
     position text NOT NULL,
