@@ -158,10 +158,7 @@ fn failed(shop: &Shop, e: impl std::fmt::Display) -> Response {
 async fn health(State(shop): State<Arc<Shop>>) -> Response {
     let result = async {
         let client = shop.pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .query_one("SELECT 1", &[])
-            .await
-            .map_err(pg_error)
+        client.query_one("SELECT 1", &[]).await.map_err(pg_error)
     }
     .await;
     match result {

@@ -53,6 +53,9 @@ use moving::remember;
 /// How long a moved session's old server connection stays open, idle, before it is ended.
 const OLD_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long a session that ends reads what the client still sends before closing.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Above this many buffered bytes a direction stops reading until the other side catches up.
 const HIGH_WATER: usize = 1 << 20;
 
@@ -233,12 +236,29 @@ impl Session {
             let _ = self.client_wr.write_all(&out).await;
         }
         let _ = self.client_wr.shutdown().await;
+        self.linger().await;
         self.drop_standby();
         self.drop_bare();
         if let Some(live) = self.server.take() {
             live.into_conn().terminate().await;
         }
         result
+    }
+
+    /// Reads and drops what the client still sends after the proxy said goodbye, until it
+    /// closes (or [`LINGER`] passes). Closing a socket with unread input makes the kernel
+    /// answer with a reset, and a client that gets the reset before reading the FATAL error
+    /// only learns that "the server closed the connection unexpectedly", not why.
+    async fn linger(&mut self) {
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(n) = self.client_rd.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     async fn pump(&mut self) -> Result<(), SessionError> {
