@@ -139,10 +139,29 @@ pub struct FinishArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ProxyArgs {
+    #[command(subcommand)]
+    pub command: Option<ProxyCommand>,
     /// Listen here instead of proxy.listen.
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve the admin API here instead of proxy.admin_listen.
+    #[arg(long)]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Serve /live, /ready and /metrics here instead of proxy.health_listen.
+    #[arg(long)]
+    pub health_listen: Option<std::net::SocketAddr>,
+    /// Keep this proxy's backend in this file instead of <plan>.proxy.json (several proxies
+    /// on one host each need their own).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProxyCommand {
+    /// Every proxy of the fleet: address, version, epoch, backend, sessions, last heartbeat.
+    Status,
 }
 
 #[derive(Args, Debug)]

@@ -23,21 +23,8 @@ impl Drop for Proxy {
     }
 }
 
-/// Adds a [proxy] section and the variables it names; returns the client port.
 fn with_proxy(env: &mut Env, app_pw: &str) -> (u16, u16) {
-    let (port, admin) = (free_port(), free_port());
-    let mut plan = std::fs::read_to_string(env.plan()).unwrap();
-    plan.push_str(&format!(
-        "\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-         admin_token = \"${{ADMIN_TOKEN}}\"\n\n[[proxy.users]]\nname = \"app\"\npassword = \"${{APP_PW}}\"\n"
-    ));
-    std::fs::write(env.plan(), plan).unwrap();
-    let token = cutover_pg::local::random_password();
-    env.vars.push(("ADMIN_TOKEN".into(), token.clone()));
-    env.vars.push(("APP_PW".into(), app_pw.into()));
-    env.secrets.push(token);
-    env.secrets.push(app_pw.into());
-    (port, admin)
+    common::with_proxy(env, app_pw, "")
 }
 
 async fn start_proxy(env: &Env, port: u16) -> Proxy {
@@ -91,8 +78,9 @@ async fn switchover_and_rollback_from_the_command_line() {
     let run = env.run(&["db", "switchover"]);
     assert_eq!(run.code, 1);
     assert!(
-        run.stderr.contains("cannot reach the cutover proxy")
-            && run.stderr.contains("cutover proxy"),
+        run.stderr
+            .contains("no cutover proxy has joined the control database")
+            && run.stderr.contains("start `cutover proxy`"),
         "{}",
         run.stderr
     );

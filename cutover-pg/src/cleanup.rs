@@ -4,7 +4,8 @@
 //! `slot_name = NONE`), so the drop works even when the target cannot reach the source; the
 //! slot (and any table-sync slot a killed copy left) is then dropped on the source directly.
 //! Every step looks before it acts, so running it twice removes nothing the second time.
-//! Tables and data on the target are never touched.
+//! The proxies' control tables go too once no proxy renews its lease there. Tables and data
+//! on the target are never touched.
 
 use std::time::{Duration, Instant};
 
@@ -180,6 +181,22 @@ async fn find_on(plan: &Plan, source: &Client, target: &Client) -> Result<Vec<Re
                 name: "cutover.changes, cutover.applied and the capture triggers".into(),
             });
         }
+        // The proxies' control tables, once no proxy uses them: a lease renewed in the last
+        // 10 s belongs to a running proxy, which would only make them again.
+        let control = on(side)
+            .query_one(
+                "SELECT to_regclass('cutover.proxy_fleet') IS NOT NULL OR to_regclass('cutover.proxy_lease') IS NOT NULL",
+                &[],
+            )
+            .await
+            .ctx(side, "look for the proxies' control tables")?;
+        if control.get::<_, bool>(0) && !proxies_running(on(side), side).await? {
+            found.push(Removed {
+                side,
+                kind: "proxy control",
+                name: "cutover.proxy_fleet and cutover.proxy_lease".into(),
+            });
+        }
         let exists = on(side)
             .query_one("SELECT to_regclass('cutover.marker') IS NOT NULL", &[])
             .await
@@ -193,6 +210,26 @@ async fn find_on(plan: &Plan, source: &Client, target: &Client) -> Result<Vec<Re
         }
     }
     Ok(found)
+}
+
+/// Whether a proxy renewed its lease in the last 10 s on this side.
+async fn proxies_running(client: &Client, side: Side) -> Result<bool, PgError> {
+    if client
+        .query_one("SELECT to_regclass('cutover.proxy_lease') IS NULL", &[])
+        .await
+        .ctx(side, "look for the proxies' leases")?
+        .get::<_, bool>(0)
+    {
+        return Ok(false);
+    }
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM cutover.proxy_lease WHERE heartbeat > now() - interval '10 seconds')",
+            &[],
+        )
+        .await
+        .ctx(side, "read the proxies' leases")?;
+    Ok(row.get(0))
 }
 
 /// Removes the subscriptions, the slots, the publications and the marker tables.
@@ -224,6 +261,15 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
                     crate::trigger::set_user_triggers(client, item.side, &tables, true).await?;
                 }
                 gone
+            }
+            "proxy control" => {
+                client
+                    .batch_execute(
+                        "DROP TABLE IF EXISTS cutover.proxy_lease; DROP TABLE IF EXISTS cutover.proxy_fleet",
+                    )
+                    .await
+                    .ctx(item.side, "drop the proxies' control tables")?;
+                true
             }
             "publication" => {
                 client

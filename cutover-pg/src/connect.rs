@@ -135,6 +135,68 @@ pub async fn connect(cs: &ConnString, side: Side) -> Result<Client, PgError> {
     Ok(client)
 }
 
+/// A connection whose notifications (LISTEN) arrive on the returned channel. The channel
+/// closes when the connection ends, however it ends: its reader can tell a lost connection
+/// (and, with it, lost notifications) from a quiet one.
+pub async fn connect_listening(
+    cs: &ConnString,
+    side: Side,
+) -> Result<
+    (
+        Client,
+        tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    ),
+    PgError,
+> {
+    let config = driver_config(cs);
+    let fail = |e: tokio_postgres::Error| {
+        let (message, retry) = explain(cs, side, &e);
+        PgError::Connect {
+            side,
+            location: cs.location(),
+            message,
+            retry,
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    if cs.sslmode == SslMode::Disable {
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(fail)?;
+        tokio::spawn(forward_notifications(conn, tx));
+        return Ok((client, rx));
+    }
+    let tls = cutover_core::tls::client_config(cs).map_err(|message| PgError::Connect {
+        side,
+        location: cs.location(),
+        message,
+        retry: Retry::Definite,
+    })?;
+    let (client, conn) = config
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        .await
+        .map_err(fail)?;
+    tokio::spawn(forward_notifications(conn, tx));
+    Ok((client, rx))
+}
+
+async fn forward_notifications<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+    while let Some(m) = futures_util::StreamExt::next(&mut messages).await {
+        match m {
+            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                let _ = tx.send(n);
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+}
+
 /// Every libpq variable a child could inherit from our own environment and mistake for the
 /// plan's: the child gets exactly the connection it is given.
 const LIBPQ_VARS: &[&str] = &[

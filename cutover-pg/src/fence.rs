@@ -607,7 +607,17 @@ impl SessionInfo {
 /// `application_name` every connection of cutover's carries. It writes no application data
 /// on a primary, so it never counts as an application reaching the database around the proxy.
 pub fn is_cutover_session(s: &SessionInfo) -> bool {
-    s.application_name == "cutover" || s.application_name == crate::trigger::APPLIER_NAME
+    s.application_name == "cutover"
+        || s.application_name == crate::trigger::APPLIER_NAME
+        || is_control_session(s)
+}
+
+pub use cutover_core::plan::CONTROL_APPLICATION_NAME;
+
+/// A connection to the proxies' control tables: it writes nothing a fence guards, and a fence
+/// on the control database must not cut the fleet off from the switch it is part of.
+pub fn is_control_session(s: &SessionInfo) -> bool {
+    s.application_name == CONTROL_APPLICATION_NAME
 }
 
 /// Client sessions on this connection's database other than this connection and

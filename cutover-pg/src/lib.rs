@@ -21,5 +21,5 @@ pub mod sync;
 pub mod trigger;
 pub mod verify;
 
-pub use connect::{connect, ident, literal, qualified};
+pub use connect::{connect, connect_listening, ident, literal, qualified};
 pub use error::{PgError, Retry, Side};

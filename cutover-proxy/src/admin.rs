@@ -81,6 +81,22 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>>
     }
 }
 
+/// A request that changes the gate: authorized, and only for a proxy without a fleet (a
+/// fleet's proxies follow their control database, which a switch changes for all at once).
+fn may_change(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    authorized(shared, headers)?;
+    if shared.in_fleet() {
+        return Err(Box::new(
+            (
+                StatusCode::CONFLICT,
+                Json(json!({"error": "this proxy follows its fleet's control database (proxy.control_url); switch with `cutover db switchover`, which moves every proxy or none"})),
+            )
+                .into_response(),
+        ));
+    }
+    Ok(())
+}
+
 async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&shared, &headers) {
         return *r;
@@ -89,7 +105,7 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
 }
 
 async fn pause(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&shared, &headers) {
+    if let Err(r) = may_change(&shared, &headers) {
         return *r;
     }
     shared.pause();
@@ -98,7 +114,7 @@ async fn pause(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respons
 }
 
 async fn resume(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&shared, &headers) {
+    if let Err(r) = may_change(&shared, &headers) {
         return *r;
     }
     shared.resume();
@@ -143,7 +159,7 @@ async fn prepare(
     headers: HeaderMap,
     Json(req): Json<SwitchRequest>,
 ) -> Response {
-    if let Err(r) = authorized(&shared, &headers) {
+    if let Err(r) = may_change(&shared, &headers) {
         return *r;
     }
     shared.prepare(req.to);
@@ -163,7 +179,7 @@ async fn switch(
     headers: HeaderMap,
     Json(req): Json<SwitchRequest>,
 ) -> Response {
-    if let Err(r) = authorized(&shared, &headers) {
+    if let Err(r) = may_change(&shared, &headers) {
         return *r;
     }
     match shared.switch(req.to, MOVE_TIMEOUT, req.resume).await {
@@ -190,6 +206,9 @@ pub enum AdminError {
     Refused { status: u16, message: String },
     #[error("the cutover proxy's answer is not understood: {0}")]
     Protocol(String),
+    /// The proxies' control database could not be read or written.
+    #[error("the proxies' control database {location}: {message}; check proxy.control_url (by default the target's URL)")]
+    Control { location: String, message: String },
 }
 
 /// The client side of the admin API.

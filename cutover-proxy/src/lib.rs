@@ -8,8 +8,10 @@
 pub mod admin;
 pub mod auth;
 pub mod codec;
+pub mod control;
 mod health;
 pub mod metrics;
+pub mod proxies;
 pub mod proxy;
 pub mod server;
 mod session;
@@ -17,5 +19,7 @@ pub mod state;
 pub mod tls;
 
 pub use admin::AdminClient;
+pub use control::fleet::{Fleet, FleetClient};
+pub use proxies::Proxies;
 pub use proxy::{start, Config, Running, Shutdown, Status, SwitchReport};
 pub use state::Backend;

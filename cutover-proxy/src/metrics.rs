@@ -17,6 +17,7 @@
 //! | `cutover_proxy_epoch` | gauge | | the switch count of the active backend |
 //! | `cutover_proxy_paused` | gauge | | 1 while new transactions are held |
 //! | `cutover_proxy_ready` | gauge | | 1 while the proxy takes new sessions (0 while it drains) |
+//! | `cutover_proxy_control_up` | gauge | | 1 while the proxy reaches its fleet's control database |
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +45,7 @@ pub struct Metrics {
     epoch: Gauge,
     paused: Gauge,
     ready: Gauge,
+    pub control_up: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +88,7 @@ impl Metrics {
             epoch: Gauge::default(),
             paused: Gauge::default(),
             ready: Gauge::default(),
+            control_up: Gauge::default(),
         };
         registry.register("sessions", "Client sessions now", m.sessions.clone());
         registry.register(
@@ -143,6 +146,11 @@ impl Metrics {
             "ready",
             "1 while the proxy takes new sessions, 0 while it drains",
             m.ready.clone(),
+        );
+        registry.register(
+            "control_up",
+            "1 while the proxy reaches its fleet's control database (0 without one, or cut off)",
+            m.control_up.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -39,6 +39,9 @@ pub struct Config {
     /// Where `/live`, `/ready` and `/metrics` are served (no token: nothing there changes
     /// anything); None serves none.
     pub health_listen: Option<SocketAddr>,
+    /// The control database this proxy follows with the rest of its fleet (see
+    /// [`crate::control`]); None for a single proxy switched through its admin API.
+    pub control: Option<ConnString>,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             tls,
             state_path: plan.proxy_state_path(),
             health_listen: p.health_listen,
+            control: plan.proxy_control(),
         })
     }
 
@@ -367,6 +371,11 @@ impl Shared {
         }
     }
 
+    /// Follows a fleet's control database: the gate is changed there, not here.
+    pub fn in_fleet(&self) -> bool {
+        self.config.control.is_some()
+    }
+
     /// Whether the proxy takes new sessions.
     pub fn ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
@@ -407,13 +416,57 @@ impl Shared {
             changed
         });
         if changed {
-            self.metrics.pauses.inc();
-            let mut p = self.pause.lock().unwrap();
-            p.pauses += 1;
-            p.last_pause_longest_hold_ms = 0.0;
-            p.paused_at = Some(Instant::now());
-            p.last_pause_ms = None;
+            self.pause_started();
         }
+    }
+
+    fn pause_started(&self) {
+        self.metrics.pauses.inc();
+        let mut p = self.pause.lock().unwrap();
+        p.pauses += 1;
+        p.last_pause_longest_hold_ms = 0.0;
+        p.paused_at = Some(Instant::now());
+        p.last_pause_ms = None;
+    }
+
+    /// Brings the gate to what the fleet's control row says, in one change of it: a new
+    /// backend (written to disk first, as a switch does), the pause, the backend to log in
+    /// to ahead of a switch. Changes nothing when the gate is already there. Sessions behind
+    /// the new epoch move at their next idle point before they forward anything; one inside a
+    /// transaction on the old backend (a proxy that was cut off from its fleet during the
+    /// switch) finishes it there, where the fence refuses its writes.
+    pub(crate) fn follow(
+        &self,
+        to: Durable,
+        paused: bool,
+        prepare: Option<Backend>,
+    ) -> Result<(), String> {
+        let gate = self.gate();
+        if to.epoch > gate.epoch {
+            state::store(&self.config.state_path, &to)?;
+        }
+        let (mut started, mut ended) = (false, false);
+        self.gate.send_if_modified(|g| {
+            let mut next = *g;
+            if to.epoch > g.epoch {
+                next.active = to.active;
+                next.epoch = to.epoch;
+            }
+            next.paused = paused;
+            next.prepare = prepare.filter(|b| *b != next.active);
+            started = next.paused && !g.paused;
+            ended = !next.paused && g.paused;
+            let changed = next != *g;
+            *g = next;
+            changed
+        });
+        if started {
+            self.pause_started();
+        }
+        if ended {
+            self.pause_ended();
+        }
+        Ok(())
     }
 
     /// Has every session log in to `to` ahead of a switch (nothing else changes).
@@ -576,6 +629,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// Where `/live`, `/ready` and `/metrics` are served, when they are.
     pub health_addr: Option<SocketAddr>,
+    /// This proxy's id in its fleet's lease table, when it has a fleet.
+    pub member: Option<String>,
     pub shared: Arc<Shared>,
     /// Ends the accept loop only.
     accepting: tokio_util::sync::CancellationToken,
@@ -642,22 +697,66 @@ impl Running {
     }
 }
 
+/// A socket bound to `addr` (address reuse as a listener has it), not yet listening.
+fn bound(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// How long a starting proxy waits for its fleet's control database before it starts on its
+/// disk's backend.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Binds both listeners and starts serving. Fails with one line if an address is taken or
 /// the state file is unreadable.
 pub async fn start(config: Config) -> Result<Running, String> {
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+    let shared = Shared::new(config)?;
+    let config = &shared.config;
+    // Bound now (a taken address fails at once), listening only once the proxy knows its
+    // backend: until then a client is refused, not served by the wrong database.
+    let socket = bound(config.listen).map_err(|e| {
         format!(
             "cannot listen on {}: {e}; pick another proxy.listen",
             config.listen
         )
     })?;
+    let addr = socket.local_addr().map_err(|e| e.to_string())?;
+    // In a fleet, the backend comes from the control database before the first session is
+    // taken: a new proxy (an empty disk) or a restarted one joins on the current backend.
+    let me = crate::control::member::Me::new(addr);
+    let first = match config.control.clone() {
+        Some(url) => {
+            match tokio::time::timeout(
+                JOIN_TIMEOUT,
+                crate::control::member::connect(&shared, &url, &me),
+            )
+            .await
+            {
+                Ok(Ok(j)) => Some(j),
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot join the fleet in {}: {e}; starting on the {} from {}, joining when it can", url.location(), shared.gate().active, config.state_path.display());
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!("the control database {} did not answer in {}s; starting on the {} from {}, joining when it can", url.location(), JOIN_TIMEOUT.as_secs(), shared.gate().active, config.state_path.display());
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
         format!(
             "cannot listen on {} for the admin API: {e}; pick another proxy.admin_listen",
             config.admin_listen
         )
     })?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
     let health = match config.health_listen {
         Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
@@ -669,7 +768,12 @@ pub async fn start(config: Config) -> Result<Running, String> {
         Some(h) => Some(h.local_addr().map_err(|e| e.to_string())?),
         None => None,
     };
-    let shared = Shared::new(config)?;
+    let listener = socket.listen(1024).map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}; pick another proxy.listen",
+            config.listen
+        )
+    })?;
     let stop = tokio_util::sync::CancellationToken::new();
     let accepting = stop.child_token();
     let accept = {
@@ -698,6 +802,15 @@ pub async fn start(config: Config) -> Result<Running, String> {
         tokio::spawn(async move { crate::admin::serve(shared, admin, stop).await })
     };
     let mut tasks = vec![accept, admin_task];
+    let member = shared.config.control.clone().map(|url| {
+        let id = me.id.clone();
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::control::member::serve(shared, url, me, first, stop).await
+        }));
+        id
+    });
     if let Some(h) = health {
         let shared = shared.clone();
         let stop = stop.clone();
@@ -709,6 +822,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         addr,
         admin_addr,
         health_addr,
+        member,
         shared,
         accepting,
         stop,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use cutover_core::engine::{StepEvent, Steps};
 use cutover_core::{Journal, Plan};
 use cutover_pg::{connect, pgbench, Side};
-use cutover_proxy::{AdminClient, Backend, Running};
+use cutover_proxy::{AdminClient, Backend, Proxies, Running};
 use cutover_runbook::{Direction, Options};
 use cutover_testkit::{scram_user, via_proxy, Pair};
 
@@ -18,7 +18,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     plan: Plan,
     proxy: Running,
-    admin: AdminClient,
+    admin: Proxies,
     proxy_url: cutover_core::ConnString,
 }
 
@@ -60,7 +60,7 @@ async fn fixture() -> Fixture {
     let config = pair.proxy_config(vec![scram_user("app", &pw)], dir.path());
     let admin_token = config.admin_token.clone();
     let proxy = cutover_proxy::start(config).await.unwrap();
-    let admin = AdminClient::new(proxy.admin_addr, admin_token);
+    let admin = Proxies::One(AdminClient::new(proxy.admin_addr, admin_token));
     let proxy_url = via_proxy(proxy.addr, "app", &pw, &pair.source.db);
     Fixture {
         pair,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use cutover_core::engine::Steps;
 use cutover_core::{Journal, Plan, Secret};
 use cutover_pg::{pgbench, trigger};
-use cutover_proxy::{AdminClient, Backend};
+use cutover_proxy::{AdminClient, Backend, Proxies};
 use cutover_runbook::{Direction, Options};
 use cutover_testkit::{scram_user, via_proxy, Pair};
 
@@ -90,7 +90,7 @@ async fn trigger_mode_switchover_and_lossless_rollback_from_a_heroku_like_source
     let config = pair.proxy_config(vec![scram_user("owner", &pw)], dir.path());
     let token = config.admin_token.clone();
     let proxy = cutover_proxy::start(config).await.unwrap();
-    let admin = AdminClient::new(proxy.admin_addr, token);
+    let admin = Proxies::One(AdminClient::new(proxy.admin_addr, token));
     let url = via_proxy(proxy.addr, "owner", &pw, &pair.source.db);
     let switch = |direction: Direction| {
         let (plan, admin) = (plan.clone(), admin.clone());

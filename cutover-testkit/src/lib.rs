@@ -167,6 +167,7 @@ impl Pair {
             tls: None,
             state_path: dir.join("cutover.proxy.json"),
             health_listen: Some(any),
+            control: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::progress::step_printer;
 pub async fn run(g: &Global, args: SwitchArgs, direction: Direction) -> anyhow::Result<i32> {
     let plan = super::load_plan(&g.plan)?;
     let proxy = plan.proxy().map_err(anyhow::Error::msg)?;
-    let admin = cutover_proxy::AdminClient::new(proxy.admin_listen, proxy.admin_token.clone());
+    let admin = cutover_proxy::Proxies::from_plan(&plan).map_err(anyhow::Error::msg)?;
     let journal = super::open_journal(&plan)?;
     let run = journal.begin_run(&format!("db {}", direction.name()))?;
     let steps = Steps::new(&journal, run, &step_printer);

@@ -142,3 +142,21 @@ pub async fn footprint(pair: &Pair) -> (String, String) {
         .unwrap();
     (s, t)
 }
+
+/// Adds a [proxy] section (plus `extra` lines in it) and the variables it names; returns the
+/// client port and the admin port.
+pub fn with_proxy(env: &mut Env, app_pw: &str, extra: &str) -> (u16, u16) {
+    let (port, admin) = (cutover_testkit::free_port(), cutover_testkit::free_port());
+    let mut plan = std::fs::read_to_string(env.plan()).unwrap();
+    plan.push_str(&format!(
+        "\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         admin_token = \"${{ADMIN_TOKEN}}\"\n{extra}\n[[proxy.users]]\nname = \"app\"\npassword = \"${{APP_PW}}\"\n"
+    ));
+    std::fs::write(env.plan(), plan).unwrap();
+    let token = cutover_pg::local::random_password();
+    env.vars.push(("ADMIN_TOKEN".into(), token.clone()));
+    env.vars.push(("APP_PW".into(), app_pw.into()));
+    env.secrets.push(token);
+    env.secrets.push(app_pw.into());
+    (port, admin)
+}

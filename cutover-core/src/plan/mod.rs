@@ -121,6 +121,18 @@ impl Plan {
         self.path.with_file_name(format!("{stem}.proxy.json"))
     }
 
+    /// The control database of the proxies (see [`Control`]), as the proxies and a switch
+    /// connect to it; None for a single proxy with its state on local disk.
+    pub fn proxy_control(&self) -> Option<crate::ConnString> {
+        let mut url = match &self.proxy.as_ref()?.control {
+            Control::Target => self.target.url.clone(),
+            Control::Url(u) => u.clone(),
+            Control::None => return None,
+        };
+        url.application_name = Some(CONTROL_APPLICATION_NAME.into());
+        Some(url)
+    }
+
     /// The [proxy] section, or an error saying how to add one.
     pub fn proxy(&self) -> Result<&ProxySettings, String> {
         self.proxy.as_ref().ok_or_else(|| {

@@ -31,6 +31,17 @@ pub struct RawProxy {
     /// reconnect; one in a transaction may finish it) before they are cut. Default: "30s".
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// The database whose `cutover` schema the proxies share: the active backend, one lease
+    /// per proxy, and the switch every proxy makes together. "target" (the default), or a
+    /// URL by reference ("${CONTROL_DATABASE_URL}"), or "none" for a single proxy that keeps
+    /// its state on local disk and is switched through its admin API.
+    #[serde(default)]
+    pub control_url: Option<Spanned<String>>,
+    /// How long a switch waits for every proxy to acknowledge a pause, a resume or the
+    /// switch itself. A proxy that does not answer in time makes the switch stop, undone,
+    /// before its point of no return. Default: "5s".
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
     /// Certificate chain (PEM) offered to clients that ask for TLS. With `tls_key`.
     #[serde(default)]
     pub tls_cert: Option<Spanned<String>>,
@@ -81,6 +92,9 @@ pub(super) fn default_auth() -> Spanned<String> {
 pub(super) fn default_max_lag() -> Spanned<i64> {
     spanned(16)
 }
+pub(super) fn default_ack_timeout() -> Duration {
+    Duration::from_secs(5)
+}
 pub(super) fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -111,6 +125,22 @@ pub struct ProxyUser {
     pub auth: ClientAuth,
 }
 
+/// The `application_name` of every connection to the control database: a fence leaves them
+/// alone (they write nothing it guards).
+pub const CONTROL_APPLICATION_NAME: &str = "cutover control";
+
+/// Where the proxies keep what they share.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Control {
+    /// The `cutover` schema of the target database.
+    Target,
+    /// The `cutover` schema of another database.
+    Url(crate::ConnString),
+    /// A single proxy, its state on local disk, switched through its admin API.
+    None,
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProxySettings {
     pub listen: std::net::SocketAddr,
@@ -119,6 +149,9 @@ pub struct ProxySettings {
     pub health_listen: Option<std::net::SocketAddr>,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    pub control: Control,
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub users: Vec<ProxyUser>,
@@ -178,6 +211,19 @@ pub(super) fn proxy_settings(
         .health_listen
         .as_ref()
         .map(|h| addr(c, "proxy.health_listen", h));
+    let control = match &p.control_url {
+        None => Some(Control::Target),
+        Some(v) if v.get_ref() == "target" => Some(Control::Target),
+        Some(v) if v.get_ref() == "none" => Some(Control::None),
+        Some(v) => url(c, "proxy.control_url", v, env).map(Control::Url),
+    };
+    if p.ack_timeout.is_zero() {
+        c.push(
+            p.listen.span(),
+            "proxy.ack_timeout",
+            "must be longer than 0s; the default is \"5s\"",
+        );
+    }
     let path = |v: &Option<Spanned<String>>| v.as_ref().map(|s| PathBuf::from(s.get_ref()));
     if p.tls_cert.is_some() != p.tls_key.is_some() {
         let span = p
@@ -254,6 +300,8 @@ pub(super) fn proxy_settings(
         admin_token: admin_token?,
         health_listen: health_listen.flatten(),
         shutdown_timeout: p.shutdown_timeout,
+        control: control?,
+        ack_timeout: p.ack_timeout,
         tls_cert: path(&p.tls_cert),
         tls_key: path(&p.tls_key),
         users,

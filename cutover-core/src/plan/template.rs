@@ -72,6 +72,12 @@ catch_up_timeout = "30s"
 # health_listen = "0.0.0.0:9187"
 # On SIGTERM: how long sessions may take to end before they are cut.
 # shutdown_timeout = "30s"
+# Where the proxies of this plan find each other and switch as one: "target" (the default,
+# a `cutover` schema in the target database), another database's URL, or "none" (one proxy,
+# its state on local disk, switched through its admin API).
+# control_url = "target"
+# How long a switch waits for every proxy to acknowledge a pause or a switch.
+# ack_timeout = "5s"
 # tls_cert = "proxy.crt"
 # tls_key = "proxy.key"
 #

@@ -280,10 +280,7 @@ async fn migrate(
 
     // The application reaches the database through the proxy from here on.
     let proxy_config = cutover_proxy::Config::from_plan(plan).map_err(DemoError::Failed)?;
-    let admin = cutover_proxy::AdminClient::new(
-        proxy_config.admin_listen,
-        proxy_config.admin_token.clone(),
-    );
+    let admin = cutover_proxy::Proxies::from_plan(plan).map_err(DemoError::Failed)?;
     let proxy = cutover_proxy::start(proxy_config)
         .await
         .map_err(DemoError::Failed)?;
@@ -511,7 +508,7 @@ fn follow_task(
 async fn switch_under_load(
     journal: &Journal,
     plan: &Plan,
-    admin: &cutover_proxy::AdminClient,
+    admin: &cutover_proxy::Proxies,
     via_proxy: &ConnString,
     rate: u32,
     direction: crate::Direction,

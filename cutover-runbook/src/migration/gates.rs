@@ -12,16 +12,12 @@ use futures_util::future::BoxFuture;
 pub(crate) struct DatabaseGates<'a> {
     pub inner: Box<dyn Gates + 'a>,
     pub plan: &'a Plan,
-    pub proxy: cutover_proxy::AdminClient,
+    pub proxy: cutover_proxy::Proxies,
     errors_at_begin: Mutex<Option<u64>>,
 }
 
 impl<'a> DatabaseGates<'a> {
-    pub fn new(
-        inner: Box<dyn Gates + 'a>,
-        plan: &'a Plan,
-        proxy: cutover_proxy::AdminClient,
-    ) -> Self {
+    pub fn new(inner: Box<dyn Gates + 'a>, plan: &'a Plan, proxy: cutover_proxy::Proxies) -> Self {
         DatabaseGates {
             inner,
             plan,

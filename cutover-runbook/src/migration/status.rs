@@ -69,23 +69,20 @@ pub async fn status(plan: &Plan, journal: &Journal) -> Result<Option<StatusView>
     };
     let runbook = Runbook::of(plan);
     let mut unavailable = vec![];
-    let proxy = match plan.proxy.as_ref() {
-        Some(p) => {
-            let admin = cutover_proxy::AdminClient::new(p.admin_listen, p.admin_token.clone());
-            match admin.status().await {
-                Ok(st) => Some(ProxyView {
-                    active: side_of(st.active).to_string(),
-                    epoch: st.epoch,
-                    paused: st.paused,
-                    sessions: st.sessions.len(),
-                    server_errors: st.errors.total(),
-                }),
-                Err(e) => {
-                    unavailable.push(format!("proxy: {e}"));
-                    None
-                }
+    let proxy = match cutover_proxy::Proxies::from_plan(plan).ok() {
+        Some(admin) => match admin.status().await {
+            Ok(st) => Some(ProxyView {
+                active: side_of(st.active).to_string(),
+                epoch: st.epoch,
+                paused: st.paused,
+                sessions: st.sessions.len(),
+                server_errors: st.errors.total(),
+            }),
+            Err(e) => {
+                unavailable.push(format!("proxy: {e}"));
+                None
             }
-        }
+        },
         None => None,
     };
     let lag = if s.state == RunState::Finished {

@@ -95,13 +95,9 @@ impl Cx<'_> {
         super::state::stop_requested(self.journal()).unwrap_or(false)
     }
 
-    /// The proxy's admin client; the plan has a [proxy] (the runbook refuses one without).
-    pub fn proxy(&self) -> Result<cutover_proxy::AdminClient, MigrationError> {
-        let p = self.plan.proxy().map_err(MigrationError::Refused)?;
-        Ok(cutover_proxy::AdminClient::new(
-            p.admin_listen,
-            p.admin_token.clone(),
-        ))
+    /// The plan's proxies; the plan has a [proxy] (the runbook refuses one without).
+    pub fn proxy(&self) -> Result<cutover_proxy::Proxies, MigrationError> {
+        cutover_proxy::Proxies::from_plan(self.plan).map_err(MigrationError::Refused)
     }
 
     /// The splitter's admin client, when the plan has [traffic].

@@ -50,7 +50,7 @@ use cutover_core::Plan;
 use cutover_pg::fence::{self, Fence};
 use cutover_pg::inspect::{self, Sequence, Table};
 use cutover_pg::{connect, sequences, PgError, Side};
-use cutover_proxy::{AdminClient, Backend};
+use cutover_proxy::{Backend, Proxies};
 use serde::Serialize;
 
 pub use recover::undo_interrupted;
@@ -159,7 +159,7 @@ const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 struct Switch<'a> {
     plan: &'a Plan,
     steps: &'a Steps<'a>,
-    admin: &'a AdminClient,
+    admin: &'a Proxies,
     options: &'a Options,
     direction: Direction,
     name: &'static str,
@@ -197,7 +197,7 @@ impl cutover_core::engine::Outcome for Pre {
 pub async fn run(
     plan: &Plan,
     steps: &Steps<'_>,
-    admin: &AdminClient,
+    admin: &Proxies,
     direction: Direction,
     options: &Options,
     interrupt: impl Future<Output = ()>,
@@ -301,7 +301,7 @@ impl<'a> Switch<'a> {
     async fn open(
         plan: &'a Plan,
         steps: &'a Steps<'a>,
-        admin: &'a AdminClient,
+        admin: &'a Proxies,
         direction: Direction,
         options: &'a Options,
     ) -> Result<Switch<'a>, SwitchError> {
@@ -538,7 +538,11 @@ impl<'a> Switch<'a> {
                     push(&self.stack, Undo::FromFenced(f.clone()));
                     fence::apply_fence(from, self.from, f).await?;
                     let others = fence::other_sessions(from, self.from, proxy_pids).await?;
-                    let pids: Vec<i32> = others.iter().map(|s| s.pid).collect();
+                    let pids: Vec<i32> = others
+                        .iter()
+                        .filter(|s| !fence::is_control_session(s))
+                        .map(|s| s.pid)
+                        .collect();
                     let ended = fence::terminate(from, self.from, &pids).await?;
                     Ok::<_, SwitchError>(format!(
                         "{} privileges revoked, {ended} sessions ended",

@@ -8,7 +8,7 @@
 use cutover_core::engine::Steps;
 use cutover_core::Plan;
 use cutover_pg::fence::{self, Fence};
-use cutover_proxy::AdminClient;
+use cutover_proxy::Proxies;
 
 use super::{backend, fence_key, Direction, Switch, SwitchError, SwitchSummary};
 
@@ -18,7 +18,7 @@ use super::{backend, fence_key, Direction, Switch, SwitchError, SwitchSummary};
 pub async fn undo_interrupted(
     plan: &Plan,
     steps: &Steps<'_>,
-    admin: &AdminClient,
+    admin: &Proxies,
     direction: Direction,
 ) -> Result<bool, SwitchError> {
     let options = super::Options::default();

@@ -10,7 +10,7 @@ use cutover_core::journal::RunId;
 use cutover_core::{Journal, Plan};
 use cutover_pg::fence::{self, Fence};
 use cutover_pg::{connect, Side};
-use cutover_proxy::AdminClient;
+use cutover_proxy::Proxies;
 
 use super::link::{links, Clients, Link};
 use super::{fence_key, Direction, SwitchError};
@@ -110,7 +110,7 @@ pub(super) async fn undo_all(
 /// (the caller gave up on the run) leaves the old primary unfenced and serving, exactly as
 /// an error does.
 pub(super) struct PausedProxy {
-    pub admin: AdminClient,
+    pub admin: Proxies,
     pub armed: bool,
     pub stack: Stack,
     pub plan: Plan,
@@ -185,8 +185,8 @@ impl Drop for PausedProxy {
         }
         if let Err(e) = self.admin.resume_blocking() {
             tracing::error!(
-                "could not resume the proxy: {e}; resume it with `curl -X POST -H 'Authorization: Bearer ...' http://{}/resume`",
-                self.admin.addr
+                "could not resume the proxies through {}: {e}; run `cutover db switchover` again, which resumes them first",
+                self.admin.describe()
             );
         }
     }
