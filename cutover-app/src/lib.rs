@@ -32,6 +32,7 @@ pub mod hcl;
 pub mod inspect;
 pub mod language;
 pub mod procfile;
+pub mod proxy_infra;
 pub mod scan;
 pub mod terraform;
 pub mod vercel;

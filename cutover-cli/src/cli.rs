@@ -162,6 +162,28 @@ pub struct ProxyArgs {
 pub enum ProxyCommand {
     /// Every proxy of the fleet: address, version, epoch, backend, sessions, last heartbeat.
     Status,
+    /// Write Terraform for the fleet (an ECS service of N tasks behind a network load
+    /// balancer, security groups, log group, secrets by reference) and the image to run.
+    Terraform(ProxyTerraformArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ProxyTerraformArgs {
+    /// Directory to write main.tf, variables.tf, outputs.tf, the Dockerfile, its entrypoint
+    /// and a copy of the plan into.
+    #[arg(long, default_value = "infra/proxy")]
+    pub out: PathBuf,
+    /// Proxies in the fleet (the Terraform variable's default).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tasks: u32,
+    /// Names the resources (<name>-proxy); by default the target database's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Default AWS region of the generated variables.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    #[command(flatten)]
+    pub write: AppWrite,
 }
 
 #[derive(Args, Debug)]

@@ -544,3 +544,137 @@ fn bad_input_is_one_line_and_writes_nothing() {
     after.retain(|f| f != "bad-config.json" && f != "shell.txt");
     assert_eq!(after, before, "bad input writes nothing");
 }
+
+/// `cutover proxy terraform`: the fleet's service, load balancer and image from the plan,
+/// with every secret by reference (no value of one in any file or output), `terraform fmt`
+/// clean, and nothing written by a dry run.
+#[test]
+fn proxy_terraform_writes_the_fleet_with_secrets_by_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let plan = "[source]\nurl = \"${SOURCE_DATABASE_URL}\"\n\n[target]\nurl = \"${TARGET_DATABASE_URL}\"\n\n\
+                [proxy]\nlisten = \"0.0.0.0:6432\"\nadmin_token = \"${CUTOVER_ADMIN_TOKEN}\"\n\
+                health_listen = \"0.0.0.0:9200\"\nshutdown_timeout = \"40s\"\n\
+                tls_cert = \"proxy.crt\"\ntls_key = \"proxy.key\"\n\n\
+                [[proxy.users]]\nname = \"shop\"\npassword = \"${APP_DATABASE_PASSWORD}\" # the app's role\n";
+    std::fs::write(dir.join("cutover.toml"), plan).unwrap();
+    let secrets = [
+        (
+            "SOURCE_DATABASE_URL",
+            "postgres://u:src-Secret-1@old.example:5432/shop",
+        ),
+        (
+            "TARGET_DATABASE_URL",
+            "postgres://u:tgt-Secret-2@new.example:5432/shop",
+        ),
+        ("CUTOVER_ADMIN_TOKEN", "admin-Secret-3"),
+        ("APP_DATABASE_PASSWORD", "app-Secret-4"),
+    ];
+    let run = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cutover"));
+        c.args(args).current_dir(dir).env_remove("CUTOVER_PLAN");
+        for (k, v) in secrets {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let r = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        for (_, v) in secrets {
+            assert!(
+                !r.stdout.contains(v) && !r.stderr.contains(v),
+                "{args:?} leaked a secret"
+            );
+        }
+        r
+    };
+    let out = dir.join("infra/proxy");
+    let r = run(&["proxy", "terraform", "--tasks", "3", "--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("dry run"), "{}", r.stdout);
+    assert!(!out.exists(), "a dry run wrote files");
+
+    let r = run(&["proxy", "terraform", "--tasks", "3"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        listing(&out),
+        [
+            "Dockerfile",
+            "cutover.toml",
+            "entrypoint.sh",
+            "main.tf",
+            "outputs.tf",
+            "variables.tf"
+        ]
+    );
+    for f in listing(&out) {
+        let text = std::fs::read_to_string(out.join(&f)).unwrap();
+        for (_, v) in secrets {
+            assert!(!text.contains(v), "{f} holds a secret value");
+        }
+    }
+    let main = std::fs::read_to_string(out.join("main.tf")).unwrap();
+    for key in [
+        "SOURCE_DATABASE_URL",
+        "TARGET_DATABASE_URL",
+        "CUTOVER_ADMIN_TOKEN",
+        "APP_DATABASE_PASSWORD",
+        "CUTOVER_PROXY_TLS_CERT_PEM",
+        "CUTOVER_PROXY_TLS_KEY_PEM",
+    ] {
+        assert!(
+            main.contains(&format!("valueFrom = \"${{var.secret_arn}}:{key}::\"")),
+            "{key} is not a secret by reference:\n{main}"
+        );
+    }
+    assert!(main.contains("load_balancer_type = \"network\""));
+    assert!(main.contains("path                = \"/ready\""));
+    assert!(main.contains("port                = \"9200\""));
+    assert!(main.contains("desired_count   = var.tasks"));
+    assert!(main.contains("deregistration_delay = 55"), "{main}");
+    let vars = std::fs::read_to_string(out.join("variables.tf")).unwrap();
+    assert!(vars.contains("default     = 3"), "{vars}");
+    let outputs = std::fs::read_to_string(out.join("outputs.tf")).unwrap();
+    assert!(
+        outputs.contains(
+            "postgres://shop:PASSWORD@${aws_lb.proxy.dns_name}:5432/shop?sslmode=require"
+        ),
+        "{outputs}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("cutover.toml")).unwrap(),
+        plan
+    );
+    let entry = std::fs::read_to_string(out.join("entrypoint.sh")).unwrap();
+    assert!(entry.contains("> '/etc/cutover/proxy.key'"), "{entry}");
+    assert!(entry.contains("exec cutover proxy --listen 0.0.0.0:6432 --health-listen 0.0.0.0:9200"));
+    let sh = Command::new("sh")
+        .arg("-n")
+        .arg(out.join("entrypoint.sh"))
+        .status()
+        .unwrap();
+    assert!(sh.success(), "entrypoint.sh is not valid sh");
+    match Command::new("terraform")
+        .args(["fmt", "-check", "-recursive"])
+        .arg(&out)
+        .output()
+    {
+        Ok(o) => assert!(
+            o.status.success(),
+            "terraform fmt -check: {}",
+            String::from_utf8_lossy(&o.stdout)
+        ),
+        Err(_) => eprintln!("terraform is not on PATH: skipping terraform fmt -check"),
+    }
+    // Again, without --force: refused, nothing changed.
+    std::fs::write(out.join("main.tf"), "# mine\n").unwrap();
+    let r = run(&["proxy", "terraform"]);
+    assert_ne!(r.code, 0);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(out.join("main.tf")).unwrap(),
+        "# mine\n"
+    );
+}

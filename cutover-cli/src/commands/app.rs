@@ -243,7 +243,7 @@ fn render_notes(title: &str, notes: &[String]) -> String {
 
 /// Shows the files, then writes them unless `--dry-run`. Nothing is written when any
 /// destination exists without `--force`.
-fn write_files(
+pub(crate) fn write_files(
     g: &Global,
     out_dir: &Path,
     artifacts: &[Artifact],

@@ -1,16 +1,69 @@
 //! `cutover proxy`: runs the PG proxy until SIGINT or SIGTERM, then leaves as a load balancer
-//! expects (see `Running::shutdown`). `cutover proxy status`: the fleet.
+//! expects (see `Running::shutdown`). `cutover proxy status`: the fleet. `cutover proxy
+//! terraform`: where the fleet runs.
 
 use serde::Serialize;
 
-use crate::cli::{Global, ProxyArgs, ProxyCommand};
+use crate::cli::{Global, ProxyArgs, ProxyCommand, ProxyTerraformArgs};
 use crate::output;
 
 pub async fn run(g: &Global, args: ProxyArgs) -> anyhow::Result<i32> {
     match args.command {
         Some(ProxyCommand::Status) => status(g).await,
+        Some(ProxyCommand::Terraform(a)) => terraform(g, a),
         None => serve(g, args).await,
     }
+}
+
+/// The port `cutover proxy terraform` serves /ready on when the plan names none.
+const DEFAULT_HEALTH_PORT: u16 = 9187;
+
+fn terraform(g: &Global, a: ProxyTerraformArgs) -> anyhow::Result<i32> {
+    let plan = super::load_plan(&g.plan)?;
+    let proxy = plan.proxy().map_err(anyhow::Error::msg)?;
+    let text = std::fs::read_to_string(&g.plan)?;
+    let name = a.name.clone().unwrap_or_else(|| {
+        plan.target
+            .url
+            .dbname
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    });
+    let infra = cutover_app::proxy_infra::ProxyInfra {
+        name,
+        region: a.region.clone(),
+        tasks: a.tasks,
+        listen_port: proxy.listen.port(),
+        health_port: proxy
+            .health_listen
+            .map_or(DEFAULT_HEALTH_PORT, |h| h.port()),
+        shutdown_timeout_s: proxy.shutdown_timeout.as_secs(),
+        secret_vars: cutover_app::proxy_infra::referenced_vars(&text),
+        plan_text: text,
+        tls: proxy
+            .tls_cert
+            .clone()
+            .zip(proxy.tls_key.clone())
+            .map(|(c, k)| (relative(&g.plan, c), relative(&g.plan, k))),
+        user: proxy.users.first().map(|u| u.name.clone()),
+        dbname: plan.target.url.dbname.clone(),
+    };
+    let (files, notes) = cutover_app::proxy_infra::render(&infra);
+    super::app::write_files(g, &a.out, &files, &a.write, &notes, &[])
+}
+
+/// A path the plan names, relative to the plan's folder when it is inside it (the image
+/// holds the plan's folder as /etc/cutover).
+fn relative(plan: &std::path::Path, p: std::path::PathBuf) -> std::path::PathBuf {
+    let dir = plan.parent().unwrap_or(std::path::Path::new(""));
+    p.strip_prefix(dir).map(|r| r.to_path_buf()).unwrap_or(p)
 }
 
 async fn serve(g: &Global, args: ProxyArgs) -> anyhow::Result<i32> {
