@@ -256,17 +256,20 @@ async fn plan_apply_status_and_finish_refuse_bad_input_with_one_line() {
 
     // Through the done phase; finish inside the rollback window is refused.
     let load = stage.load(20.0);
-    let mover = async {
-        // Users' DNS follows the canary.
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if stage.splitter.as_ref().unwrap().shared.new_percent() == 100 {
-                stage.resolver.set(&stage.new_app_url());
-                return;
+    // Users' DNS follows the canary, for as long as the run lasts (a run that fails before
+    // the canary reaches 100% fails the test instead of leaving it waiting).
+    let apply = run(&stage, &["apply", "--yes", "--until", "done"]);
+    tokio::pin!(apply);
+    let r = loop {
+        tokio::select! {
+            r = &mut apply => break r,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                if stage.splitter.as_ref().unwrap().shared.new_percent() == 100 {
+                    stage.resolver.set(&stage.new_app_url());
+                }
             }
         }
     };
-    let (r, ()) = tokio::join!(run(&stage, &["apply", "--yes", "--until", "done"]), mover);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains("stopped after the done phase"),

@@ -38,10 +38,18 @@ impl Resolver {
         }
     }
 
-    /// A new answer: each client moves to it within the TTL.
+    /// A new answer: each client moves to it within the TTL. The same answer again changes
+    /// nothing (it does not restart the clients' wait).
     pub fn set(&self, base: &str) {
-        self.answer
-            .send_replace(base.trim_end_matches('/').to_string());
+        let base = base.trim_end_matches('/');
+        self.answer.send_if_modified(|a| {
+            if a == base {
+                false
+            } else {
+                *a = base.to_string();
+                true
+            }
+        });
     }
 
     pub fn current(&self) -> String {
