@@ -1,5 +1,5 @@
-//! The admin API: HTTP/JSON on a loopback address, every request carrying the plan's token
-//! as `Authorization: Bearer ...`.
+//! The admin API: HTTP/JSON, every request carrying the plan's token as `Authorization:
+//! Bearer ...`; on a loopback address, or beyond it only over TLS (the proxy's certificate).
 //!
 //! | request | does |
 //! |---|---|
@@ -39,6 +39,10 @@ pub(crate) async fn serve(
     listener: TcpListener,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let tls = match listener.local_addr() {
+        Ok(a) if !a.ip().is_loopback() => shared.config.tls.clone(),
+        _ => None,
+    };
     let app = Router::new()
         .route("/status", get(status))
         .route("/pause", post(pause))
@@ -47,11 +51,89 @@ pub(crate) async fn serve(
         .route("/switch", post(switch))
         .route("/prepare", post(prepare))
         .with_state(shared);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
+    let served = match tls {
+        Some(config) => {
+            let mut config = (*config).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            axum::serve(TlsListener::new(listener, Arc::new(config)), app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!("admin API: {e}");
+    }
+}
+
+/// How long a client of the admin API may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts TCP connections and hands on those whose TLS handshake succeeded; each handshake
+/// runs on its own, so a slow or silent client holds up no other.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    done_tx: tokio::sync::mpsc::Sender<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    done_rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+}
+
+impl TlsListener {
+    fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel(16);
+        TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            done_tx,
+            done_rx,
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            tokio::select! {
+                Some(done) = self.done_rx.recv() => return done,
+                r = self.tcp.accept() => match r {
+                    Ok((tcp, peer)) => {
+                        let acceptor = self.acceptor.clone();
+                        let done = self.done_tx.clone();
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                                Ok(Ok(tls)) => {
+                                    let _ = done.send((tls, peer)).await;
+                                }
+                                Ok(Err(e)) => tracing::debug!("admin API: TLS handshake with {peer}: {e}"),
+                                Err(_) => tracing::debug!("admin API: TLS handshake with {peer} timed out"),
+                            }
+                        });
+                    }
+                    // Out of file descriptors and the like: wait, then go on.
+                    Err(e) => {
+                        tracing::warn!("admin API: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
     }
 }
 
@@ -216,11 +298,34 @@ pub enum AdminError {
 pub struct AdminClient {
     pub addr: SocketAddr,
     token: Secret,
+    /// Beyond loopback the admin API speaks TLS, its certificate checked.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl AdminClient {
+    /// A client of the admin API at `addr`: plain on loopback, TLS beyond it, checked
+    /// against `ca` (PEM) or the system's trusted roots; the error is one line.
+    pub fn for_address(
+        addr: SocketAddr,
+        token: Secret,
+        ca: Option<&std::path::Path>,
+    ) -> Result<AdminClient, String> {
+        let tls = if addr.ip().is_loopback() {
+            None
+        } else {
+            let config = crate::tls::admin_client_config(ca)?;
+            Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        };
+        Ok(AdminClient { addr, token, tls })
+    }
+
+    /// A client of an admin API on loopback.
     pub fn new(addr: SocketAddr, token: Secret) -> AdminClient {
-        AdminClient { addr, token }
+        AdminClient {
+            addr,
+            token,
+            tls: None,
+        }
     }
 
     async fn call(
@@ -240,8 +345,20 @@ impl AdminClient {
         .await
         .map_err(|_| unreachable("timed out".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
+        let io: crate::server::BoxStream = match &self.tls {
+            None => Box::new(tcp),
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+                let tls =
+                    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+                        .await
+                        .map_err(|_| unreachable("the TLS handshake timed out".into()))?
+                        .map_err(|e| unreachable(format!("TLS: {e}")))?;
+                Box::new(tls)
+            }
+        };
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(conn);

@@ -23,7 +23,11 @@ impl Proxies {
         let p = plan.proxy()?;
         Ok(match plan.proxy_control() {
             Some(url) => Proxies::Fleet(FleetClient::new(url, p.ack_timeout)),
-            None => Proxies::One(AdminClient::new(p.admin_listen, p.admin_token.clone())),
+            None => Proxies::One(AdminClient::for_address(
+                p.admin_listen,
+                p.admin_token.clone(),
+                p.admin_ca.as_deref(),
+            )?),
         })
     }
 

@@ -716,6 +716,12 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Binds both listeners and starts serving. Fails with one line if an address is taken or
 /// the state file is unreadable.
 pub async fn start(config: Config) -> Result<Running, String> {
+    if !config.admin_listen.ip().is_loopback() && config.tls.is_none() {
+        return Err(format!(
+            "the admin API would listen on {} without TLS; set proxy.tls_cert and proxy.tls_key, or listen on 127.0.0.1",
+            config.admin_listen
+        ));
+    }
     let shared = Shared::new(config)?;
     let config = &shared.config;
     // Bound now (a taken address fails at once), listening only once the proxy knows its

@@ -37,3 +37,39 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
             )
         })
 }
+
+/// The rustls client settings for the admin API beyond loopback: its certificate checked
+/// against `ca` (PEM) when given, else the system's trusted roots. The error is one line.
+pub fn admin_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read {}: {e}; fix proxy.admin_ca", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "{} holds no PEM certificate; fix proxy.admin_ca",
+                    path.display()
+                ));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err("the system has no trusted roots to check the admin API's certificate with; set proxy.admin_ca".into());
+            }
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}

@@ -189,3 +189,90 @@ async fn a_session_the_server_ends_gets_the_servers_error_once() {
     assert!(c.is_closed() || c.simple_query("SELECT 1").await.is_err());
     proxy.stop().await;
 }
+
+/// A CA and a certificate for the given names, written as `<prefix>ca.pem`,
+/// `<prefix>server.crt` and `<prefix>server.key`.
+fn pki_for(dir: &std::path::Path, prefix: &str, names: &[&str]) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join(format!("{prefix}ca.pem")), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{prefix}server.crt")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{prefix}server.key")), key.serialize_pem()).unwrap();
+}
+
+/// Beyond loopback the admin API, which can switch the database, is served only over TLS
+/// and with the token: a proxy without a certificate refuses to start so, a plain request
+/// gets no answer, a certificate from another CA is refused, a wrong token gets 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_beyond_loopback_speaks_only_tls_with_the_token() {
+    let certs = tempfile::tempdir().unwrap();
+    pki_for(certs.path(), "", &["0.0.0.0"]);
+    pki_for(certs.path(), "other-", &["0.0.0.0"]);
+    let pair = Pair::native().await;
+    let pw = pair.app_role("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr: std::net::SocketAddr = format!("0.0.0.0:{}", cutover_testkit::free_port())
+        .parse()
+        .unwrap();
+
+    let mut config = pair.proxy_config(vec![scram_user("app", &pw)], dir.path());
+    config.admin_listen = admin_addr;
+    let err = cutover_proxy::start(config.clone()).await.err().unwrap();
+    assert!(err.contains("without TLS"), "{err}");
+
+    config.tls = Some(Arc::new(
+        cutover_proxy::tls::server_config(
+            &certs.path().join("server.crt"),
+            &certs.path().join("server.key"),
+        )
+        .unwrap(),
+    ));
+    let token = config.admin_token.clone();
+    let proxy = cutover_proxy::start(config).await.unwrap();
+    assert_eq!(proxy.admin_addr, admin_addr);
+
+    let good = AdminClient::for_address(
+        admin_addr,
+        token.clone(),
+        Some(&certs.path().join("ca.pem")),
+    )
+    .unwrap();
+    let status = good.status().await.unwrap();
+    assert_eq!(status.active, cutover_proxy::Backend::Source);
+
+    // Plain HTTP: no answer it can read.
+    assert!(AdminClient::new(admin_addr, token.clone())
+        .status()
+        .await
+        .is_err());
+    // Another CA: the client refuses the certificate, and sends nothing.
+    let stranger = AdminClient::for_address(
+        admin_addr,
+        token.clone(),
+        Some(&certs.path().join("other-ca.pem")),
+    )
+    .unwrap();
+    let err = stranger.status().await.unwrap_err().to_string();
+    assert!(err.contains("TLS"), "{err}");
+    // The right certificate, a wrong token.
+    let intruder = AdminClient::for_address(
+        admin_addr,
+        cutover_core::Secret::new("not-the-token"),
+        Some(&certs.path().join("ca.pem")),
+    )
+    .unwrap();
+    match intruder.pause().await {
+        Err(cutover_proxy::admin::AdminError::Refused { status, .. }) => assert_eq!(status, 401),
+        other => panic!("a wrong token was not refused: {other:?}"),
+    }
+    assert!(!good.status().await.unwrap().paused);
+    proxy.shutdown(Duration::from_secs(1)).await;
+}

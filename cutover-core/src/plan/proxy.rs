@@ -18,7 +18,8 @@ pub struct RawProxy {
     /// Where applications connect. Default: "127.0.0.1:6432".
     #[serde(default = "default_listen")]
     pub listen: Spanned<String>,
-    /// The admin API (HTTP/JSON); loopback only. Default: "127.0.0.1:6433".
+    /// The admin API (HTTP/JSON). Default: "127.0.0.1:6433". Beyond loopback only with
+    /// TLS (`tls_cert` and `tls_key`, the same certificate as for clients) and the token.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: Spanned<String>,
     /// Bearer token of the admin API, by reference: "${CUTOVER_ADMIN_TOKEN}".
@@ -48,6 +49,10 @@ pub struct RawProxy {
     /// Private key (PEM) of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<Spanned<String>>,
+    /// The CA (PEM) that `db switchover` checks an admin API beyond loopback against.
+    /// Default: the system's trusted roots.
+    #[serde(default)]
+    pub admin_ca: Option<Spanned<String>>,
     /// The roles applications log in as. The proxy checks their password and logs in to
     /// the database with the same name and password.
     #[serde(default)]
@@ -154,6 +159,7 @@ pub struct ProxySettings {
     pub ack_timeout: Duration,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub admin_ca: Option<PathBuf>,
     pub users: Vec<ProxyUser>,
 }
 
@@ -198,11 +204,11 @@ pub(super) fn proxy_settings(
     let listen = addr(c, "proxy.listen", &p.listen);
     let admin_listen = addr(c, "proxy.admin_listen", &p.admin_listen);
     if let Some(a) = admin_listen {
-        if !a.ip().is_loopback() {
+        if !a.ip().is_loopback() && (p.tls_cert.is_none() || p.tls_key.is_none()) {
             c.push(
                 p.admin_listen.span(),
                 "proxy.admin_listen",
-                "must be a loopback address (127.0.0.1 or ::1): the admin API can switch the database",
+                "beyond loopback the admin API, which can switch the database, needs TLS: set proxy.tls_cert and proxy.tls_key, or listen on 127.0.0.1",
             );
         }
     }
@@ -304,6 +310,7 @@ pub(super) fn proxy_settings(
         ack_timeout: p.ack_timeout,
         tls_cert: path(&p.tls_cert),
         tls_key: path(&p.tls_key),
+        admin_ca: path(&p.admin_ca),
         users,
     })
 }

@@ -66,7 +66,10 @@ catch_up_timeout = "30s"
 # The PG proxy applications connect through (`cutover proxy`); point DATABASE_URL at it.
 # [proxy]
 # listen = "127.0.0.1:6432"
+# Beyond loopback only with tls_cert and tls_key (served there too); admin_ca is the CA
+# `db switchover` checks that certificate with (default: the system's roots).
 # admin_listen = "127.0.0.1:6433"
+# admin_ca = "ca.pem"
 # admin_token = "${{CUTOVER_ADMIN_TOKEN}}"
 # /live, /ready and /metrics for a load balancer and Prometheus:
 # health_listen = "0.0.0.0:9187"

@@ -136,7 +136,7 @@ fn a_proxy_section_is_checked_whole() {
     let err = parse(bad, Path::new("p.toml"), &e).unwrap_err();
     let text = err.to_string();
     for want in [
-        "loopback",
+        "beyond loopback the admin API, which can switch the database, needs TLS",
         "inline",
         "kerberos",
         "no password",
@@ -144,6 +144,13 @@ fn a_proxy_section_is_checked_whole() {
     ] {
         assert!(text.contains(want), "{want}: {text}");
     }
+    // With TLS, the admin API may listen beyond loopback.
+    let tls = good.replace(
+        "[proxy]\n",
+        "[proxy]\nadmin_listen = \"0.0.0.0:6433\"\ntls_cert = \"p.crt\"\ntls_key = \"p.key\"\n",
+    );
+    let plan = parse(&tls, Path::new("p.toml"), &e).unwrap();
+    assert!(!plan.proxy().unwrap().admin_listen.ip().is_loopback());
     let none = parse(
         "[source]\nurl = \"${SRC}\"\n[target]\nurl = \"${DST}\"\n",
         Path::new("p.toml"),
