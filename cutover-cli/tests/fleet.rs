@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::{with_proxy, Env};
 use cutover_core::ConnString;
 use cutover_pg::{connect, pgbench, Side};
-use cutover_testkit::{free_port, http_get, via_proxy};
+use cutover_testkit::forward::{Forwarder, Path as ForwardPath};
+use cutover_testkit::{free_port, http_get, url_text, via_proxy};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -24,6 +25,11 @@ struct Member {
 
 impl Member {
     async fn start(env: &Env, name: &str) -> Member {
+        Member::start_with(env, name, &[]).await
+    }
+
+    /// A proxy whose environment differs: e.g. its plan's target reached another way.
+    async fn start_with(env: &Env, name: &str, vars: &[(&str, String)]) -> Member {
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin = format!("127.0.0.1:{}", free_port());
         let health: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -40,6 +46,7 @@ impl Member {
                 "--state",
                 state.to_str().unwrap(),
             ])
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(env.dir.path().join(format!("{name}.err"))).unwrap())
             .spawn()
@@ -79,8 +86,11 @@ impl Drop for Member {
 }
 
 /// The pgbench tables on the source, synced to the target, with the app's grants there.
+/// `CONTROL_URL` names the target, for plans that name the control database themselves.
 async fn shop(extra: &str) -> (Env, cutover_core::Secret) {
     let mut env = Env::native().await;
+    let control = url_text(&env.pair.target.url());
+    env.vars.push(("CONTROL_URL".into(), control));
     let pw = env.pair.app_role("app").await;
     let app_source = env
         .pair
@@ -126,6 +136,18 @@ async fn under_load(
     members: &[&Member],
     command: &[&str],
 ) -> (common::Run, u64) {
+    under_load_for(7, env, pw, members, command).await
+}
+
+/// As [`under_load`], with pgbench running for `seconds`.
+async fn under_load_for(
+    seconds: u32,
+    env: &Env,
+    pw: &cutover_core::Secret,
+    members: &[&Member],
+    command: &[&str],
+) -> (common::Run, u64) {
+    let seconds = seconds.to_string();
     let modes = ["prepared", "extended", "simple"];
     let loads: Vec<_> = members
         .iter()
@@ -133,7 +155,17 @@ async fn under_load(
         .map(|(i, m)| {
             pgbench::start(
                 &m.url(env, pw),
-                &["-n", "-c", "4", "-j", "2", "-T", "7", "-M", modes[i % 3]],
+                &[
+                    "-n",
+                    "-c",
+                    "4",
+                    "-j",
+                    "2",
+                    "-T",
+                    &seconds,
+                    "-M",
+                    modes[i % 3],
+                ],
             )
             .unwrap()
         })
@@ -421,5 +453,110 @@ async fn sigterm_under_load_tells_every_client_to_reconnect_and_exits_0() {
             .await
             .as_deref(),
         Some("0")
+    );
+}
+
+/// A fleet of two proxies, `direct` and `cut`, with `cut` reaching the target through a
+/// forwarder the test controls (both reach the control database directly).
+async fn fleet_with_a_path() -> (
+    Env,
+    cutover_core::Secret,
+    Member,
+    Member,
+    std::sync::Arc<Forwarder>,
+) {
+    let (env, pw) = shop("control_url = \"${CONTROL_URL}\"\n").await;
+    let target = env.pair.target.url();
+    let target_addr: std::net::SocketAddr = format!("127.0.0.1:{}", target.port).parse().unwrap();
+    let fwd = std::sync::Arc::new(Forwarder::start(target_addr).await);
+    let mut through = target.clone();
+    through.port = fwd.addr.port();
+    let direct = Member::start(&env, "direct").await;
+    let cut = Member::start_with(&env, "cut", &[("DST_URL", url_text(&through))]).await;
+    (env, pw, direct, cut, fwd)
+}
+
+/// The path from one proxy to the target is cut before the switch: every proxy checks its
+/// path before the point of no return, so the switch stops there, undone, and every proxy
+/// goes on with the source; with the path back, the switch goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_cut_off_from_the_target_stops_the_switch_before_its_point_of_no_return() {
+    let (env, pw, direct, cut, fwd) = fleet_with_a_path().await;
+    fwd.set(ForwardPath::Refused).await;
+    let (run, _) = under_load(&env, &pw, &[&direct, &cut], &["db", "switchover"]).await;
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("not every proxy reaches the target")
+            && run.stderr.contains("cannot reach the target")
+            && run.stderr.contains("refused"),
+        "{}",
+        run.stderr
+    );
+    let source_port = env.pair.source.cluster.port().to_string();
+    for m in [&direct, &cut] {
+        assert_eq!(port_of(&m.url(&env, &pw)).await, source_port);
+    }
+    let fleet = fleet_json(&env);
+    assert_eq!(
+        (fleet["active"].as_str(), fleet["paused"].as_bool()),
+        (Some("source"), Some(false))
+    );
+
+    fwd.set(ForwardPath::Open).await;
+    let (run, processed) = under_load(&env, &pw, &[&direct, &cut], &["db", "switchover"]).await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(history(&env.pair.target).await >= processed);
+    let target_port = env.pair.target.cluster.port().to_string();
+    for m in [&direct, &cut] {
+        assert_eq!(port_of(&m.url(&env, &pw)).await, target_port);
+    }
+}
+
+/// The path from one proxy to the target is lost after the point of no return (it still
+/// takes connections, and nothing goes through them): that proxy's sessions wait, their
+/// clients' requests with them, and go on once the path is back, 12 s after the switch.
+/// No transaction fails, and every one acknowledged is on the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_lost_after_the_point_of_no_return_holds_sessions_until_it_returns() {
+    let (env, pw, direct, cut, fwd) = fleet_with_a_path().await;
+    fwd.set(ForwardPath::BlackHole).await;
+    let back = {
+        let (fwd, control) = (fwd.clone(), env.pair.target.url());
+        tokio::spawn(async move {
+            let c = connect(&control, Side::Target).await.unwrap();
+            loop {
+                let active: Option<String> = c
+                    .query_opt("SELECT active FROM cutover.proxy_fleet", &[])
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|r| r.get(0));
+                if active.as_deref() == Some("target") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Longer than a session waits for its login made ahead, and than one login.
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            fwd.set(ForwardPath::Open).await;
+        })
+    };
+    let (run, processed) =
+        under_load_for(25, &env, &pw, &[&direct, &cut], &["db", "switchover"]).await;
+    back.await.unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        history(&env.pair.target).await,
+        processed,
+        "every transaction pgbench reported is on the target"
+    );
+    let target_port = env.pair.target.cluster.port().to_string();
+    for m in [&direct, &cut] {
+        assert_eq!(port_of(&m.url(&env, &pw)).await, target_port);
+    }
+    let log = std::fs::read_to_string(env.dir.path().join("cut.err")).unwrap();
+    assert!(
+        log.contains("cannot reach the target yet") && log.contains("reached the target after"),
+        "the sessions of the proxy cut off waited for the path: {log}"
     );
 }

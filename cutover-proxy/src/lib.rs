@@ -13,6 +13,7 @@ mod health;
 pub mod metrics;
 pub mod proxies;
 pub mod proxy;
+pub mod reach;
 pub mod server;
 mod session;
 pub mod state;

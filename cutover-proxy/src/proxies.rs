@@ -76,7 +76,18 @@ impl Proxies {
 
     pub async fn switch_and_resume(&self, to: Backend) -> Result<SwitchReport, AdminError> {
         match self {
-            Proxies::One(a) => a.switch_and_resume(to).await,
+            Proxies::One(a) => {
+                let s = a.status().await?;
+                if s.active != to {
+                    s.reaches(to).map_err(|why| AdminError::Refused {
+                        status: 409,
+                        message: format!(
+                            "the proxy {why}, so the switch stops before its point of no return"
+                        ),
+                    })?;
+                }
+                a.switch_and_resume(to).await
+            }
             Proxies::Fleet(f) => f.switch_and_resume(to).await,
         }
     }

@@ -183,9 +183,18 @@ pub struct Status {
     pub pause: PauseStats,
     #[serde(default)]
     pub errors: ErrorStats,
+    /// Whether this proxy reaches the backend a coming switch goes to (checked while a
+    /// switch is prepared or paused).
+    #[serde(default)]
+    pub reach: Option<crate::reach::Reach>,
 }
 
 impl Status {
+    /// Refused unless this proxy's last check reached `to` a moment ago.
+    pub fn reaches(&self, to: Backend) -> Result<(), String> {
+        crate::reach::verdict(self.reach.as_ref(), to)
+    }
+
     /// Server pids of the proxy's sessions on `backend`.
     pub fn server_pids(&self, backend: Backend) -> Vec<i32> {
         self.sessions
@@ -226,7 +235,7 @@ pub enum GateError {
 
 pub struct Shared {
     pub config: Config,
-    gate: watch::Sender<Gate>,
+    pub(crate) gate: watch::Sender<Gate>,
     sessions: Mutex<HashMap<u64, Arc<SessionCell>>>,
     cancel_keys: Mutex<HashMap<(i32, i32), u64>>,
     next_id: AtomicU64,
@@ -234,6 +243,8 @@ pub struct Shared {
     pub(crate) changed: Notify,
     pause: Mutex<PauseStats>,
     errors: Mutex<ErrorStats>,
+    /// The last check of the path to the other backend.
+    pub(crate) reach: Mutex<Option<crate::reach::Checked>>,
     switching: tokio::sync::Mutex<()>,
     /// SCRAM keys per user, derived once (4096 rounds of HMAC) and reused by every login.
     scram: Mutex<HashMap<String, crate::auth::ScramSecret>>,
@@ -262,6 +273,7 @@ impl Shared {
             changed: Notify::new(),
             pause: Mutex::new(PauseStats::default()),
             errors: Mutex::new(ErrorStats::default()),
+            reach: Mutex::new(None),
             switching: tokio::sync::Mutex::new(()),
             scram: Mutex::new(HashMap::new()),
             metrics: crate::metrics::Metrics::new(),
@@ -368,6 +380,12 @@ impl Shared {
             sessions,
             pause: self.pause.lock().unwrap().clone(),
             errors: self.errors.lock().unwrap().clone(),
+            reach: self
+                .reach
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(crate::reach::Checked::report),
         }
     }
 
@@ -808,6 +826,10 @@ pub async fn start(config: Config) -> Result<Running, String> {
         tokio::spawn(async move { crate::admin::serve(shared, admin, stop).await })
     };
     let mut tasks = vec![accept, admin_task];
+    tasks.push(tokio::spawn(crate::reach::watch(
+        shared.clone(),
+        stop.clone(),
+    )));
     let member = shared.config.control.clone().map(|url| {
         let id = me.id.clone();
         let shared = shared.clone();

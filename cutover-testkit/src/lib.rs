@@ -10,6 +10,7 @@ use cutover_pg::{connect, Side};
 use tokio_postgres::Client;
 
 pub mod bind;
+pub mod forward;
 
 pub use cutover_pg::local;
 

@@ -90,6 +90,39 @@ impl Fleet {
             sessions,
             pause,
             errors,
+            reach: None,
+        }
+    }
+
+    /// Refused, naming each one, unless every live proxy reached `to` a moment ago.
+    pub fn reaches(&self, to: Backend) -> Result<(), AdminError> {
+        let mut cut_off = vec![];
+        for l in self.live() {
+            let why = match &l.status {
+                Some(s) => {
+                    let mut s = s.clone();
+                    // The lease itself has an age: the check is that much older.
+                    if let Some(r) = s.reach.as_mut() {
+                        r.age_ms += (l.age_s * 1000.0) as u64;
+                    }
+                    s.reaches(to).err()
+                }
+                None => Some("has reported no status".into()),
+            };
+            if let Some(why) = why {
+                cut_off.push(format!("{} {why}", l.describe()));
+            }
+        }
+        if cut_off.is_empty() {
+            Ok(())
+        } else {
+            Err(AdminError::Refused {
+                status: 409,
+                message: format!(
+                    "not every proxy reaches the {to}, so the switch stops before its point of no return: {}",
+                    cut_off.join("; ")
+                ),
+            })
         }
     }
 }
@@ -308,9 +341,14 @@ impl FleetClient {
     }
 
     /// The point of no return: the fleet row names `to` with the next epoch and ends the
-    /// pause in the same update. Then waits (`proxy.ack_timeout`) for every proxy to move its
+    /// pause in the same update, once every live proxy has shown that it reaches `to` (a
+    /// proxy cut off from it makes the switch stop before, undone). Then waits (`proxy.ack_timeout`) for every proxy to move its
     /// sessions; one that does not is listed in `failed`, and follows when it can.
     pub async fn switch_and_resume(&self, to: Backend) -> Result<SwitchReport, AdminError> {
+        let fleet = self.fleet().await?;
+        if fleet.row.active != to {
+            fleet.reaches(to)?;
+        }
         let c = self.client().await?;
         let sql = format!(
             "WITH changed AS (

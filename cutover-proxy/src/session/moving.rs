@@ -157,17 +157,25 @@ impl Session {
             return Err(SessionError::Client(msg));
         }
         let ready = match self.standby.take() {
-            Some((backend, handle)) if backend == gate.active => match handle.await {
-                Ok(Ok(conn)) => Some(conn),
-                Ok(Err(e)) => {
-                    tracing::debug!(
-                        "session {}: standby connection failed ({e}); trying again",
-                        self.id
-                    );
-                    None
+            // A login made ahead that hangs (the path cut while it was under way) is not
+            // waited for longer than a login of its own.
+            Some((backend, mut handle)) if backend == gate.active => {
+                match tokio::time::timeout(LOGIN_TIMEOUT, &mut handle).await {
+                    Ok(Ok(Ok(conn))) => Some(conn),
+                    Ok(Ok(Err(e))) => {
+                        tracing::debug!(
+                            "session {}: standby connection failed ({e}); trying again",
+                            self.id
+                        );
+                        None
+                    }
+                    Ok(Err(_)) => None,
+                    Err(_) => {
+                        handle.abort();
+                        None
+                    }
                 }
-                Err(_) => None,
-            },
+            }
             Some((_, handle)) => {
                 handle.abort();
                 None
@@ -177,10 +185,14 @@ impl Session {
         let mut conn = match ready {
             Some(c) => c,
             None => {
-                let url = self.shared.config.backend(gate.active).clone();
-                let conn = server::connect(&url, &self.user, self.password.as_ref(), &self.startup)
-                    .await?;
-                give_state(conn, &inspection).await?
+                let login = Login {
+                    id: self.id,
+                    url: self.shared.config.backend(gate.active),
+                    user: &self.user,
+                    password: self.password.as_ref(),
+                    startup: &self.startup,
+                };
+                login.after_switch(gate.active, &inspection).await?
             }
         };
         // Tell the client about parameters whose values changed.
@@ -209,6 +221,77 @@ impl Session {
         self.moved_in_pause = true;
         self.publish(false);
         Ok(())
+    }
+}
+
+/// How long a session moved by a switch waits for the new backend while it cannot be
+/// reached (its client's next request waits with it), and how long one login may take.
+const MOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a session logs in with (the session itself holds its client's stream, which a
+/// future that must be `Send` cannot borrow).
+struct Login<'a> {
+    id: u64,
+    url: &'a cutover_core::ConnString,
+    user: &'a str,
+    password: Option<&'a cutover_core::Secret>,
+    startup: &'a [(String, String)],
+}
+
+impl Login<'_> {
+    /// Logs in to `to`, where a switch moved the proxy, with the session's state. After the
+    /// point of no return there is nowhere else to go: while `to` cannot be reached (the
+    /// path cut, a login that hangs) the session waits and tries again, for [`MOVE_WAIT`].
+    /// A login the server refuses is not waited for.
+    async fn after_switch(
+        &self,
+        to: state::Backend,
+        inspection: &Inspection,
+    ) -> Result<ServerConn, SessionError> {
+        let url = self.url;
+        let started = Instant::now();
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            let attempt = tokio::time::timeout(LOGIN_TIMEOUT, async {
+                let conn = server::connect(url, self.user, self.password, self.startup).await?;
+                give_state(conn, inspection).await
+            })
+            .await;
+            let why = match attempt {
+                Ok(Ok(conn)) => {
+                    if started.elapsed() > delay {
+                        // At the level of the warnings it ends.
+                        tracing::warn!(
+                            "session {}: reached the {to} after {:.1}s",
+                            self.id,
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(conn);
+                }
+                Ok(Err(e @ ServerError::Server(_))) => return Err(e.into()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!(
+                    "the login to {} did not finish in {}s",
+                    url.location(),
+                    LOGIN_TIMEOUT.as_secs()
+                ),
+            };
+            if started.elapsed() >= MOVE_WAIT {
+                return Err(ServerError::Connect {
+                    location: url.location(),
+                    message: format!("{why}; waited {}s", MOVE_WAIT.as_secs()),
+                }
+                .into());
+            }
+            tracing::warn!(
+                "session {}: cannot reach the {to} yet ({why}); trying again",
+                self.id
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(1));
+        }
     }
 }
 

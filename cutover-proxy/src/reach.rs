@@ -1,0 +1,119 @@
+//! Whether a proxy reaches the backend a switch goes to. While a switch is prepared or
+//! paused, each proxy checks its path to that backend and reports it in its status, so that
+//! a proxy cut off from the new primary stops the switch before its point of no return
+//! instead of stranding its sessions after it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::Shared;
+use crate::state::Backend;
+
+/// How often the path is checked while a switch is prepared or paused.
+const EVERY: Duration = Duration::from_millis(500);
+/// How long one check may take.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// A check older than this does not count: the switch needs a recent one.
+pub const FRESH: Duration = Duration::from_secs(3);
+
+/// The last check of the path to the backend a switch goes to, as a status reports it: a
+/// TCP connection made, or why not.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct Reach {
+    pub backend: Backend,
+    pub ok: bool,
+    pub error: Option<String>,
+    /// How long ago the check ended.
+    pub age_ms: u64,
+}
+
+/// A check as the proxy keeps it.
+pub(crate) struct Checked {
+    backend: Backend,
+    result: Result<(), String>,
+    at: Instant,
+}
+
+impl Checked {
+    pub(crate) fn report(&self) -> Reach {
+        Reach {
+            backend: self.backend,
+            ok: self.result.is_ok(),
+            error: self.result.as_ref().err().cloned(),
+            age_ms: self.at.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// Refused, saying why, unless `reach` reached `to` within [`FRESH`].
+pub fn verdict(reach: Option<&Reach>, to: Backend) -> Result<(), String> {
+    match reach {
+        Some(r) if r.backend == to && r.ok && r.age_ms <= FRESH.as_millis() as u64 => Ok(()),
+        Some(r) if r.backend == to && !r.ok => Err(format!(
+            "cannot reach the {to}: {}",
+            r.error.as_deref().unwrap_or("no answer")
+        )),
+        Some(r) if r.backend == to => Err(format!(
+            "has not reached the {to} for {:.1}s",
+            r.age_ms as f64 / 1000.0
+        )),
+        _ => Err(format!("has not checked its path to the {to} yet")),
+    }
+}
+
+/// Checks, every [`EVERY`] while a switch is prepared or paused, that a connection to the
+/// backend it goes to can be made; forgets the check when no switch is under way.
+pub(crate) async fn watch(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut gate_rx = shared.gate.subscribe();
+    loop {
+        let gate = *gate_rx.borrow_and_update();
+        let to = match gate.prepare {
+            Some(b) if b != gate.active => Some(b),
+            _ if gate.paused => Some(gate.active.other()),
+            _ => None,
+        };
+        let Some(backend) = to else {
+            *shared.reach.lock().unwrap() = None;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                r = gate_rx.changed() => if r.is_err() { return },
+            }
+            continue;
+        };
+        let url = shared.config.backend(backend);
+        let result = match tokio::time::timeout(TIMEOUT, connect(url)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "{}: no answer in {}s",
+                url.location(),
+                TIMEOUT.as_secs()
+            )),
+        };
+        *shared.reach.lock().unwrap() = Some(Checked {
+            backend,
+            result,
+            at: Instant::now(),
+        });
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+/// A TCP (or Unix socket) connection to the server of `url`, closed at once.
+async fn connect(url: &cutover_core::ConnString) -> Result<(), String> {
+    let r = if url.host.starts_with('/') {
+        tokio::net::UnixStream::connect(format!("{}/.s.PGSQL.{}", url.host, url.port))
+            .await
+            .map(drop)
+    } else {
+        tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map(drop)
+    };
+    r.map_err(|e| format!("{}: {e}", url.location()))
+}
