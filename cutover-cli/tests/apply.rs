@@ -293,6 +293,23 @@ async fn plan_apply_status_and_finish_refuse_bad_input_with_one_line() {
         "{}",
         r.stdout
     );
+    // A rollback's dry run lists what it would undo, users first, and undoes nothing.
+    let r = run(&stage, &["rollback", "--dry-run"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let canary = r.stdout.find("  traffic.canary: ");
+    let database = r.stdout.find("  database.switchover: ");
+    assert!(
+        r.stdout.starts_with("rollback would, in order:")
+            && canary.is_some()
+            && canary < database
+            && r.stdout.ends_with("nothing was changed (dry run)\n"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        stage.proxy.as_ref().unwrap().shared.status().active,
+        cutover_proxy::Backend::Target
+    );
     let r = run(&stage, &["status"]).await;
     assert!(r.stdout.contains("rollback window: 59m"), "{}", r.stdout);
     assert!(
@@ -362,4 +379,108 @@ fn apply_without_a_proxy_section_is_one_line_and_changes_nothing() {
     assert!(cutover_runbook::migration::MigrationState::load(&journal)
         .unwrap()
         .is_none());
+}
+
+/// `cutover` on the plan file at `plan`, with the databases named by variables and no
+/// terminal: (exit code, stdout, stderr).
+fn plain(plan: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(common::bin())
+        .arg("--plan")
+        .arg(plan)
+        .args(args)
+        .env(
+            "SRC",
+            "postgres://app:pw-src-123@127.0.0.1:1/app?sslmode=disable",
+        )
+        .env(
+            "DST",
+            "postgres://app:pw-dst-123@127.0.0.1:2/app?sslmode=disable",
+        )
+        .env("CUTOVER_ADMIN_TOKEN", "tok-admin-123456")
+        .env("APP_PW", "pw-app-123")
+        .env("CI", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// A plan with the databases and the proxy only: `plan` lists the phases and steps it leaves
+/// out, each with what to add, and `apply --dry-run` shows the same and writes nothing.
+#[test]
+fn plan_names_what_it_leaves_out_and_how_to_add_it_and_a_dry_run_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("cutover.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "{}\n[proxy]\nadmin_token = \"${{CUTOVER_ADMIN_TOKEN}}\"\n\n[[proxy.users]]\nname = \"app\"\npassword = \"${{APP_PW}}\"\n",
+            cutover_core::plan::template("${SRC}", "${DST}")
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = plain(&plan, &["plan"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let left_out = stdout.split("left out:").nth(1).expect("a left-out list");
+    for (what, fix) in [
+        (
+            "prepare.lower_ttl: no [dns]",
+            "add [dns] (provider, zone, name, old, new)",
+        ),
+        (
+            "new_app phase: the plan names no new app",
+            "add [new_app] url = \"https://...\"",
+        ),
+        (
+            "traffic phase: no [traffic]",
+            "add [traffic] with the splitter in front of the old app",
+        ),
+        (
+            "done phase: no [traffic]",
+            "the move is done when the database is",
+        ),
+    ] {
+        let line = left_out
+            .lines()
+            .find(|l| l.trim_start().starts_with(what))
+            .unwrap_or_else(|| panic!("{what}: {stdout}"));
+        assert!(line.contains(fix), "{line}");
+    }
+    // The phases it runs are there, with what each step changes and what a rollback does.
+    for step in [
+        "prepare.sync",
+        "proxy.sessions",
+        "database.switchover",
+        "hold.window",
+        "finish.cleanup",
+    ] {
+        assert!(stdout.contains(&format!(" {step}: ")), "{step}: {stdout}");
+    }
+    assert!(stdout.contains("↺ switch back to the source"), "{stdout}");
+
+    let (code, dry, stderr) = plain(&plan, &["apply", "--dry-run"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        dry.contains("left out:") && dry.ends_with("nothing was changed (dry run)\n"),
+        "{dry}"
+    );
+    let (code, dry, stderr) = plain(&plan, &["rollback", "--dry-run"]);
+    assert_eq!(
+        (code, dry.as_str()),
+        (Some(0), "nothing to roll back\n"),
+        "{stderr}"
+    );
+    for text in [&stdout, &dry] {
+        assert!(
+            !text.contains("pw-") && !text.contains("tok-admin"),
+            "{text}"
+        );
+    }
+    // Not even a journal: the dry runs reached no database and wrote nothing.
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files, ["cutover.toml"]);
 }

@@ -302,6 +302,115 @@ async fn a_failing_canary_gate_sends_users_back_and_stops_the_run() {
     assert_eq!(report.failed, 0, "{:?}", report.failures);
 }
 
+/// The replication that protects the rollback is lost after the switch (its slot dropped,
+/// as an invalidated slot is): the canary's database gate fails its first window, users go
+/// back to the old app, and the run stops saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_gate_fails_when_nothing_protects_the_rollback_any_more() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let m = Move::start(StageOptions::default()).await;
+    let load = m.stage.load(30.0);
+    let a = m.apply(Some(Phase::Database)).await.unwrap();
+    assert_eq!(a.state, RunState::Stopped);
+    assert_eq!(m.proxy_on().await, Backend::Target);
+
+    let sync = &m.stage.plan.sync;
+    let source = cutover_pg::connect(&m.stage.plan.source.url, Side::Source)
+        .await
+        .unwrap();
+    let sub = sync.reverse_subscription();
+    source
+        .batch_execute(&format!(
+            "ALTER SUBSCRIPTION {sub} DISABLE; ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"
+        ))
+        .await
+        .unwrap();
+    let target = cutover_pg::connect(&m.stage.plan.target.url, Side::Target)
+        .await
+        .unwrap();
+    // The walsender of the disabled subscription takes a moment to go.
+    let mut tries = 0;
+    while let Err(e) = target
+        .execute(
+            "SELECT pg_drop_replication_slot($1)",
+            &[&sync.reverse_slot()],
+        )
+        .await
+    {
+        tries += 1;
+        assert!(tries < 100, "the reverse slot stays active: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let err = refused_at(&m, "traffic.canary", "the canary rolled back to 0%").await;
+    assert!(
+        err.contains(
+            "nothing follows the primary (target -> source): a rollback would lose writes"
+        ),
+        "{err}"
+    );
+    assert_eq!(m.new_percent(), 0);
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+}
+
+/// The new primary keeps ending the proxy's sessions in the middle of the canary (a server
+/// that restarts, again and again): the canary's database gate counts the sessions that lost
+/// their database, its windows fail, and users go back to the old app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_gate_fails_when_the_proxy_loses_its_sessions_to_the_database() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let m = Move::start(StageOptions::default()).await;
+    let load = m.stage.load(30.0);
+    let a = m.apply(Some(Phase::Database)).await.unwrap();
+    assert_eq!(a.state, RunState::Stopped);
+
+    let target = cutover_pg::connect(&m.stage.plan.target.url, Side::Target)
+        .await
+        .unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let cut = async {
+        // Once users are on the new app, inside the canary's first window, until it stops.
+        while m.new_percent() == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut ended = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let proxy = m.stage.proxy.as_ref().unwrap();
+            for pid in proxy.shared.status().server_pids(Backend::Target) {
+                let r = target
+                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .unwrap();
+                ended += u32::from(r.get::<_, bool>(0));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        ended
+    };
+    let refused = async {
+        let err = refused_at(&m, "traffic.canary", "the canary rolled back to 0%").await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        err
+    };
+    let (err, ended) = tokio::join!(refused, cut);
+    assert!(ended > 0, "no session of the proxy was ended");
+    assert!(
+        err.contains("server error(s) in the window (sessions that lost their database)"),
+        "{err}"
+    );
+    assert_eq!(m.new_percent(), 0);
+    assert_eq!(m.proxy_on().await, Backend::Target);
+    // Requests that were inside the sessions ended may fail; every acknowledged order is kept.
+    let report = load.stop().await;
+    let present = m
+        .stage
+        .orders_present(Side::Target, &report.acknowledged)
+        .await
+        .unwrap();
+    assert_eq!(present, report.acknowledged.len() as i64);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_around_the_proxy_blocks_the_database_phase_and_is_named() {
     let _slot = SLOTS.acquire().await.unwrap();

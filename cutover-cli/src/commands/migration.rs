@@ -2,6 +2,8 @@
 
 use std::io::{IsTerminal, Write};
 
+use anyhow::Context;
+
 use cutover_core::journal::Status;
 use cutover_runbook::migration::{
     self, Applied, Approval, Event, FinishOptions, Line, MigrationState, RunState, Runbook,
@@ -240,8 +242,11 @@ fn exit_code(a: &Applied) -> i32 {
 
 pub async fn rollback(g: &Global, args: RollbackArgs) -> anyhow::Result<i32> {
     let plan = super::load_plan(&g.plan)?;
-    let journal = super::open_journal(&plan)?;
-    let state = MigrationState::load(&journal)?;
+    let journal = super::existing_journal(&plan, args.dry_run)?;
+    let state = match &journal {
+        Some(j) => MigrationState::load(j)?,
+        None => None,
+    };
     let runbook = Runbook::of(&plan);
     let undo: Vec<String> = state
         .as_ref()
@@ -290,6 +295,7 @@ pub async fn rollback(g: &Global, args: RollbackArgs) -> anyhow::Result<i32> {
             ),
         }
     }
+    let journal = journal.context("journal")?;
     let events = printer(g.json, g.verbose > 0);
     let done = migration::rollback(&plan, &journal, &events).await?;
     if !g.json {
@@ -303,14 +309,17 @@ pub async fn rollback(g: &Global, args: RollbackArgs) -> anyhow::Result<i32> {
 
 pub async fn finish(g: &Global, args: FinishArgs) -> anyhow::Result<i32> {
     let plan = super::load_plan(&g.plan)?;
-    let journal = super::open_journal(&plan)?;
+    let journal = super::existing_journal(&plan, args.dry_run)?;
     if args.dry_run {
         let steps: Vec<_> = Runbook::of(&plan)
             .describe(&plan)
             .into_iter()
             .filter(|s| s.phase == migration::Phase::Finish)
             .collect();
-        let state = MigrationState::load(&journal)?;
+        let state = match &journal {
+            Some(j) => MigrationState::load(j)?,
+            None => None,
+        };
         let window = state.as_ref().and_then(|s| s.done_ms).map(|done| {
             let ends = done + plan.migration.hold.as_millis() as i64;
             (
@@ -341,6 +350,7 @@ pub async fn finish(g: &Global, args: FinishArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
+    let journal = journal.context("journal")?;
     let events = printer(g.json, g.verbose > 0);
     let ask = approver();
     let applied = migration::finish(
