@@ -137,6 +137,12 @@ async fn apply_killed_at_every_step_boundary_and_inside_long_steps_ends_in_the_s
                     }
                 }
                 "step_finished" if e["status"] == "ok" => {
+                    if deadline.is_some() && killed_inside.contains(&step) {
+                        panic!(
+                            "{step} finished before the kill inside it:\n{}",
+                            history.join("\n")
+                        );
+                    }
                     if step == "traffic.canary" {
                         // Users' DNS now answers the new app.
                         stage.resolver.set(&stage.new_app_url());

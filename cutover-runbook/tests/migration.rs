@@ -221,6 +221,64 @@ async fn rollback_from_every_phase_puts_users_and_writes_back_losing_nothing() {
     }
 }
 
+/// Traffic first: a rollback after the traffic phase sends users back and leaves the database
+/// alone; one asked for while `apply` holds the rollback window stops that run and undoes the
+/// database and then the users, and every order acknowledged so far is on the old database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_first_rolls_back_after_the_users_and_inside_a_running_hold() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let m = Move::start(StageOptions {
+        order: Order::TrafficFirst,
+        hold: "1h",
+        ..StageOptions::default()
+    })
+    .await;
+    let load = m.stage.load(30.0);
+
+    let a = m.apply(Some(Phase::Traffic)).await.unwrap();
+    assert_eq!(a.state, RunState::Stopped);
+    assert_eq!(m.proxy_on().await, Backend::Source, "traffic first");
+    let r = m.rollback().await.unwrap();
+    assert_eq!(r.undone, ["traffic.canary"]);
+    assert_eq!(m.new_percent(), 0);
+    assert_eq!(m.proxy_on().await, Backend::Source);
+    m.old_app_takes_an_order().await;
+
+    // The whole move again, rolled back from the outside while it holds the window.
+    let apply = m.apply(None);
+    let rollback = async {
+        while m.state().step.as_deref() != Some("hold.window") {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(m.proxy_on().await, Backend::Target);
+        m.rollback().await
+    };
+    let (a, r) = tokio::join!(apply, rollback);
+    let a = a.unwrap();
+    assert_eq!(a.attempt, 2);
+    assert_ne!(a.state, RunState::Finished, "{a:?}");
+    let r = r.unwrap();
+    assert_eq!(r.attempt, 2);
+    assert_eq!(r.undone, ["database.switchover", "traffic.canary"]);
+    assert_eq!(m.state().state, RunState::RolledBack);
+    assert_eq!(m.proxy_on().await, Backend::Source);
+    assert_eq!(m.new_percent(), 0);
+    m.old_app_takes_an_order().await;
+
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    let present = m
+        .stage
+        .orders_present(Side::Source, &report.acknowledged)
+        .await
+        .unwrap();
+    assert_eq!(
+        present,
+        report.acknowledged.len() as i64,
+        "acknowledged orders missing on the old database after the rollback"
+    );
+}
+
 /// Runs `apply` expecting it to stop at `step` with `expect` in its reason, the users and
 /// the database where they were.
 async fn refused_at(m: &Move, step: &str, expect: &str) -> String {
