@@ -279,6 +279,73 @@ async fn traffic_first_rolls_back_after_the_users_and_inside_a_running_hold() {
     );
 }
 
+/// The move is done when users stop reaching the old origin, not when a timer says so: while
+/// their DNS still answers the splitter in front of the old app, the done phase waits (well
+/// past its window) and `status` says how much traffic is left there; once their DNS follows
+/// the new app, it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_move_is_done_only_once_users_stop_reaching_the_old_origin() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let m = Move::start(StageOptions::default()).await;
+    let load = m.stage.load(30.0);
+    let record = m.record();
+    let options = migration::Options {
+        yes: true,
+        until: Some(Phase::Done),
+    };
+    let apply = migration::apply(&m.stage.plan, &m.journal, &options, &record, &yes);
+    tokio::pin!(apply);
+    let waiting = async {
+        while m.state().step.as_deref() != Some("done.residual") {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Five times the 2 s window, every user still on the old address.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    };
+    tokio::select! {
+        a = &mut apply => panic!("done while users still reach the old origin: {a:?}"),
+        () = waiting => {}
+    }
+    let s = m.state();
+    assert_eq!(s.step.as_deref(), Some("done.residual"));
+    assert!(s.done_ms.is_none(), "{s:?}");
+    let progress: Vec<String> = m
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Progress { step, message, .. } if step == "done.residual" => {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        progress
+            .last()
+            .is_some_and(|t| t.contains("requests/s at the old origin")),
+        "{progress:?}"
+    );
+
+    let status = migration::status(&m.stage.plan, &m.journal)
+        .await
+        .unwrap()
+        .unwrap();
+    let rps = status.traffic.as_ref().unwrap().old_origin_rps;
+    assert!(
+        rps > 0.5,
+        "status shows the traffic left at the old origin: {rps}"
+    );
+
+    m.stage.resolver.set(&m.stage.new_app_url());
+    let a = apply.await.unwrap();
+    assert_eq!(a.state, RunState::Stopped, "{a:?}");
+    assert!(m.state().done_ms.is_some());
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+}
+
 /// Runs `apply` expecting it to stop at `step` with `expect` in its reason, the users and
 /// the database where they were.
 async fn refused_at(m: &Move, step: &str, expect: &str) -> String {
