@@ -348,25 +348,8 @@ fn apply_without_a_proxy_section_is_one_line_and_changes_nothing() {
     let plan = dir.path().join("cutover.toml");
     std::fs::write(&plan, cutover_core::plan::template("${SRC}", "${DST}")).unwrap();
     for args in [&["apply", "--yes"][..], &["plan"][..]] {
-        let out = std::process::Command::new(common::bin())
-            .arg("--plan")
-            .arg(&plan)
-            .args(args)
-            .env(
-                "SRC",
-                "postgres://app:pw-src-123@127.0.0.1:1/app?sslmode=disable",
-            )
-            .env(
-                "DST",
-                "postgres://app:pw-dst-123@127.0.0.1:2/app?sslmode=disable",
-            )
-            .env("CI", "1")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let (code, stdout, stderr) = plain(&plan, args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
         let text = if args[0] == "apply" {
             one_error_line(&stderr).to_string()
         } else {

@@ -41,6 +41,17 @@ impl Move {
         }
     }
 
+    /// A move stopped after its database phase, under load: the target is the primary, users
+    /// are still on the old app.
+    async fn database_moved() -> (Move, cutover_demo::load::Load) {
+        let m = Move::start(StageOptions::default()).await;
+        let load = m.stage.load(30.0);
+        let a = m.apply(Some(Phase::Database)).await.unwrap();
+        assert_eq!(a.state, RunState::Stopped);
+        assert_eq!(m.proxy_on().await, Backend::Target);
+        (m, load)
+    }
+
     fn record(&self) -> impl Fn(Event) + Send + Sync + '_ {
         |e| self.events.lock().unwrap().push(e)
     }
@@ -433,11 +444,7 @@ async fn a_failing_canary_gate_sends_users_back_and_stops_the_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_gate_fails_when_nothing_protects_the_rollback_any_more() {
     let _slot = SLOTS.acquire().await.unwrap();
-    let m = Move::start(StageOptions::default()).await;
-    let load = m.stage.load(30.0);
-    let a = m.apply(Some(Phase::Database)).await.unwrap();
-    assert_eq!(a.state, RunState::Stopped);
-    assert_eq!(m.proxy_on().await, Backend::Target);
+    let (m, load) = Move::database_moved().await;
 
     let sync = &m.stage.plan.sync;
     let source = cutover_pg::connect(&m.stage.plan.source.url, Side::Source)
@@ -485,10 +492,7 @@ async fn a_canary_gate_fails_when_nothing_protects_the_rollback_any_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_gate_fails_when_the_proxy_loses_its_sessions_to_the_database() {
     let _slot = SLOTS.acquire().await.unwrap();
-    let m = Move::start(StageOptions::default()).await;
-    let load = m.stage.load(30.0);
-    let a = m.apply(Some(Phase::Database)).await.unwrap();
-    assert_eq!(a.state, RunState::Stopped);
+    let (m, load) = Move::database_moved().await;
 
     let target = cutover_pg::connect(&m.stage.plan.target.url, Side::Target)
         .await
