@@ -94,6 +94,13 @@ impl Move {
         MigrationState::load(&self.journal).unwrap().unwrap()
     }
 
+    /// The step the migration is at, if it has started.
+    fn step(&self) -> Option<String> {
+        MigrationState::load(&self.journal)
+            .unwrap()
+            .and_then(|s| s.step)
+    }
+
     async fn proxy_on(&self) -> Backend {
         self.stage.proxy.as_ref().unwrap().shared.status().active
     }
@@ -258,7 +265,7 @@ async fn traffic_first_rolls_back_after_the_users_and_inside_a_running_hold() {
     // The whole move again, rolled back from the outside while it holds the window.
     let apply = m.apply(None);
     let rollback = async {
-        while m.state().step.as_deref() != Some("hold.window") {
+        while m.step().as_deref() != Some("hold.window") {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(m.proxy_on().await, Backend::Target);
@@ -307,7 +314,8 @@ async fn the_move_is_done_only_once_users_stop_reaching_the_old_origin() {
     let apply = migration::apply(&m.stage.plan, &m.journal, &options, &record, &yes);
     tokio::pin!(apply);
     let waiting = async {
-        while m.state().step.as_deref() != Some("done.residual") {
+        // The run has written no state yet when this first looks.
+        while m.step().as_deref() != Some("done.residual") {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Five times the 2 s window, every user still on the old address.
