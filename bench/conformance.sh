@@ -43,6 +43,9 @@
 #   RUN_TIMEOUT=1200     seconds one whole pytest run may take before it is killed
 #   RERUN=1              run tests failing on one side only again, on both sides (0: don't)
 #   PYTEST_ARGS=         more pytest arguments, for both runs
+#   FLEET=2              proxies of the plan started, coordinated through the control schema
+#                        in the plan's target database; the tests go through the first one,
+#                        a member of that fleet like any other (1: a fleet of one)
 #   LOG_DIR=             if set, junit files, pytest output, outcomes per test (.tsv), the plan
 #                        and the server and proxy logs are copied there (pytest's output shows
 #                        the test DSN, with the throw-away password of the deleted cluster)
@@ -64,12 +67,13 @@ TEST_TIMEOUT=${TEST_TIMEOUT:-60}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1200}
 RERUN=${RERUN:-1}
 PYTEST_ARGS=${PYTEST_ARGS:-}
+FLEET=${FLEET:-2}
 LOG_DIR=${LOG_DIR:-}
 
 [[ $LIBPQ == system || $LIBPQ == wheel ]] || { echo "LIBPQ must be \"system\" or \"wheel\", not \"$LIBPQ\"" >&2; exit 64; }
 
 export GIT_OPTIONAL_LOCKS=0 # the report's `git status` must not take the index lock
-COMMAND_LINE="MARKERS=\"$MARKERS\" TESTS=\"$TESTS\" POOL=$POOL LIBPQ=$LIBPQ${DSN_OPTIONS:+ DSN_OPTIONS=\"$DSN_OPTIONS\"} bench/conformance.sh${*:+ $*}"
+COMMAND_LINE="MARKERS=\"$MARKERS\" TESTS=\"$TESTS\" POOL=$POOL LIBPQ=$LIBPQ FLEET=$FLEET${DSN_OPTIONS:+ DSN_OPTIONS=\"$DSN_OPTIONS\"} bench/conformance.sh${*:+ $*}"
 
 DB=conformance
 ROLE=psycopg_test
@@ -108,6 +112,7 @@ cargo_build_cutover() {
 # Temporary directory, cluster, proxy
 
 PROXY_PID=""
+MEMBER_PIDS=()
 CLUSTER=""
 
 setup_workdir() {
@@ -126,6 +131,8 @@ setup_workdir() {
 
 # stop_processes: run by lib.sh's cleanup on exit, before it keeps the logs and removes WORK.
 stop_processes() {
+    local pid
+    for pid in "${MEMBER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
     if [[ -n $PROXY_PID ]] && kill -TERM "$PROXY_PID" 2>/dev/null; then
         for _ in $(seq 1 100); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$PROXY_PID" 2>/dev/null
@@ -206,13 +213,18 @@ name = "$ROLE"
 password = "\${CONFORMANCE_ROLE_PASSWORD}"
 auth = "scram-sha-256"
 EOF
-    CONFORMANCE_SOURCE_URL="postgres://postgres:$SUPER_PASSWORD@127.0.0.1:$PG_PORT/$DB?sslmode=disable" \
-    CONFORMANCE_TARGET_URL="postgres://postgres:$SUPER_PASSWORD@127.0.0.1:$PG_PORT/${DB}_target?sslmode=disable" \
-    CUTOVER_ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n') \
-    CONFORMANCE_ROLE_PASSWORD=$ROLE_PASSWORD \
+    export CONFORMANCE_SOURCE_URL="postgres://postgres:$SUPER_PASSWORD@127.0.0.1:$PG_PORT/$DB?sslmode=disable"
+    export CONFORMANCE_TARGET_URL="postgres://postgres:$SUPER_PASSWORD@127.0.0.1:$PG_PORT/${DB}_target?sslmode=disable"
+    export CUTOVER_ADMIN_TOKEN; CUTOVER_ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+    export CONFORMANCE_ROLE_PASSWORD=$ROLE_PASSWORD
     CUTOVER_LOG=${CUTOVER_LOG:-warn,cutover_proxy=debug} \
-        "$CUTOVER" --plan "$plan" proxy >"$WORK/logs/proxy.out" 2>"$WORK/logs/proxy.log" &
+        "$CUTOVER" --plan "$plan" proxy --state "$WORK/plan/proxy-1.json" >"$WORK/logs/proxy.out" 2>"$WORK/logs/proxy.log" &
     PROXY_PID=$!
+    local i
+    for ((i = 2; i <= FLEET; i++)); do
+        "$CUTOVER" --plan "$plan" proxy --state "$WORK/plan/proxy-$i.json" >"$WORK/logs/proxy-$i.out" 2>"$WORK/logs/proxy-$i.log" &
+        MEMBER_PIDS+=($!)
+    done
     cp "$plan" "$WORK/logs/cutover.toml"
     for _ in $(seq 1 100); do
         PROXY_ADDR=$(sed -n 's/^proxy listening on \([0-9.]*:[0-9]*\) .*/\1/p' "$WORK/logs/proxy.out")
@@ -223,6 +235,15 @@ EOF
     [[ -n $PROXY_ADDR ]] || die "cutover proxy did not say where it listens"
     PROXY_PORT=${PROXY_ADDR##*:}
     log "cutover proxy up on $PROXY_ADDR"
+    local live=0
+    for _ in $(seq 1 100); do
+        live=$("$CUTOVER" --plan "$plan" --json proxy status 2>/dev/null | "$PY" -c 'import json, sys; print(len(json.load(sys.stdin)["proxies"]))' 2>/dev/null || echo 0)
+        ((live >= FLEET)) && break
+        sleep 0.1
+    done
+    ((live >= FLEET)) || die "the fleet has $live live proxies, not $FLEET (see the proxy logs)"
+    FLEET_STATUS=$("$CUTOVER" --plan "$plan" proxy status 2>&1 | head -n 1)
+    log "$FLEET_STATUS"
 }
 
 # --------------------------------------------------------------------------------------
@@ -368,6 +389,7 @@ report() {
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- psycopg $PSYCOPG_VERSION, commit $PSYCOPG_COMMIT ($PSYCOPG_DATE), pure-Python implementation, libpq $LIBPQ_VERSION ($LIBPQ)${DSN_OPTIONS:+, DSN options \`$DSN_OPTIONS\`}, pytest $PYTEST_VERSION, $("$PY" --version)"
     echo "- PostgreSQL $("$PGBIN/postgres" --version | sed 's/.*(PostgreSQL) //'); cutover $CUTOVER_BUILT"
+    echo "- the proxy: one member of a fleet of $FLEET (\`cutover proxy status\` before the runs: $FLEET_STATUS)"
     echo "- selection: \`$TESTS\`, \`-m \"$MARKERS\"\`$( [[ $POOL == 1 ]] && echo ', with psycopg_pool'), per-test timeout ${TEST_TIMEOUT}s, test order fixed (-p no:randomly)"
     echo
     echo "| run | passed | failed | skipped | xfailed | seconds |"

@@ -32,6 +32,11 @@
 #              catch-up for the rest of the DURATION. That reconnect is instant here; a real
 #              application needs a configuration change or a DNS update first, so this
 #              method's pause is a lower bound.
+#   fleet      FLEET (default 3) `cutover proxy` instances of one plan, coordinated through
+#              the control schema in the target, with pgbench through each (CLIENTS split
+#              between them, at least one each); one `cutover db switchover` moves them all,
+#              `cutover db rollback` brings them back between repetitions as for cutover.
+#              Figures for the whole fleet, and the pause and failed transactions per proxy.
 #   For pgbouncer and direct the target is rebuilt before every repetition (`cutover db
 #   cleanup`, a new database, `cutover db sync`, grants), since after the switch the source
 #   no longer has every write.
@@ -59,7 +64,8 @@
 # Usage:   bench/switchover.sh       (from anywhere; paths are relative to the repository)
 # Knobs (environment):
 #   REPS=5            repetitions of each method
-#   METHODS="cutover pgbouncer direct"
+#   METHODS="cutover pgbouncer direct"   (fleet as well: bench/fleet.sh runs "cutover fleet")
+#   FLEET=3           proxies of the fleet method
 #   DURATION=20       seconds of load per repetition
 #   SWITCH_AT=8       seconds into the load when the switch starts
 #   CLIENTS=16        pgbench clients (-c)
@@ -81,6 +87,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPS=${REPS:-5}
 METHODS=${METHODS:-"cutover pgbouncer direct"}
+FLEET=${FLEET:-3}
 DURATION=${DURATION:-20}
 SWITCH_AT=${SWITCH_AT:-8}
 CLIENTS=${CLIENTS:-16}
@@ -90,7 +97,7 @@ QUIET_WAIT=${QUIET_WAIT:-30}
 CUTOVER=${CUTOVER:-}
 LOG_DIR=${LOG_DIR:-}
 
-COMMAND_LINE="REPS=$REPS DURATION=$DURATION SWITCH_AT=$SWITCH_AT CLIENTS=$CLIENTS THREADS=$THREADS SCALE=$SCALE bench/switchover.sh${*:+ $*}"
+COMMAND_LINE="METHODS=\"$METHODS\" FLEET=$FLEET REPS=$REPS DURATION=$DURATION SWITCH_AT=$SWITCH_AT CLIENTS=$CLIENTS THREADS=$THREADS SCALE=$SCALE bench/switchover.sh${*:+ $*}"
 
 # Every cluster setting, identical for the source and the target. fsync and
 # synchronous_commit stay at their (durable) defaults.
@@ -153,6 +160,7 @@ stop_processes() {
     local pid dir
     for pid in "${BG_PIDS[@]}" "${SESSION_PID[@]}"; do kill "$pid" 2>/dev/null; done
     [[ -n $PROXY_PID ]] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
+    for pid in "${FLEET_PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
     pid=$(pgbouncer_pid)
     [[ -n $pid ]] && kill "$pid" 2>/dev/null
     stop_clusters
@@ -548,6 +556,64 @@ direct_rep() {
     session_close src; session_close dst
 }
 
+FLEET_PIDS=() FLEET_PORTS=()
+
+fleet_setup() {
+    local i port admin
+    free_port; PORT_cutover=$FREE_PORT
+    free_port; PORT_cutover_admin=$FREE_PORT
+    fresh_target "$WORK/plan-fleet" proxy
+    for ((i = 1; i <= FLEET; i++)); do
+        free_port; port=$FREE_PORT
+        free_port; admin=$FREE_PORT
+        "$CUTOVER" --plan "$PLAN" proxy --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+            --state "$WORK/plan-fleet/proxy-$i.json" >"$WORK/logs/fleet-proxy-$i.log" 2>&1 &
+        FLEET_PIDS+=($!)
+        FLEET_PORTS+=("$port")
+        wait_listening "$port" || { cat "$WORK/logs/fleet-proxy-$i.log" >&2; die "fleet proxy $i did not start"; }
+    done
+    "$CUTOVER" --plan "$PLAN" proxy status >"$WORK/logs/fleet-status.txt" 2>&1 \
+        || { cat "$WORK/logs/fleet-status.txt" >&2; die "cutover proxy status failed"; }
+    log "fleet of $FLEET proxies up on ports ${FLEET_PORTS[*]}: $(head -n 1 "$WORK/logs/fleet-status.txt")"
+}
+
+fleet_rep() {
+    local r=$1 i pids=() names=() out="$WORK/logs/fleet-switchover-$1" clients=$CLIENTS
+    CLIENTS=$(( (clients + FLEET - 1) / FLEET ))
+    ready_to_go "fleet-$r"
+    for ((i = 1; i <= FLEET; i++)); do
+        start_load "fleet-$r-$i" "${FLEET_PORTS[$((i - 1))]}" "$DURATION"
+        pids+=("$LOAD_PID")
+        names+=("fleet-$r-$i")
+    done
+    CLIENTS=$clients
+    sleep "$SWITCH_AT"
+    WS=$EPOCHREALTIME
+    "$CUTOVER" --plan "$PLAN" --json db switchover >"$out.json" 2>"$out.err" \
+        || { cat "$out.err" >&2; die "cutover db switchover (fleet) failed"; }
+    WE=$EPOCHREALTIME
+    for i in "${pids[@]}"; do finish_load "$i"; done
+    local wait pause per="" max stall before after failed aborted processed
+    wait=$(jq -r '.longest_client_wait_ms | floor' "$out.json")
+    pause=$(jq -r '.pause_ms | floor' "$out.json")
+    for ((i = 1; i <= FLEET; i++)); do
+        read -r max stall before after < <(analyze "$WS" "$WE" "fleet-$r-$i")
+        read -r failed aborted processed < <(pgbench_figures "fleet-$r-$i")
+        per+="; proxy $i: pause $(max_of "$max" "$stall") ms, failed $failed, aborted $aborted, $processed tx"
+    done
+    TOOL_MS=$wait
+    TOOL_NOTE="longest_client_wait ${wait} ms, pause ${pause} ms, command $(ms "$WS" "$WE") ms$per"
+    RUN_NAMES=("${names[@]}")
+    "$CUTOVER" --plan "$PLAN" --json db rollback >"$WORK/logs/fleet-rollback-$r.json" 2>"$WORK/logs/fleet-rollback-$r.err" \
+        || { cat "$WORK/logs/fleet-rollback-$r.err" >&2; die "cutover db rollback (fleet) failed"; }
+}
+
+fleet_teardown() {
+    local pid
+    for pid in "${FLEET_PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
+    FLEET_PIDS=() FLEET_PORTS=()
+}
+
 # --------------------------------------------------------------------------------------
 # Report
 
@@ -610,7 +676,7 @@ main() {
     build_cutover
     cd "$WORK"
     local m r
-    for m in $METHODS; do case $m in cutover | pgbouncer | direct) ;; *) die "unknown method $m" ;; esac; done
+    for m in $METHODS; do case $m in cutover | pgbouncer | direct | fleet) ;; *) die "unknown method $m" ;; esac; done
     ((SWITCH_AT < DURATION)) || die "SWITCH_AT ($SWITCH_AT) must be less than DURATION ($DURATION)"
     make_clusters
     for m in $METHODS; do
