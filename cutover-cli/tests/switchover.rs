@@ -194,6 +194,16 @@ async fn a_session_that_bypasses_the_proxy_is_listed_and_nothing_changes() {
         .execute("INSERT INTO public.t VALUES (1)", &[])
         .await
         .unwrap();
+
+    // A session that leaves while the switchover looks (a pool closing a connection, one
+    // the proxy is still logging in) does not stop it: only one that stays counts.
+    let leaves = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        drop(bypass);
+    });
+    let run = tokio::task::block_in_place(|| env.run(&["db", "switchover"]));
+    leaves.await.unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
 }
 
 #[test]

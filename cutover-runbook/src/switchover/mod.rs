@@ -396,15 +396,7 @@ impl<'a> Switch<'a> {
         if !self.options.no_reverse {
             self.new.check_can_start(&self.c).await?;
         }
-        // Nobody writes to `from` behind the proxy's back. cutover's own sessions (trigger
-        // mode's applier reads the old primary, a migration's checks come and go) are not
-        // applications; the fence's terminations only make them reconnect.
-        let proxy_pids = status.server_pids(backend(self.from));
-        let others: Vec<_> = fence::other_sessions(from, self.from, &proxy_pids)
-            .await?
-            .into_iter()
-            .filter(|s| !fence::is_cutover_session(s))
-            .collect();
+        let others = self.around_the_proxy(from).await?;
         if !others.is_empty() && !self.options.force {
             let list: Vec<String> = others.iter().map(|s| s.describe()).collect();
             return Err(SwitchError::Refused(format!(
@@ -431,6 +423,40 @@ impl<'a> Switch<'a> {
             sequences,
             fence,
         })
+    }
+
+    /// The sessions on `from` that do not come through the proxy: nobody may write there
+    /// behind its back. cutover's own sessions (trigger mode's applier reads the old primary,
+    /// a migration's checks come and go) are not applications; the fence's terminations only
+    /// make them reconnect. A session the proxy is logging in (or has just closed) is in
+    /// `pg_stat_activity` before (after) the proxy's status lists it, and a fleet's status is
+    /// up to a heartbeat old: a session counts only when every look for [`SETTLE`] finds it.
+    async fn around_the_proxy(
+        &self,
+        from: &tokio_postgres::Client,
+    ) -> Result<Vec<fence::SessionInfo>, SwitchError> {
+        const SETTLE: std::time::Duration = std::time::Duration::from_millis(2500);
+        let started = Instant::now();
+        let mut suspects: Option<Vec<fence::SessionInfo>> = None;
+        loop {
+            let listed = fence::other_sessions(from, self.from, &[]).await?;
+            // Read after the sessions: one the proxy had logged in by then is in it.
+            let pids = self.admin.status().await?.server_pids(backend(self.from));
+            let seen: Vec<_> = listed
+                .into_iter()
+                .filter(|s| !pids.contains(&s.pid) && !fence::is_cutover_session(s))
+                .filter(|s| {
+                    suspects
+                        .as_ref()
+                        .is_none_or(|before| before.iter().any(|b| b.pid == s.pid))
+                })
+                .collect();
+            if seen.is_empty() || started.elapsed() >= SETTLE {
+                return Ok(seen);
+            }
+            suspects = Some(seen);
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 
     async fn check_grants(
