@@ -158,16 +158,21 @@ async fn follow(
     loop {
         let row = read_row(&client).await?;
         apply(shared, &row)?;
-        let status = serde_json::to_string(&shared.status()).expect("a status serializes");
+        let now = shared.status();
+        // Sessions still to move to the backend of a switch: each one that moves is reported
+        // at once, so that the switch's wait for every proxy ends when the last one has.
+        let moving = now.sessions.iter().any(|s| s.epoch < now.epoch);
+        let status = serde_json::to_string(&now).expect("a status serializes");
         let due = beat.elapsed() >= HEARTBEAT;
         if due || last_written != (row.generation, status.clone()) {
             write_lease(&client, me, row.generation, &status).await?;
             last_written = (row.generation, status);
             beat = Instant::now();
         }
-        // While a switch is on, every change of a session (a transaction ending, a session
-        // checked) is reported at once; otherwise once a heartbeat.
-        let busy = row.paused || row.prepare.is_some() || shared.gate().paused;
+        // While a switch is on (and until every session has moved), every change of a session
+        // (a transaction ending, a session checked or moved) is reported at once; otherwise
+        // once a heartbeat.
+        let busy = row.paused || row.prepare.is_some() || shared.gate().paused || moving;
         let changed = shared.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
