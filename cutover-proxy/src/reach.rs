@@ -1,19 +1,16 @@
 //! Whether a proxy reaches the backend a switch goes to. While a switch is prepared or
-//! paused, each proxy checks its path to that backend and reports it in its status, so that
-//! a proxy cut off from the new primary stops the switch before its point of no return
-//! instead of stranding its sessions after it.
+//! paused, each proxy checks its path to that backend (the loop is in the proxy's lifecycle)
+//! and reports it in its status, so that a proxy cut off from the new primary stops the
+//! switch before its point of no return instead of stranding its sessions after it.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
-use crate::proxy::Shared;
 use crate::state::Backend;
 
 /// How often the path is checked while a switch is prepared or paused.
-const EVERY: Duration = Duration::from_millis(500);
+pub(crate) const EVERY: Duration = Duration::from_millis(500);
 /// How long one check may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// A check older than this does not count: the switch needs a recent one.
@@ -64,43 +61,21 @@ pub fn verdict(reach: Option<&Reach>, to: Backend) -> Result<(), String> {
     }
 }
 
-/// Checks, every [`EVERY`] while a switch is prepared or paused, that a connection to the
-/// backend it goes to can be made; forgets the check when no switch is under way.
-pub(crate) async fn watch(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut gate_rx = shared.gate.subscribe();
-    loop {
-        let gate = *gate_rx.borrow_and_update();
-        let to = match gate.prepare {
-            Some(b) if b != gate.active => Some(b),
-            _ if gate.paused => Some(gate.active.other()),
-            _ => None,
-        };
-        let Some(backend) = to else {
-            *shared.reach.lock().unwrap() = None;
-            tokio::select! {
-                () = stop.cancelled() => return,
-                r = gate_rx.changed() => if r.is_err() { return },
-            }
-            continue;
-        };
-        let url = shared.config.backend(backend);
-        let result = match tokio::time::timeout(TIMEOUT, connect(url)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!(
-                "{}: no answer in {}s",
-                url.location(),
-                TIMEOUT.as_secs()
-            )),
-        };
-        *shared.reach.lock().unwrap() = Some(Checked {
-            backend,
-            result,
-            at: Instant::now(),
-        });
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(EVERY) => {}
-        }
+/// One check of the path to `backend` at `url`: a connection made within [`TIMEOUT`], or why
+/// not.
+pub(crate) async fn check(backend: Backend, url: &cutover_core::ConnString) -> Checked {
+    let result = match tokio::time::timeout(TIMEOUT, connect(url)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "{}: no answer in {}s",
+            url.location(),
+            TIMEOUT.as_secs()
+        )),
+    };
+    Checked {
+        backend,
+        result,
+        at: Instant::now(),
     }
 }
 

@@ -188,10 +188,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         tokio::spawn(async move { crate::admin::serve(shared, admin, stop).await })
     };
     let mut tasks = vec![accept, admin_task];
-    tasks.push(tokio::spawn(crate::reach::watch(
-        shared.clone(),
-        stop.clone(),
-    )));
+    tasks.push(tokio::spawn(check_paths(shared.clone(), stop.clone())));
     let member = shared.config.control.clone().map(|url| {
         let id = me.id.clone();
         let shared = shared.clone();
@@ -218,4 +215,33 @@ pub async fn start(config: Config) -> Result<Running, String> {
         stop,
         tasks,
     })
+}
+
+/// While a switch is prepared or paused, checks every [`crate::reach::EVERY`] that a
+/// connection to the backend it goes to can be made; forgets the check when no switch is
+/// under way.
+async fn check_paths(shared: Arc<Shared>, stop: tokio_util::sync::CancellationToken) {
+    let mut gate_rx = shared.gate.subscribe();
+    loop {
+        let gate = *gate_rx.borrow_and_update();
+        let to = match gate.prepare {
+            Some(b) if b != gate.active => Some(b),
+            _ if gate.paused => Some(gate.active.other()),
+            _ => None,
+        };
+        let Some(backend) = to else {
+            *shared.reach.lock().unwrap() = None;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                r = gate_rx.changed() => if r.is_err() { return },
+            }
+            continue;
+        };
+        let checked = crate::reach::check(backend, shared.config.backend(backend)).await;
+        *shared.reach.lock().unwrap() = Some(checked);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(crate::reach::EVERY) => {}
+        }
+    }
 }
