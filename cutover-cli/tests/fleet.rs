@@ -483,7 +483,7 @@ async fn fleet_with_a_path() -> (
 async fn a_proxy_cut_off_from_the_target_stops_the_switch_before_its_point_of_no_return() {
     let (env, pw, direct, cut, fwd) = fleet_with_a_path().await;
     fwd.set(ForwardPath::Refused).await;
-    let (run, _) = under_load(&env, &pw, &[&direct, &cut], &["db", "switchover"]).await;
+    let (run, before) = under_load(&env, &pw, &[&direct, &cut], &["db", "switchover"]).await;
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert!(
         run.stderr.contains("not every proxy reaches the target")
@@ -505,7 +505,11 @@ async fn a_proxy_cut_off_from_the_target_stops_the_switch_before_its_point_of_no
     fwd.set(ForwardPath::Open).await;
     let (run, processed) = under_load(&env, &pw, &[&direct, &cut], &["db", "switchover"]).await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    assert!(history(&env.pair.target).await >= processed);
+    assert_eq!(
+        history(&env.pair.target).await,
+        before + processed,
+        "every transaction of both runs, the refused switch's and the one that went through"
+    );
     let target_port = env.pair.target.cluster.port().to_string();
     for m in [&direct, &cut] {
         assert_eq!(port_of(&m.url(&env, &pw)).await, target_port);

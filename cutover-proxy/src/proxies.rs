@@ -79,12 +79,8 @@ impl Proxies {
             Proxies::One(a) => {
                 let s = a.status().await?;
                 if s.active != to {
-                    s.reaches(to).map_err(|why| AdminError::Refused {
-                        status: 409,
-                        message: format!(
-                            "the proxy {why}, so the switch stops before its point of no return"
-                        ),
-                    })?;
+                    s.reaches(to)
+                        .map_err(|why| crate::reach::refusal(to, &[format!("the proxy {why}")]))?;
                 }
                 a.switch_and_resume(to).await
             }

@@ -235,7 +235,7 @@ pub enum GateError {
 
 pub struct Shared {
     pub config: Config,
-    pub(crate) gate: watch::Sender<Gate>,
+    gate: watch::Sender<Gate>,
     sessions: Mutex<HashMap<u64, Arc<SessionCell>>>,
     cancel_keys: Mutex<HashMap<(i32, i32), u64>>,
     next_id: AtomicU64,
@@ -244,7 +244,7 @@ pub struct Shared {
     pause: Mutex<PauseStats>,
     errors: Mutex<ErrorStats>,
     /// The last check of the path to the other backend.
-    pub(crate) reach: Mutex<Option<crate::reach::Checked>>,
+    reach: Mutex<Option<crate::reach::Checked>>,
     switching: tokio::sync::Mutex<()>,
     /// SCRAM keys per user, derived once (4096 rounds of HMAC) and reused by every login.
     scram: Mutex<HashMap<String, crate::auth::ScramSecret>>,

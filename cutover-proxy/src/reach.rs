@@ -61,11 +61,12 @@ pub fn verdict(reach: Option<&Reach>, to: Backend) -> Result<(), String> {
     }
 }
 
-/// One check of the path to `backend` at `url`: a connection made within [`TIMEOUT`], or why
-/// not.
+/// One check of the path to `backend` at `url`, opened as a session's would be (TCP, and TLS
+/// as its sslmode asks), within [`TIMEOUT`], or why not.
 pub(crate) async fn check(backend: Backend, url: &cutover_core::ConnString) -> Checked {
-    let result = match tokio::time::timeout(TIMEOUT, connect(url)).await {
-        Ok(r) => r,
+    let result = match tokio::time::timeout(TIMEOUT, crate::server::open_stream(url)).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!(
             "{}: no answer in {}s",
             url.location(),
@@ -79,16 +80,13 @@ pub(crate) async fn check(backend: Backend, url: &cutover_core::ConnString) -> C
     }
 }
 
-/// A TCP (or Unix socket) connection to the server of `url`, closed at once.
-async fn connect(url: &cutover_core::ConnString) -> Result<(), String> {
-    let r = if url.host.starts_with('/') {
-        tokio::net::UnixStream::connect(format!("{}/.s.PGSQL.{}", url.host, url.port))
-            .await
-            .map(drop)
-    } else {
-        tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map(drop)
-    };
-    r.map_err(|e| format!("{}: {e}", url.location()))
+/// The switch's refusal when some proxies do not reach `to`: each one named, with why.
+pub fn refusal(to: Backend, cut_off: &[String]) -> crate::admin::AdminError {
+    crate::admin::AdminError::Refused {
+        status: 409,
+        message: format!(
+            "not every proxy reaches the {to}, so the switch stops before its point of no return: {}",
+            cut_off.join("; ")
+        ),
+    }
 }

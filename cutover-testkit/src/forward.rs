@@ -94,9 +94,8 @@ impl Forwarder {
                 let listener = loop {
                     match TcpListener::bind(self.addr).await {
                         Ok(l) => break l,
-                        Err(e) if tries < 100 => {
+                        Err(_) if tries < 100 => {
                             tries += 1;
-                            let _ = e;
                             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                         }
                         Err(e) => panic!("cannot listen on {} again: {e}", self.addr),

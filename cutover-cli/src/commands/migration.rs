@@ -2,8 +2,6 @@
 
 use std::io::{IsTerminal, Write};
 
-use anyhow::Context;
-
 use cutover_core::journal::Status;
 use cutover_runbook::migration::{
     self, Applied, Approval, Event, FinishOptions, Line, MigrationState, RunState, Runbook,
@@ -242,7 +240,7 @@ fn exit_code(a: &Applied) -> i32 {
 
 pub async fn rollback(g: &Global, args: RollbackArgs) -> anyhow::Result<i32> {
     let plan = super::load_plan(&g.plan)?;
-    let journal = super::existing_journal(&plan, args.dry_run)?;
+    let journal = super::existing_journal(&plan)?;
     let state = match &journal {
         Some(j) => MigrationState::load(j)?,
         None => None,
@@ -295,7 +293,10 @@ pub async fn rollback(g: &Global, args: RollbackArgs) -> anyhow::Result<i32> {
             ),
         }
     }
-    let journal = journal.context("journal")?;
+    let journal = match journal {
+        Some(j) => j,
+        None => super::open_journal(&plan)?,
+    };
     let events = printer(g.json, g.verbose > 0);
     let done = migration::rollback(&plan, &journal, &events).await?;
     if !g.json {
@@ -309,7 +310,7 @@ pub async fn rollback(g: &Global, args: RollbackArgs) -> anyhow::Result<i32> {
 
 pub async fn finish(g: &Global, args: FinishArgs) -> anyhow::Result<i32> {
     let plan = super::load_plan(&g.plan)?;
-    let journal = super::existing_journal(&plan, args.dry_run)?;
+    let journal = super::existing_journal(&plan)?;
     if args.dry_run {
         let steps: Vec<_> = Runbook::of(&plan)
             .describe(&plan)
@@ -350,7 +351,10 @@ pub async fn finish(g: &Global, args: FinishArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let journal = journal.context("journal")?;
+    let journal = match journal {
+        Some(j) => j,
+        None => super::open_journal(&plan)?,
+    };
     let events = printer(g.json, g.verbose > 0);
     let ask = approver();
     let applied = migration::finish(

@@ -91,9 +91,9 @@ fn open_journal(plan: &Plan) -> anyhow::Result<Journal> {
     Journal::open(&plan.journal_path()).context("journal")
 }
 
-/// The plan's journal when there is one; a dry run does not create it.
-fn existing_journal(plan: &Plan, dry_run: bool) -> anyhow::Result<Option<Journal>> {
-    if dry_run && !plan.journal_path().exists() {
+/// The plan's journal if there is one, without creating it (for a dry run).
+fn existing_journal(plan: &Plan) -> anyhow::Result<Option<Journal>> {
+    if !plan.journal_path().exists() {
         return Ok(None);
     }
     open_journal(plan).map(Some)

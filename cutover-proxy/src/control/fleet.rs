@@ -116,13 +116,7 @@ impl Fleet {
         if cut_off.is_empty() {
             Ok(())
         } else {
-            Err(AdminError::Refused {
-                status: 409,
-                message: format!(
-                    "not every proxy reaches the {to}, so the switch stops before its point of no return: {}",
-                    cut_off.join("; ")
-                ),
-            })
+            Err(crate::reach::refusal(to, &cut_off))
         }
     }
 }

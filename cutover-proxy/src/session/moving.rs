@@ -252,6 +252,7 @@ impl Login<'_> {
         let url = self.url;
         let started = Instant::now();
         let mut delay = std::time::Duration::from_millis(100);
+        let mut failed = 0u32;
         loop {
             let attempt = tokio::time::timeout(LOGIN_TIMEOUT, async {
                 let conn = server::connect(url, self.user, self.password, self.startup).await?;
@@ -260,7 +261,7 @@ impl Login<'_> {
             .await;
             let why = match attempt {
                 Ok(Ok(conn)) => {
-                    if started.elapsed() > delay {
+                    if failed > 0 {
                         // At the level of the warnings it ends.
                         tracing::warn!(
                             "session {}: reached the {to} after {:.1}s",
@@ -285,6 +286,7 @@ impl Login<'_> {
                 }
                 .into());
             }
+            failed += 1;
             tracing::warn!(
                 "session {}: cannot reach the {to} yet ({why}); trying again",
                 self.id
