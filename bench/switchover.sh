@@ -34,7 +34,7 @@
 #              method's pause is a lower bound.
 #   fleet      FLEET (default 3) `cutover proxy` instances of one plan, coordinated through
 #              the control schema in the target, with pgbench through each (CLIENTS split
-#              between them, at least one each); one `cutover db switchover` moves them all,
+#              between them, rounded up: 16 clients make 6 per proxy, 18 in all); one `cutover db switchover` moves them all,
 #              `cutover db rollback` brings them back between repetitions as for cutover.
 #              Figures for the whole fleet, and the pause and failed transactions per proxy.
 #   For pgbouncer and direct the target is rebuilt before every repetition (`cutover db
