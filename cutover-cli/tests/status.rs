@@ -116,7 +116,9 @@ async fn watch_refreshes_and_the_journal_reads_as_json() {
             "schema.keys",
             "subscription",
             "stream",
-            "schema.post_data"
+            "schema.post_data",
+            "large_objects",
+            "target.ready"
         ]
     );
     assert!(run["steps"]

@@ -50,6 +50,11 @@ INSERT INTO "Mixed Case"."Users" ("Email") SELECT 'user' || g || '@example.com' 
 INSERT INTO public.codes SELECT 'c' || g, 'label ' || g FROM generate_series(1, 500) g;
 INSERT INTO public.audit_log (message) SELECT 'boot ' || g FROM generate_series(1, 100) g;
 INSERT INTO public.measurements SELECT date '2024-06-01' + (g % 400), g, g * 0.5 FROM generate_series(1, 4000) g;
+CREATE MATERIALIZED VIEW billing.invoice_totals AS
+    SELECT state, count(*) AS n, sum(total) AS total FROM billing.invoices GROUP BY state;
+CREATE MATERIALIZED VIEW billing.void_count AS SELECT n FROM billing.invoice_totals WHERE state = 'void';
+CREATE MATERIALIZED VIEW public.never_filled AS SELECT 1 AS one WITH NO DATA;
+SELECT lo_from_bytea(777001, 'a scanned invoice');
 "#;
 
 /// Writes on the source until told to stop: inserts, updates of hot rows, deletes.
@@ -141,6 +146,52 @@ async fn sync_under_writes_then_verify_finds_one_changed_row() {
     env.assert_no_secret(&sync.stderr);
     assert_eq!(sync.code, 0, "{}{}", sync.stdout, sync.stderr);
     assert!(sync.stdout.contains("synced: 7 tables"), "{}", sync.stdout);
+
+    // Ready for production: every table with rows has planner statistics on the target, and
+    // the materialized views populated on the source are populated there, in dependency order
+    // (void_count reads invoice_totals); the one never populated stays so.
+    for (schema, table) in [
+        ("billing", "invoices"),
+        ("billing", "line_items"),
+        ("Mixed Case", "Users"),
+        ("public", "codes"),
+        ("public", "audit_log"),
+        ("public", "measurements"),
+    ] {
+        let stats = env
+            .pair
+            .target
+            .value(&format!(
+                "SELECT count(*) FROM pg_stats WHERE schemaname = '{schema}' AND tablename = '{table}'"
+            ))
+            .await;
+        assert_ne!(stats.as_deref(), Some("0"), "statistics for {schema}.{table}");
+    }
+    assert_eq!(
+        env.pair
+            .target
+            .value("SELECT n FROM billing.void_count")
+            .await
+            .as_deref(),
+        Some("1000")
+    );
+    // Large objects are not replicated: copied with the data.
+    assert_eq!(
+        env.pair
+            .target
+            .value("SELECT convert_from(lo_get(777001), 'UTF8')")
+            .await
+            .as_deref(),
+        Some("a scanned invoice")
+    );
+    assert_eq!(
+        env.pair
+            .target
+            .value("SELECT relispopulated::text FROM pg_class WHERE relname = 'never_filled'")
+            .await
+            .as_deref(),
+        Some("false")
+    );
 
     let status = env.run(&["db", "status", "--json"]);
     assert_eq!(status.code, 0, "{}", status.stderr);

@@ -31,7 +31,8 @@ async fn sync_follow_verify_and_cleanup_without_replication_privileges() {
              CREATE TABLE notes (body text, n int);
              INSERT INTO notes VALUES ('a', 1), ('a', 1), ('b', 2), ('c', 3);
              INSERT INTO items (name, price) SELECT 'item ' || g, g * 1.5 FROM generate_series(1, 3000) g;
-             INSERT INTO lines SELECT i, n, n FROM generate_series(1, 3000) i, generate_series(1, 3) n;",
+             INSERT INTO lines SELECT i, n, n FROM generate_series(1, 3000) i, generate_series(1, 3) n;
+             CREATE MATERIALIZED VIEW item_count AS SELECT count(*) AS n FROM items;",
         )
         .await
         .unwrap();
@@ -61,6 +62,22 @@ async fn sync_follow_verify_and_cleanup_without_replication_privileges() {
     let run = env.run(&["db", "sync", "--no-follow"]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("capture"), "{}", run.stderr);
+    // Ready for production: the materialized view populated (pg_dump made it empty) and
+    // planner statistics for the copied tables.
+    assert_eq!(
+        env.pair.target.value("SELECT n FROM item_count").await.as_deref(),
+        Some("3000")
+    );
+    for table in ["items", "lines", "notes"] {
+        let stats = env
+            .pair
+            .target
+            .value(&format!(
+                "SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND tablename = '{table}'"
+            ))
+            .await;
+        assert_ne!(stats.as_deref(), Some("0"), "statistics for {table}");
+    }
 
     let health_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

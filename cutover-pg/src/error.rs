@@ -70,19 +70,7 @@ impl PgError {
     /// Wraps a driver error from a statement.
     pub fn sql(side: Side, context: impl Into<String>, e: tokio_postgres::Error) -> PgError {
         let code = e.code().map(|c| c.code().to_string());
-        let message = match e.as_db_error() {
-            Some(db) => {
-                let mut m = db.message().to_string();
-                if let Some(d) = db.detail() {
-                    m.push_str(&format!(" ({d})"));
-                }
-                if let Some(h) = db.hint() {
-                    m.push_str(&format!("; hint: {h}"));
-                }
-                m
-            }
-            None => e.to_string(),
-        };
+        let message = db_message(&e);
         let retry = match &code {
             Some(c) => classify(c),
             None if e.is_closed() => Retry::Transient,
@@ -95,6 +83,23 @@ impl PgError {
             code,
             retry,
         }
+    }
+}
+
+/// What the server said, with its detail and hint; the driver's words when it said nothing.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = db.message().to_string();
+            if let Some(d) = db.detail() {
+                m.push_str(&format!(" ({d})"));
+            }
+            if let Some(h) = db.hint() {
+                m.push_str(&format!("; hint: {h}"));
+            }
+            m
+        }
+        None => e.to_string(),
     }
 }
 

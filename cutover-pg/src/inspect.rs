@@ -36,7 +36,9 @@ pub struct Table {
     pub owner: String,
     pub partitioned: bool,
     pub unlogged: bool,
-    /// `reltuples`; 0 when the table was never analyzed.
+    /// `reltuples`; 0 when the table was never analyzed. A partitioned table's is the sum of
+    /// its leaf partitions' (its own `reltuples`, and an inner partitioned table's, hold that
+    /// total again from PostgreSQL 14 on).
     pub rows_estimate: i64,
     /// Table, indexes and TOAST, partitions included.
     pub bytes: i64,
@@ -105,6 +107,26 @@ pub struct Server {
     pub database: String,
     pub database_bytes: i64,
     pub large_objects: i64,
+    /// The size of `pg_largeobject`, which finding the changed large objects reads.
+    pub large_object_bytes: i64,
+    /// What the database's text and time behave like: a difference changes results.
+    pub behaviour: Behaviour,
+    /// `max_slot_wal_keep_size` in MB; -1 when a slot may keep WAL without limit.
+    pub max_slot_wal_keep_mb: i64,
+    /// A schema `heroku_ext` exists: Heroku Postgres installs extensions there.
+    pub heroku_ext: bool,
+    /// The data directory, when the role may read it (superuser or pg_read_all_settings).
+    pub data_directory: Option<String>,
+}
+
+/// The settings of a database that change what the same SQL returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Behaviour {
+    pub encoding: String,
+    pub collate: String,
+    pub ctype: String,
+    pub timezone: String,
+    pub standard_conforming_strings: String,
 }
 
 impl Server {
@@ -129,8 +151,15 @@ pub async fn server(client: &Client, side: Side) -> Result<Server, PgError> {
                         AND pg_has_role(current_user, a.oid, 'MEMBER') LIMIT 1),
                     current_database()::text,
                     pg_database_size(current_database()),
-                    (SELECT count(*) FROM pg_largeobject_metadata)
-             FROM pg_roles r WHERE r.rolname = current_user",
+                    (SELECT count(*) FROM pg_largeobject_metadata),
+                    pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text,
+                    current_setting('TimeZone'), current_setting('standard_conforming_strings'),
+                    (SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size'),
+                    EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'heroku_ext'),
+                    (SELECT setting FROM pg_settings WHERE name = 'data_directory'),
+                    pg_total_relation_size('pg_largeobject')
+             FROM pg_roles r, pg_database d
+            WHERE r.rolname = current_user AND d.datname = current_database()",
             &[],
         )
         .await
@@ -149,6 +178,17 @@ pub async fn server(client: &Client, side: Side) -> Result<Server, PgError> {
         database: row.get(10),
         database_bytes: row.get(11),
         large_objects: row.get(12),
+        behaviour: Behaviour {
+            encoding: row.get(13),
+            collate: row.get(14),
+            ctype: row.get(15),
+            timezone: row.get(16),
+            standard_conforming_strings: row.get(17),
+        },
+        max_slot_wal_keep_mb: row.get::<_, Option<i64>>(18).unwrap_or(-1),
+        heroku_ext: row.get(19),
+        data_directory: row.get(20),
+        large_object_bytes: row.get(21),
     })
 }
 
@@ -157,7 +197,8 @@ SELECT c.oid, n.nspname::text, c.relname::text, pg_get_userbyid(c.relowner)::tex
        c.relkind = 'p', c.relpersistence = 'u',
        CASE WHEN c.relkind = 'p'
             THEN (SELECT coalesce(sum(greatest(p.reltuples, 0)), 0)::bigint
-                    FROM pg_partition_tree(c.oid) t JOIN pg_class p ON p.oid = t.relid)
+                    FROM pg_partition_tree(c.oid) t JOIN pg_class p ON p.oid = t.relid
+                   WHERE t.isleaf)
             ELSE greatest(c.reltuples, 0)::bigint END,
        CASE WHEN c.relkind = 'p'
             THEN (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint FROM pg_partition_tree(c.oid) t)
@@ -278,16 +319,34 @@ pub async fn extensions(client: &Client, side: Side) -> Result<Vec<(String, Stri
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Extensions the server could install.
-pub async fn available_extensions(client: &Client, side: Side) -> Result<Vec<String>, PgError> {
+/// An extension the server could install, with the versions it has.
+#[derive(Clone, Debug, Serialize)]
+pub struct Available {
+    pub name: String,
+    /// What `CREATE EXTENSION` without a version installs (what `pg_dump`'s copy does).
+    pub default_version: Option<String>,
+    pub versions: Vec<String>,
+}
+
+/// The extensions the server could install, each with its versions.
+pub async fn available_versions(client: &Client, side: Side) -> Result<Vec<Available>, PgError> {
     let rows = client
         .query(
-            "SELECT name::text FROM pg_available_extensions ORDER BY 1",
+            "SELECT e.name::text, e.default_version,
+                    ARRAY(SELECT v.version FROM pg_available_extension_versions v WHERE v.name = e.name)
+               FROM pg_available_extensions e ORDER BY 1",
             &[],
         )
         .await
-        .ctx(side, "list available extensions")?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+        .ctx(side, "list available extension versions")?;
+    Ok(rows
+        .iter()
+        .map(|r| Available {
+            name: r.get(0),
+            default_version: r.get(1),
+            versions: r.get(2),
+        })
+        .collect())
 }
 
 /// Whether a table with this schema and name exists, and whether it holds any row.

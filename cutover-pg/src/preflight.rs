@@ -161,8 +161,8 @@ pub struct Facts {
     pub sequences: Vec<Sequence>,
     /// Installed on the source: (name, version).
     pub source_extensions: Vec<(String, String)>,
-    /// Names in the target's `pg_available_extensions`.
-    pub target_available: Vec<String>,
+    /// What the target could install (`pg_available_extensions`), with the versions.
+    pub target_available: Vec<inspect::Available>,
     /// For each selected table, what the target holds under its name.
     pub target_tables: Vec<TargetTable>,
     /// Roles whose privileges the source role holds, itself included: it owns a table when the
@@ -177,6 +177,11 @@ pub struct Facts {
     pub previous: Previous,
     /// Partitions that cannot be replicated as they are.
     pub partition_issues: Vec<inspect::PartitionIssue>,
+    /// The source's host as the plan names it.
+    pub source_host: String,
+    /// Free bytes on the disk of the source's data directory, when this machine can see it
+    /// (the source runs here and its role may read `data_directory`).
+    pub source_free_disk: Option<u64>,
 }
 
 /// Connects to both databases, reads everything and runs every rule.
@@ -186,18 +191,23 @@ pub async fn check(plan: &Plan) -> Result<Report, PgError> {
         connect(&plan.target.url, Side::Target)
     );
     let (source, target) = (source?, target?);
-    let facts = gather(&plan.sync, &source, &target).await?;
+    let facts = gather(&plan.sync, &plan.source.url.host, &source, &target).await?;
     Ok(Report::from_facts(facts))
 }
 
-async fn gather(sync: &SyncSettings, s: &Client, t: &Client) -> Result<Facts, PgError> {
+async fn gather(
+    sync: &SyncSettings,
+    host: &str,
+    s: &Client,
+    t: &Client,
+) -> Result<Facts, PgError> {
     let source = inspect::server(s, Side::Source).await?;
     let target = inspect::server(t, Side::Target).await?;
     let tables = inspect::tables(s, Side::Source, sync).await?;
     let partition_issues = inspect::partition_issues(s, Side::Source, &tables).await?;
     let sequences = inspect::sequences(s, Side::Source, sync).await?;
     let source_extensions = inspect::extensions(s, Side::Source).await?;
-    let target_available = inspect::available_extensions(t, Side::Target).await?;
+    let target_available = inspect::available_versions(t, Side::Target).await?;
     let target_tables = target_tables(t, &tables).await?;
 
     let row = s
@@ -235,7 +245,6 @@ async fn gather(sync: &SyncSettings, s: &Client, t: &Client) -> Result<Facts, Pg
         whole_row_tables: sync.whole_row_tables.clone(),
         copy: sync.copy,
         copy_schema: sync.copy_schema,
-        source,
         target,
         tables,
         sequences,
@@ -252,7 +261,17 @@ async fn gather(sync: &SyncSettings, s: &Client, t: &Client) -> Result<Facts, Pg
             subscription,
         },
         partition_issues,
+        source_free_disk: free_disk(host, source.data_directory.as_deref()),
+        source_host: host.to_string(),
+        source,
     })
+}
+
+/// Free bytes under `dir` when the server at `host` runs on this machine.
+fn free_disk(host: &str, dir: Option<&str>) -> Option<u64> {
+    let local = host.starts_with('/') || ["localhost", "127.0.0.1", "::1"].contains(&host);
+    let stat = nix::sys::statvfs::statvfs(dir.filter(|_| local)?).ok()?;
+    Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
 /// What the target holds under each source table's name.
@@ -319,6 +338,9 @@ pub fn rules(f: &Facts) -> Vec<Finding> {
     }
     large_objects(f, &mut out);
     extensions(f, &mut out);
+    behaviour(f, &mut out);
+    heroku(f, &mut out);
+    slot_risk(f, &mut out);
     target_contents(f, &mut out);
     sequences(f, &mut out);
     sizes(f, &mut out);
@@ -330,8 +352,7 @@ pub fn rules(f: &Facts) -> Vec<Finding> {
 
 const TRIGGER_MODE: &str =
     "set mode = \"trigger\" in [sync] of cutover.toml: trigger-based change capture \
-     needs neither logical replication nor the replication privilege, only table ownership \
-     (it arrives in a later version of cutover)";
+     needs neither logical replication nor the replication privilege, only table ownership";
 
 fn versions(f: &Facts, out: &mut Vec<Finding>) {
     if f.target.major() < f.source.major() {
@@ -707,29 +728,71 @@ fn unlogged(mode: Mode, t: &Table, out: &mut Vec<Finding>) {
     );
 }
 
+/// Above this much in `pg_largeobject`, reading it once inside the switch's pause is worth a
+/// warning (about a second at the speed of one core's MD5).
+const LARGE_OBJECTS_WARN: i64 = 512 << 20;
+
 fn large_objects(f: &Facts, out: &mut Vec<Finding>) {
-    if f.source.large_objects > 0 {
-        out.push(
-            Finding::new(
-                Severity::Warning,
-                "large-objects",
-                "source",
-                format!(
-                    "the source holds {} large objects (pg_largeobject); logical replication does not carry large objects",
-                    f.source.large_objects
-                ),
-            )
-            .fix(
-                "move them separately once the source is fenced: pg_dump --data-only --blobs (--large-objects on \
-                 PostgreSQL 16+) then pg_restore into the target, or lo_export / lo_import each one",
-            ),
-        );
+    let (n, bytes) = (f.source.large_objects, f.source.large_object_bytes);
+    if n == 0 {
+        return;
     }
+    let what = format!(
+        "the source holds {n} large objects ({} in pg_largeobject); replication does not carry them, so cutover copies them \
+         with the data and, those changed since, again inside the switchover's pause, where finding them reads every one once more",
+        human_bytes(bytes)
+    );
+    if bytes < LARGE_OBJECTS_WARN {
+        out.push(Finding::new(Severity::Info, "large-objects", "source", what));
+        return;
+    }
+    out.push(
+        Finding::new(
+            Severity::Warning,
+            "large-objects",
+            "source",
+            format!("{what}: with this much, the pause grows by seconds"),
+        )
+        .fix(
+            "move the large objects into bytea columns (which replicate) before the move, or delete the ones \
+             nothing references (vacuumlo), or accept the longer pause",
+        ),
+    );
 }
 
 fn extensions(f: &Facts, out: &mut Vec<Finding>) {
     for (name, version) in &f.source_extensions {
-        if name == "plpgsql" || f.target_available.contains(name) {
+        if name == "plpgsql" {
+            continue;
+        }
+        if let Some(there) = f.target_available.iter().find(|a| &a.name == name) {
+            // pg_dump's copy runs CREATE EXTENSION without a version: the target's default.
+            let default = there.default_version.as_deref().unwrap_or("none");
+            if default != version {
+                let has = there.versions.iter().any(|v| v == version);
+                let lacks = if has {
+                    String::new()
+                } else {
+                    format!(" (the target has no {version})")
+                };
+                out.push(
+                    Finding::new(
+                        Severity::Warning,
+                        "extension-version",
+                        format!("extension {name}"),
+                        format!(
+                            "extension \"{name}\" is version {version} on the source; the schema copy installs the target's default, {default}{}, \
+                             and its functions may behave differently",
+                            lacks
+                        ),
+                    )
+                    .fix(if has {
+                        format!("after `cutover db sync`, run ALTER EXTENSION {} UPDATE TO '{version}'; on the target, or test the application against {default}", ident(name))
+                    } else {
+                        format!("install version {version} of \"{name}\" on the target server, or test the application against {default} before the switch")
+                    }),
+                );
+            }
             continue;
         }
         out.push(
@@ -750,6 +813,188 @@ fn extensions(f: &Facts, out: &mut Vec<Finding>) {
             )),
         );
     }
+}
+
+/// Settings that change what the same SQL returns: a difference is a different application.
+fn behaviour(f: &Facts, out: &mut Vec<Finding>) {
+    let (s, t) = (&f.source.behaviour, &f.target.behaviour);
+    if s.encoding != t.encoding {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                "encoding",
+                "target",
+                format!(
+                    "the target database's encoding is {}, the source's {}: text the source holds may not be representable there, and the copy would fail or change it",
+                    t.encoding, s.encoding
+                ),
+            )
+            .fix(format!(
+                "create the target database with the source's encoding (CREATE DATABASE ... ENCODING '{}' TEMPLATE template0 LC_COLLATE '{}' LC_CTYPE '{}') and point target.url at it",
+                s.encoding, s.collate, s.ctype
+            )),
+        );
+    }
+    if s.collate != t.collate || s.ctype != t.ctype {
+        out.push(
+            Finding::new(
+                Severity::Warning,
+                "collation",
+                "target",
+                format!(
+                    "the target database sorts and compares text by {} (ctype {}), the source by {} (ctype {}): ORDER BY, text comparisons and case-insensitive matching can give other results after the switch",
+                    t.collate, t.ctype, s.collate, s.ctype
+                ),
+            )
+            .fix(format!(
+                "create the target database with LC_COLLATE '{}' LC_CTYPE '{}' (TEMPLATE template0), or test the application's sorting against the target first",
+                s.collate, s.ctype
+            )),
+        );
+    }
+    if s.timezone != t.timezone {
+        out.push(
+            Finding::new(
+                Severity::Warning,
+                "timezone",
+                "target",
+                format!(
+                    "the target's TimeZone is {}, the source's {}: now()::date, timestamptz shown as text and date_trunc give other results after the switch",
+                    t.timezone, s.timezone
+                ),
+            )
+            .fix(format!(
+                "ALTER DATABASE ... SET timezone = '{}'; on the target (or set it in the provider's parameter group)",
+                s.timezone
+            )),
+        );
+    }
+    if s.standard_conforming_strings != t.standard_conforming_strings {
+        out.push(
+            Finding::new(
+                Severity::Warning,
+                "standard-conforming-strings",
+                "target",
+                format!(
+                    "standard_conforming_strings is {} on the target and {} on the source: string literals with backslashes mean other things after the switch",
+                    t.standard_conforming_strings, s.standard_conforming_strings
+                ),
+            )
+            .fix(format!(
+                "ALTER DATABASE ... SET standard_conforming_strings = {}; on the target",
+                s.standard_conforming_strings
+            )),
+        );
+    }
+}
+
+/// Heroku Postgres, known by what it is: its extension schema or its host names.
+fn heroku_signs(f: &Facts) -> Vec<String> {
+    let mut signs = vec![];
+    if f.source.heroku_ext {
+        signs.push("schema heroku_ext".to_string());
+    }
+    let host = f.source_host.to_ascii_lowercase();
+    if host.starts_with("ec2-") && host.ends_with(".amazonaws.com") || host.ends_with(".heroku.com")
+    {
+        signs.push(format!("host {host}"));
+    }
+    signs
+}
+
+fn heroku(f: &Facts, out: &mut Vec<Finding>) {
+    let signs = heroku_signs(f);
+    if signs.is_empty() {
+        return;
+    }
+    out.push(Finding::new(
+        if f.mode == Mode::Trigger { Severity::Info } else { Severity::Warning },
+        "heroku",
+        "source",
+        format!(
+            "the source is Heroku Postgres ({}): it allows neither logical replication nor the REPLICATION attribute, so the move runs in mode = \"trigger\"{}",
+            signs.join(", "),
+            if f.mode == Mode::Trigger { "" } else { " (the plan says \"native\")" }
+        ),
+    ));
+    out.push(
+        Finding::new(
+            Severity::Warning,
+            "heroku-credentials",
+            "source",
+            "Heroku rotates the database's credentials during maintenance (and on `heroku pg:credentials:rotate`); \
+             the URL in the plan then stops working half-way through the move: the follower and the proxy's logins fail",
+        )
+        .fix(
+            "see when the next maintenance is (`heroku pg:maintenance --app APP`) and move the window past the move \
+             (`heroku pg:maintenance:window`); if the credentials change anyway, set the source URL's variable to the new \
+             DATABASE_URL (`heroku config:get DATABASE_URL --app APP`) and run the command again: every step resumes",
+        ),
+    );
+}
+
+/// A replication slot keeps WAL on the source until the target confirms it: the main risk of
+/// native mode to the source itself.
+fn slot_risk(f: &Facts, out: &mut Vec<Finding>) {
+    if f.mode != Mode::Native {
+        return;
+    }
+    let free = f.source_free_disk;
+    let free_text = free.map_or(
+        "the free disk under the source's data directory could not be read from here".to_string(),
+        |b| format!("{} free under the source's data directory", human_bytes(b as i64)),
+    );
+    let keep = f.source.max_slot_wal_keep_mb;
+    let bound = if keep < 0 {
+        None
+    } else {
+        Some(keep.saturating_mul(1 << 20))
+    };
+    // Less free than the limit, or (no limit) than the database itself: a target stalled for
+    // a day of writes could fill it.
+    let room = bound.unwrap_or(f.source.database_bytes);
+    if let Some(b) = free.filter(|b| (*b as i64) < room) {
+        out.push(
+            Finding::new(
+                Severity::Warning,
+                "slot-wal-disk",
+                "source",
+                format!(
+                    "only {} is free under the source's data directory, and {}: a stalled target can fill the source's disk, and a full disk stops the source",
+                    human_bytes(b as i64),
+                    match bound {
+                        Some(l) => format!("max_slot_wal_keep_size lets the slot keep {}", human_bytes(l)),
+                        None => format!("max_slot_wal_keep_size is unlimited (the database is {})", human_bytes(f.source.database_bytes)),
+                    }
+                ),
+            )
+            .fix("set max_slot_wal_keep_size below the free disk (ALTER SYSTEM SET max_slot_wal_keep_size = '...'; SELECT pg_reload_conf();), or give the source's disk more room"),
+        );
+        return;
+    }
+    out.push(match bound {
+        None => Finding::new(
+            Severity::Info,
+            "slot-wal-unlimited",
+            "source",
+            format!(
+                "max_slot_wal_keep_size is unlimited on the source: if the target stops confirming, the slot keeps WAL until the source's disk fills; {free_text}"
+            ),
+        )
+        .fix(
+            "watch the slot's retained WAL in `cutover db status`, or set a limit below the free disk \
+             (ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'; SELECT pg_reload_conf();, or the provider's parameter group)",
+        ),
+        Some(l) => Finding::new(
+            Severity::Info,
+            "slot-wal-limit",
+            "source",
+            format!(
+                "max_slot_wal_keep_size is {} on the source: if the target falls further behind, the slot is lost and `cutover db sync` has to copy again; {free_text}",
+                human_bytes(l)
+            ),
+        ),
+    });
 }
 
 fn target_contents(f: &Facts, out: &mut Vec<Finding>) {

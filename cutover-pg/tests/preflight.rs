@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use cutover_core::{ConnString, Mode, Plan};
-use cutover_pg::inspect::{ReplicaIdentity, Sequence, Server, Table};
+use cutover_pg::inspect::{Available, Behaviour, ReplicaIdentity, Sequence, Server, Table};
 use cutover_pg::preflight::{
     self, Facts, Finding, Previous, Report, Severity, TargetState, TargetTable,
 };
@@ -114,6 +114,34 @@ async fn a_clean_pair_with_a_keyed_table_passes() {
 }
 
 #[tokio::test]
+async fn a_partitioned_table_is_counted_once_and_the_slot_risk_reads_the_disk() {
+    let pair = Pair::native().await;
+    pair.source
+        .exec(
+            "CREATE TABLE public.readings (at date NOT NULL, n int NOT NULL, PRIMARY KEY (at, n)) PARTITION BY RANGE (at);
+             CREATE TABLE public.readings_a PARTITION OF public.readings FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+             CREATE TABLE public.readings_b PARTITION OF public.readings FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')
+                 PARTITION BY RANGE (at);
+             CREATE TABLE public.readings_b1 PARTITION OF public.readings_b FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+             INSERT INTO public.readings SELECT date '2024-06-01' + (g % 400), g FROM generate_series(1, 6000) g;
+             ANALYZE public.readings;",
+        )
+        .await;
+    let report = check(&pair, "native").await;
+    assert_eq!(report.tables.len(), 1);
+    // PostgreSQL 14 on keeps the total on the root and on readings_b as well as on the leaves.
+    assert_eq!(report.tables[0].rows_estimate, 6000);
+    // The test cluster runs here and its role may read data_directory: the free disk is known.
+    let risk = one(&report.findings, "slot-wal-unlimited");
+    assert_eq!(risk.severity, Severity::Info);
+    assert!(
+        risk.message.contains("free under the source's data directory"),
+        "{}",
+        risk.message
+    );
+}
+
+#[tokio::test]
 async fn a_table_without_primary_key_is_an_error_until_replica_identity_full() {
     let pair = Pair::native().await;
     pair.source
@@ -157,7 +185,8 @@ async fn a_heroku_like_source_points_to_trigger_mode_and_never_to_pgoptions() {
     let app = pair.source.role("app", "NOSUPERUSER NOREPLICATION").await;
     pair.source
         .exec(
-            "CREATE TABLE public.orders (id bigserial PRIMARY KEY, total int); ALTER TABLE public.orders OWNER TO app;",
+            "CREATE TABLE public.orders (id bigserial PRIMARY KEY, total int); ALTER TABLE public.orders OWNER TO app;
+             CREATE SCHEMA heroku_ext;",
         )
         .await;
     let native = plan(&pair, &app, &pair.target.url(), "native");
@@ -197,10 +226,18 @@ async fn a_heroku_like_source_points_to_trigger_mode_and_never_to_pgoptions() {
         texts(&report.findings)
     );
 
-    // Trigger mode needs neither.
+    // Known as Heroku by its extension schema.
+    assert_eq!(one(&report.findings, "heroku").severity, Severity::Warning);
+
+    // Trigger mode needs neither; what is left is Heroku's credential rotation.
     let trigger = plan(&pair, &app, &pair.target.url(), "trigger");
     let report = preflight::check(&trigger).await.unwrap();
-    assert_eq!(report.exit_code(), 0, "{:#?}", report.findings);
+    assert_eq!(report.exit_code(), 2, "{:#?}", report.findings);
+    assert_eq!(
+        of(&report.findings, Severity::Warning),
+        [pair_of("heroku-credentials", "source")]
+    );
+    assert_eq!(one(&report.findings, "heroku").severity, Severity::Info);
     assert_eq!(one(&report.findings, "wal-level").severity, Severity::Info);
     assert!(!texts(&report.findings).contains("PGOPTIONS"));
 }
@@ -243,11 +280,9 @@ async fn a_target_that_holds_the_tables_is_refused_and_large_objects_are_flagged
     );
     assert_eq!(
         of(&report.findings, Severity::Warning),
-        [
-            pair_of("large-objects", "source"),
-            pair_of("target-table-exists", "public.empty_one")
-        ]
+        [pair_of("target-table-exists", "public.empty_one")]
     );
+    assert_eq!(one(&report.findings, "large-objects").severity, Severity::Info);
     assert!(one(&report.findings, "target-not-empty")
         .message
         .starts_with("target is not empty"));
@@ -362,6 +397,25 @@ fn server(version_num: i32) -> Server {
         database: "app".into(),
         database_bytes: 8 << 20,
         large_objects: 0,
+        large_object_bytes: 8192,
+        behaviour: Behaviour {
+            encoding: "UTF8".into(),
+            collate: "C.UTF-8".into(),
+            ctype: "C.UTF-8".into(),
+            timezone: "UTC".into(),
+            standard_conforming_strings: "on".into(),
+        },
+        max_slot_wal_keep_mb: 100 << 10,
+        heroku_ext: false,
+        data_directory: None,
+    }
+}
+
+fn available(name: &str, default: &str, versions: &[&str]) -> Available {
+    Available {
+        name: name.into(),
+        default_version: Some(default.into()),
+        versions: versions.iter().map(|v| v.to_string()).collect(),
     }
 }
 
@@ -398,7 +452,7 @@ fn facts() -> Facts {
         tables: vec![table("orders")],
         sequences: vec![],
         source_extensions: vec![("plpgsql".into(), "1.0".into())],
-        target_available: vec!["plpgsql".into()],
+        target_available: vec![available("plpgsql", "1.0", &["1.0"])],
         target_tables: vec![TargetTable {
             schema: "public".into(),
             name: "orders".into(),
@@ -410,6 +464,8 @@ fn facts() -> Facts {
         target_create_subscription: false,
         previous: Previous::default(),
         partition_issues: vec![],
+        source_host: "db.example.com".into(),
+        source_free_disk: Some(500 << 30),
     }
 }
 
@@ -427,7 +483,11 @@ fn clean_facts_give_information_only() {
     assert_eq!(report.exit_code(), 0, "{:#?}", report.findings);
     assert_eq!(
         of(&report.findings, Severity::Info),
-        [pair_of("size", "source"), pair_of("size", "target")]
+        [
+            pair_of("slot-wal-limit", "source"),
+            pair_of("size", "source"),
+            pair_of("size", "target")
+        ]
     );
 }
 
@@ -491,7 +551,10 @@ fn an_extension_missing_on_the_target_is_named() {
         ("pg_trgm".into(), "1.6".into()),
         ("postgis".into(), "3.4.2".into()),
     ];
-    f.target_available = vec!["pg_trgm".into(), "hstore".into()];
+    f.target_available = vec![
+        available("pg_trgm", "1.6", &["1.5", "1.6"]),
+        available("hstore", "1.8", &["1.8"]),
+    ];
     let findings = preflight::rules(&f);
     assert_eq!(
         of(&findings, Severity::Error),
@@ -690,4 +753,160 @@ fn no_finding_ever_suggests_pgoptions() {
             .unwrap()
             .contains("mode = \"trigger\""));
     }
+}
+
+#[test]
+fn settings_that_change_results_are_compared() {
+    let mut f = facts();
+    f.target.behaviour = Behaviour {
+        encoding: "SQL_ASCII".into(),
+        collate: "en_US.UTF-8".into(),
+        ctype: "en_US.UTF-8".into(),
+        timezone: "America/New_York".into(),
+        standard_conforming_strings: "off".into(),
+    };
+    let findings = preflight::rules(&f);
+    assert_eq!(
+        of(&findings, Severity::Error),
+        [pair_of("encoding", "target")]
+    );
+    assert_eq!(
+        codes(&f, Severity::Warning),
+        ["collation", "timezone", "standard-conforming-strings"]
+    );
+    let enc = one(&findings, "encoding");
+    assert!(
+        enc.fix.as_deref().unwrap().contains("ENCODING 'UTF8'")
+            && enc.fix.as_deref().unwrap().contains("LC_COLLATE 'C.UTF-8'"),
+        "{enc:?}"
+    );
+    assert!(one(&findings, "timezone")
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("timezone = 'UTC'"));
+    // The same settings on both sides: nothing to say.
+    assert!(preflight::rules(&facts())
+        .iter()
+        .all(|x| !["encoding", "collation", "timezone", "standard-conforming-strings"].contains(&x.code)));
+}
+
+#[test]
+fn an_extension_the_target_installs_in_another_version_is_a_warning() {
+    let mut f = facts();
+    f.source_extensions = vec![
+        ("plpgsql".into(), "1.0".into()),
+        ("pg_trgm".into(), "1.5".into()),
+        ("hstore".into(), "1.7".into()),
+        ("citext".into(), "1.6".into()),
+    ];
+    f.target_available = vec![
+        available("plpgsql", "1.0", &["1.0"]),
+        available("pg_trgm", "1.6", &["1.5", "1.6"]),
+        available("hstore", "1.8", &["1.8"]),
+        available("citext", "1.6", &["1.6"]),
+    ];
+    let findings = preflight::rules(&f);
+    assert!(of(&findings, Severity::Error).is_empty(), "{findings:#?}");
+    assert_eq!(
+        of(&findings, Severity::Warning),
+        [
+            pair_of("extension-version", "extension pg_trgm"),
+            pair_of("extension-version", "extension hstore")
+        ]
+    );
+    let trgm = &findings[0];
+    assert!(trgm.message.contains("version 1.5 on the source") && trgm.message.contains("default, 1.6,"), "{}", trgm.message);
+    assert!(trgm.fix.as_deref().unwrap().contains("ALTER EXTENSION \"pg_trgm\" UPDATE TO '1.5'"), "{trgm:?}");
+    let hstore = &findings[1];
+    assert!(hstore.message.contains("the target has no 1.7"), "{}", hstore.message);
+    assert!(hstore.fix.as_deref().unwrap().contains("install version 1.7"), "{hstore:?}");
+}
+
+#[test]
+fn a_heroku_source_is_known_by_what_it_is_and_its_credential_rotation_is_a_warning() {
+    // By its extension schema.
+    let mut f = facts();
+    f.source.heroku_ext = true;
+    let findings = preflight::rules(&f);
+    let heroku = one(&findings, "heroku");
+    assert_eq!(heroku.severity, Severity::Warning, "native mode on Heroku");
+    assert!(heroku.message.contains("schema heroku_ext"), "{}", heroku.message);
+    assert!(heroku.message.contains("mode = \"trigger\""), "{}", heroku.message);
+    let rotate = one(&findings, "heroku-credentials");
+    assert_eq!(rotate.severity, Severity::Warning);
+    assert!(rotate.message.contains("rotates the database's credentials"));
+    assert!(rotate.fix.as_deref().unwrap().contains("heroku pg:maintenance"));
+
+    // By its host name, in trigger mode: the move's own mode, so only information.
+    let mut f = facts();
+    f.mode = Mode::Trigger;
+    f.source_host = "ec2-3-225-10-20.compute-1.amazonaws.com".into();
+    let findings = preflight::rules(&f);
+    let heroku = one(&findings, "heroku");
+    assert_eq!(heroku.severity, Severity::Info);
+    assert!(heroku.message.contains("host ec2-3-225-10-20"), "{}", heroku.message);
+    one(&findings, "heroku-credentials");
+
+    // Not Heroku: nothing said.
+    assert!(preflight::rules(&facts())
+        .iter()
+        .all(|x| !x.code.starts_with("heroku")));
+
+    // The fix for a source without logical replication names trigger mode as a thing that is here.
+    let mut f = facts();
+    f.source.wal_level = "replica".into();
+    let fix = one(&preflight::rules(&f), "wal-level").fix.clone().unwrap();
+    assert!(fix.contains("mode = \"trigger\""), "{fix}");
+    assert!(!fix.contains("later version"), "{fix}");
+}
+
+#[test]
+fn the_slot_risk_weighs_max_slot_wal_keep_size_against_the_free_disk() {
+    // A limit and room for it: information, saying what a lost slot costs.
+    let f = facts();
+    let limit = one(&preflight::rules(&f), "slot-wal-limit").clone();
+    assert_eq!(limit.severity, Severity::Info);
+    assert!(limit.message.contains("100 GB") && limit.message.contains("copy again"), "{}", limit.message);
+    assert!(limit.message.contains("500 GB free"), "{}", limit.message);
+
+    // A limit above the free disk: the disk fills first.
+    let mut f = facts();
+    f.source_free_disk = Some(50 << 30);
+    let disk = one(&preflight::rules(&f), "slot-wal-disk").clone();
+    assert_eq!(disk.severity, Severity::Warning);
+    assert!(disk.message.contains("only 50 GB is free"), "{}", disk.message);
+
+    // No limit: information with the fix, unless the disk has less room than the database.
+    let mut f = facts();
+    f.source.max_slot_wal_keep_mb = -1;
+    f.source_free_disk = None;
+    let unlimited = one(&preflight::rules(&f), "slot-wal-unlimited").clone();
+    assert_eq!(unlimited.severity, Severity::Info);
+    assert!(unlimited.message.contains("could not be read from here"), "{}", unlimited.message);
+    assert!(unlimited.fix.as_deref().unwrap().contains("max_slot_wal_keep_size"));
+    f.source_free_disk = Some(4 << 20);
+    assert_eq!(one(&preflight::rules(&f), "slot-wal-disk").severity, Severity::Warning);
+
+    // Trigger mode holds no slot.
+    let mut f = facts();
+    f.mode = Mode::Trigger;
+    assert!(preflight::rules(&f).iter().all(|x| !x.code.starts_with("slot-wal")));
+}
+
+#[test]
+fn large_objects_are_copied_and_a_large_volume_is_a_warning_about_the_pause() {
+    let mut f = facts();
+    f.source.large_objects = 3;
+    f.source.large_object_bytes = 64 << 20;
+    let lo = one(&preflight::rules(&f), "large-objects").clone();
+    assert_eq!(lo.severity, Severity::Info);
+    assert!(lo.message.contains("3 large objects (64 MB") && lo.message.contains("copies them"), "{}", lo.message);
+    f.source.large_object_bytes = 3 << 30;
+    let lo = one(&preflight::rules(&f), "large-objects").clone();
+    assert_eq!(lo.severity, Severity::Warning);
+    assert!(lo.message.contains("the pause grows"), "{}", lo.message);
+    assert!(lo.fix.as_deref().unwrap().contains("bytea"));
+    f.source.large_objects = 0;
+    assert!(preflight::rules(&f).iter().all(|x| x.code != "large-objects"));
 }

@@ -23,6 +23,11 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with("").await
+}
+
+/// The pgbench tables, `setup` run on the source as its superuser, then `db sync`.
+async fn fixture_with(setup: &str) -> Fixture {
     let pair = Pair::native().await;
     let pw = pair.app_role("app").await;
     let app_source = pair
@@ -33,6 +38,9 @@ async fn fixture() -> Fixture {
     pair.source
         .exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
         .await;
+    if !setup.is_empty() {
+        pair.source.exec(setup).await;
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let mut env = BTreeMap::new();
@@ -417,5 +425,138 @@ async fn a_run_killed_after_the_fence_is_recovered_by_the_next_one() {
         steps.contains(&"switchover.recover".to_string()),
         "{steps:?}"
     );
+    f.proxy.stop().await;
+}
+
+/// The application appends one 8-byte counter after another to its large object through the
+/// proxy, without pause, until told to stop; returns every value acknowledged.
+async fn append_to_large_object(
+    url: cutover_core::ConnString,
+    oid: u32,
+    first: i64,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<i64> {
+    let app = connect(&url, Side::Source).await.unwrap();
+    let mut done = vec![];
+    let mut i = first;
+    while !stop.is_cancelled() {
+        app.execute(
+            "SELECT lo_put($1, $2, $3)",
+            &[&oid, &(i * 8), &i.to_be_bytes().to_vec()],
+        )
+        .await
+        .expect("every append is acknowledged, across the switch too");
+        done.push(i);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    done
+}
+
+async fn counters_in(pg: &cutover_testkit::Pg, oid: u32) -> Vec<i64> {
+    let c = pg.client().await;
+    let bytes: Vec<u8> = c
+        .query_one("SELECT lo_get($1)", &[&oid])
+        .await
+        .unwrap()
+        .get(0);
+    bytes
+        .chunks(8)
+        .map(|b| i64::from_be_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+async fn large_object_digests(pg: &cutover_testkit::Pg) -> String {
+    pg.value("SELECT string_agg(oid::text || ':' || md5(lo_get(oid)) || ':' || pg_get_userbyid(lomowner), ',' ORDER BY oid) FROM pg_largeobject_metadata")
+        .await
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_and_materialized_views_are_ready_on_each_new_primary() {
+    const LOG: u32 = 424_240;
+    let f = fixture_with(
+        "SELECT lo_from_bytea(424240, ''); ALTER LARGE OBJECT 424240 OWNER TO app;
+         SELECT lo_from_bytea(424241, 'removed before the switch'); ALTER LARGE OBJECT 424241 OWNER TO app;
+         CREATE MATERIALIZED VIEW branch_totals AS SELECT bid, sum(abalance) AS total FROM pgbench_accounts GROUP BY bid;",
+    )
+    .await;
+    // `db sync` copied the large objects with their owner, and populated the view.
+    assert_eq!(
+        large_object_digests(&f.pair.target).await,
+        large_object_digests(&f.pair.source).await
+    );
+    assert!(large_object_digests(&f.pair.target).await.contains("424241:"));
+    assert_eq!(count(&f.pair.target, "SELECT count(*) FROM branch_totals").await, 1);
+
+    // During the sync the application imports a file bigger than one copy chunk (psql's
+    // \lo_import, through the proxy) and removes a large object.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("upload.bin");
+    let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let out = cutover_pg::connect::client_program("psql", Some(&f.proxy_url))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("\\lo_import {}", file.display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let imported: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("lo_import ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let app = connect(&f.proxy_url, Side::Source).await.unwrap();
+    app.batch_execute("SELECT lo_unlink(424241)").await.unwrap();
+    // A row changed on the source, so the view there is stale until refreshed; the switch
+    // refreshes the target's from its own data.
+    app.batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid = 1")
+        .await
+        .unwrap();
+
+    // The switchover while the application appends to its large object.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let appender = tokio::spawn(append_to_large_object(f.proxy_url.clone(), LOG, 0, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let summary = f.switch(Direction::Switchover).await.unwrap();
+    assert_eq!(summary.active, Backend::Target);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let acknowledged = appender.await.unwrap();
+    // Every append is on the new primary: those before the pause copied inside it, those
+    // after it written there, with no hole between.
+    assert_eq!(counters_in(&f.pair.target, LOG).await, acknowledged);
+    let target = large_object_digests(&f.pair.target).await;
+    assert!(!target.contains("424241:"), "removed on the source, removed on the target: {target}");
+    let source = f.pair.source.client().await;
+    let md5: String = source
+        .query_one("SELECT md5($1::bytea)", &[&data])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(target.contains(&format!("{imported}:{md5}:app")), "{target}");
+    assert_eq!(
+        count(&f.pair.target, "SELECT total FROM branch_totals").await,
+        count(&f.pair.target, "SELECT sum(abalance) FROM pgbench_accounts").await
+    );
+    assert_eq!(count(&f.pair.target, "SELECT total FROM branch_totals").await, 7);
+
+    // And back: what the application appended on the target is on the source after the rollback.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let next = *acknowledged.last().unwrap() + 1;
+    let appender = tokio::spawn(append_to_large_object(f.proxy_url.clone(), LOG, next, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let summary = f.switch(Direction::Rollback).await.unwrap();
+    assert_eq!(summary.active, Backend::Source);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let more = appender.await.unwrap();
+    let all: Vec<i64> = acknowledged.iter().chain(more.iter()).copied().collect();
+    assert_eq!(counters_in(&f.pair.source, LOG).await, all);
+    // The target kept what it had at the rollback: everything up to there.
+    let on_target = counters_in(&f.pair.target, LOG).await;
+    assert!(on_target.len() > acknowledged.len() && all.starts_with(&on_target));
     f.proxy.stop().await;
 }

@@ -90,7 +90,21 @@ async fn dry_run(g: &Global, plan: &cutover_core::Plan) -> anyhow::Result<i32> {
         "schema.keys",
         "create primary keys and replica identity indexes on the target".to_string(),
     );
-    if plan.sync.copy == cutover_core::plan::CopyMethod::Parallel {
+    if plan.sync.mode == cutover_core::Mode::Trigger {
+        steps.pop();
+        steps.push((
+            "capture",
+            format!("install the change log and capture triggers on {n} source tables"),
+        ));
+        steps.push((
+            "copy",
+            format!(
+                "copy every table from one snapshot exported after the triggers, {} parts at once",
+                plan.sync.copy_jobs
+            ),
+        ));
+        steps.push(keys);
+    } else if plan.sync.copy == cutover_core::plan::CopyMethod::Parallel {
         steps.push((
             "copy",
             format!(
@@ -121,6 +135,20 @@ async fn dry_run(g: &Global, plan: &cutover_core::Plan) -> anyhow::Result<i32> {
     steps.push((
         "schema.post_data",
         "create the other indexes, constraints and triggers".to_string(),
+    ));
+    if plan.sync.mode == cutover_core::Mode::Trigger {
+        steps.push((
+            "triggers.follower",
+            "disable the target's user triggers while it follows".to_string(),
+        ));
+    }
+    steps.push((
+        "large_objects",
+        "copy the source's large objects (none: skipped)".to_string(),
+    ));
+    steps.push((
+        "target.ready",
+        "ANALYZE the copied tables and populate the materialized views".to_string(),
     ));
     if g.json {
         output::json(&serde_json::json!({

@@ -10,6 +10,8 @@
 //!    start (the role on `from` may subscribe, in native mode); no application session on
 //!    `from` bypasses the proxy (refused, listed, unless forced); the applications' roles can
 //!    work on `to`. The fence is planned here, and the proxy's sessions log in to `to`.
+//!    **ready**: the new primary gets planner statistics where a table has none and its
+//!    materialized views refreshed (`cutover_pg::ready`); the large objects copied.
 //!    **prepare_reverse** (native mode): the new direction's publication and its disabled
 //!    subscription with its slot, the slow part of starting it, made before the pause.
 //! 2. **pause** the proxy: new transactions wait.
@@ -20,7 +22,8 @@
 //!    session that is not the proxy's ended. Then, together, the **catch up** (everything
 //!    `from` committed is on `to`) and the **unfence** of a fence an earlier switch left on
 //!    `to`.
-//! 5. **sequences** copied `from` → `to` and, together, **reverse**: the new direction takes
+//! 5. **sequences** copied `from` → `to` (and the large objects changed since the copy
+//!    before the pause) and, together, **reverse**: the new direction takes
 //!    over (trigger mode: the triggers fire on `to`, not `from`), the old one stops, the new
 //!    one starts after everything the old one applied.
 //! 6. **switch** the proxy to `to`: **the point of no return**. The proxy writes its new
@@ -180,6 +183,9 @@ struct Pre {
     /// What the fence will revoke, read before the pause. A grant made in between makes the
     /// fence fail its own check and the switch stop, never a fence with a hole.
     fence: Fence,
+    /// Either side holds large objects: they are copied before the pause and, what changed,
+    /// again inside it.
+    large_objects: bool,
 }
 
 impl cutover_core::engine::Outcome for Pre {
@@ -222,6 +228,9 @@ pub async fn run(
         )
         .await?;
     s.time("preconditions", t);
+    if let Err(cause) = s.ready(&pre).await {
+        return Err(s.fail_before_pause(cause).await);
+    }
     if let Err(cause) = s.prepare_reverse(&pre).await {
         return Err(s.fail_before_pause(cause).await);
     }
@@ -415,6 +424,9 @@ impl<'a> Switch<'a> {
             self.check_grants(&status, &tables_to).await?;
         }
         let fence = fence::plan_fence(from, self.from, &tables_from, &sequences).await?;
+        let large_objects = cutover_pg::large_objects::volume(from, self.from).await?.0
+            + cutover_pg::large_objects::volume(to, self.to).await?.0
+            > 0;
         // Sessions log in to the new primary now, so the pause only swaps connections.
         self.admin.prepare(backend(self.to)).await?;
         Ok(Pre {
@@ -422,6 +434,7 @@ impl<'a> Switch<'a> {
             tables_to,
             sequences,
             fence,
+            large_objects,
         })
     }
 
@@ -494,6 +507,48 @@ impl<'a> Switch<'a> {
             self.to,
             list.join("; ")
         )))
+    }
+
+    /// Before the pause, the new primary made ready for the traffic: statistics for tables
+    /// that have none, and the materialized views as fresh as on the old primary (their
+    /// contents are not replicated; a view empty there would fail every read).
+    async fn ready(&self, pre: &Pre) -> Result<(), SwitchError> {
+        let t = Instant::now();
+        self.steps
+            .run(
+                &self.step("ready"),
+                &format!(
+                    "ANALYZE tables without statistics and refresh the materialized views on the {}",
+                    self.to
+                ),
+                || async {
+                    let mut ready = cutover_pg::ready::prepare(
+                        (self.c.on(self.from), self.from),
+                        (self.c.on(self.to), self.to),
+                        &pre.tables_to,
+                        &self.plan.sync.schemas,
+                        false,
+                    )
+                    .await?;
+                    if pre.large_objects {
+                        // The bulk now; what changes meanwhile is copied inside the pause.
+                        let lo = self.copy_large_objects().await?;
+                        ready.notes.push(cutover_core::engine::Outcome::summary(&lo));
+                    }
+                    Ok::<_, SwitchError>(ready)
+                },
+            )
+            .await?;
+        self.time("ready", t);
+        Ok(())
+    }
+
+    async fn copy_large_objects(&self) -> Result<cutover_pg::large_objects::LoCopy, PgError> {
+        cutover_pg::large_objects::copy(
+            (self.c.on(self.from), self.from),
+            (self.c.on(self.to), self.to),
+        )
+        .await
     }
 
     /// Before the pause, what the new direction needs to start quickly (native mode).
@@ -674,9 +729,27 @@ impl<'a> Switch<'a> {
             Ok::<_, SwitchError>(format!("{} sequences copied", v.len()))
         });
         let reverse = self.steps.run(&rev_name, &rev_intent, || self.reverse(pre));
-        let (copied, reversed) = tokio::join!(sequences, reverse);
+        // Nothing writes `from` any more: what changed since the copy before the pause.
+        let large_objects = async {
+            if !pre.large_objects {
+                return Ok(());
+            }
+            self.steps
+                .run(
+                    &self.step("large_objects"),
+                    &format!(
+                        "copy the large objects that changed {} -> {}",
+                        self.from, self.to
+                    ),
+                    || async { Ok::<_, SwitchError>(self.copy_large_objects().await?) },
+                )
+                .await
+                .map(|_| ())
+        };
+        let (copied, reversed, objects) = tokio::join!(sequences, reverse, large_objects);
         copied?;
         reversed?;
+        objects?;
         self.time("sequences_reverse", t);
         Ok(())
     }

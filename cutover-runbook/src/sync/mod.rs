@@ -8,7 +8,9 @@
 //! keys, publication, the subscription with `copy_data = true` (PostgreSQL's table
 //! synchronisation copies each table from a snapshot tied to the slot and catches up from
 //! exactly there), a wait until every table is ready, the rest of the schema. Either way the
-//! subscription keeps following after `db sync` returns. Trigger mode is in [`trigger`].
+//! subscription keeps following after `db sync` returns. Last, the target is made ready for
+//! production: statistics and materialized views ([`cutover_pg::ready`]). Trigger mode is in
+//! [`trigger`].
 //!
 //! Every step is idempotent: the schema parts are restored in single transactions and skipped
 //! when already in place, the publication and subscription are made only when missing, a slot
@@ -30,7 +32,7 @@ use cutover_pg::sync::*;
 use cutover_pg::{connect, PgError, Side};
 
 use copy_step::{copied_into, parallel_copy};
-use schema_steps::{schema_after_copy, schema_keys, schema_pre_data};
+use schema_steps::{schema_after_copy, schema_keys, schema_pre_data, target_ready};
 
 /// Runs `db sync`: check, schema, publication, subscription, copy, the rest of the schema.
 pub async fn sync(
@@ -114,6 +116,7 @@ pub async fn sync(
             .await?;
     }
     schema_after_copy(plan, steps, &source, &target, &tables, &dump).await?;
+    target_ready(plan, steps, &source, &target, &tables).await?;
     Ok(SyncSummary {
         tables: tables.len(),
         rows_estimate: tables.iter().map(|t| t.rows_estimate).sum(),

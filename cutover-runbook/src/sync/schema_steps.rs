@@ -157,3 +157,52 @@ pub(super) async fn restore_step(
         .await
         .map(|_| ())
 }
+
+/// The target ready for production before anyone switches to it: planner statistics for every
+/// copied table (a COPY leaves none) and every materialized view populated on the source
+/// populated here too (`pg_dump --schema-only` creates them empty). Run on every `db sync`,
+/// resumed or not: it only reads the source and refreshes the target's statistics and views.
+pub(super) async fn target_ready(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    source: &Client,
+    target: &Client,
+    tables: &[Table],
+) -> Result<(), PgError> {
+    // Large objects are not replicated in either mode: copied by comparison, here and again
+    // at the switch (`cutover_pg::large_objects`).
+    let (count, _) = cutover_pg::large_objects::volume(source, Side::Source).await?;
+    let (there, _) = cutover_pg::large_objects::volume(target, Side::Target).await?;
+    if count + there == 0 {
+        steps.skip("large_objects", "the source has no large objects")?;
+    } else {
+        steps
+            .run(
+                "large_objects",
+                &format!("copy the source's {count} large objects to the target"),
+                || {
+                    cutover_pg::large_objects::copy(
+                        (source, Side::Source),
+                        (target, Side::Target),
+                    )
+                },
+            )
+            .await?;
+    }
+    steps
+        .run(
+            "target.ready",
+            "ANALYZE the copied tables and populate the materialized views on the target",
+            || {
+                cutover_pg::ready::prepare(
+                    (source, Side::Source),
+                    (target, Side::Target),
+                    tables,
+                    &plan.sync.schemas,
+                    true,
+                )
+            },
+        )
+        .await
+        .map(|_| ())
+}

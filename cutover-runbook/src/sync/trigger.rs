@@ -15,7 +15,7 @@ use cutover_pg::sync::*;
 use cutover_pg::{connect, PgError, Side};
 
 use super::copy_step::{copied_into, copy_progress};
-use super::schema_steps::{schema_after_copy, schema_keys, schema_pre_data};
+use super::schema_steps::{schema_after_copy, schema_keys, schema_pre_data, target_ready};
 
 /// `db sync` in trigger mode: schema, capture triggers, the copy from one exported snapshot
 /// (its snapshot is the applier's first position), keys, the rest of the schema. The
@@ -135,6 +135,7 @@ pub(super) async fn sync(
             },
         )
         .await?;
+    target_ready(plan, steps, &source, &target, &tables).await?;
     Ok(SyncSummary {
         tables: tables.len(),
         rows_estimate: tables.iter().map(|t| t.rows_estimate).sum(),
