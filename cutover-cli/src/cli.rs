@@ -229,14 +229,37 @@ pub enum DbCommand {
     Verify(VerifyArgs),
     /// Remove the subscription, slots and publication cutover created, on both sides.
     Cleanup(CleanupArgs),
-    /// Trigger mode: apply the source's captured changes to the target until stopped
-    /// (SIGTERM or Ctrl-C), fit for a service manager.
+    /// Follow the source until stopped (SIGTERM or Ctrl-C), fit for a service manager:
+    /// trigger mode applies its captured changes; both modes apply additive schema changes
+    /// (new tables, columns, indexes, constraints) and hold the others.
     Follow(FollowArgs),
+    /// The source's schema changes during the sync: `show` them, `apply` them after review.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
     /// Move the applications to the target through the proxy: pause, drain, fence, catch
     /// up, sequences, reverse replication, switch, resume.
     Switchover(SwitchArgs),
     /// Move them back to the source the same way, losing nothing written on the target.
     Rollback(SwitchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SchemaCommand {
+    /// Every difference between the source's schema and the target's, additive or held.
+    Show,
+    /// Apply every difference to the target, held ones included (a rename, a dropped column
+    /// or table, a type change), after review. Asks first on a terminal.
+    Apply(SchemaApplyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SchemaApplyArgs {
+    /// Show what would be applied; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask (needed when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug)]

@@ -146,7 +146,7 @@ async fn malformed_plans_are_refused_with_every_problem_and_its_position() {
     std::fs::write(env.plan(), "[source]\nurl = \"${SRC_URL}\"\n[target]\nurl = \"${DST_URL}\"\n[sync]\nmodee = \"native\"\n").unwrap();
     let r = env.run(&["check"]);
     assert_eq!(r.code, 1);
-    assert_eq!(one_error_line(&r.stderr), format!("error: {plan}:6:1: unknown field `modee`, expected one of `mode`, `schemas`, `exclude_tables`, `whole_row_tables`, `copy_schema`, `name`, `ready_timeout`, `copy`, `copy_jobs`"));
+    assert_eq!(one_error_line(&r.stderr), format!("error: {plan}:6:1: unknown field `modee`, expected one of `mode`, `schemas`, `exclude_tables`, `whole_row_tables`, `copy_schema`, `name`, `ready_timeout`, `copy`, `copy_jobs`, `schema_changes`"));
 
     std::fs::write(
         env.plan(),

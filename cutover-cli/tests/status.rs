@@ -109,6 +109,7 @@ async fn watch_refreshes_and_the_journal_reads_as_json() {
     assert_eq!(
         steps,
         [
+            "schema.watch",
             "schema.dump",
             "schema.pre_data",
             "publication",

@@ -4,47 +4,15 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::Env;
+use common::{start_proxy, Env};
 use cutover_pg::{connect, Side};
 use cutover_testkit::free_port;
 
-struct Proxy(Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
 fn with_proxy(env: &mut Env, app_pw: &str) -> (u16, u16) {
     common::with_proxy(env, app_pw, "")
-}
-
-async fn start_proxy(env: &Env, port: u16) -> Proxy {
-    let proxy = Proxy(
-        env.command(&["proxy"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return proxy;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the proxy did not start listening on {port}");
 }
 
 async fn port_of(c: &tokio_postgres::Client) -> i32 {

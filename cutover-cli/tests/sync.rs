@@ -165,7 +165,11 @@ async fn sync_under_writes_then_verify_finds_one_changed_row() {
                 "SELECT count(*) FROM pg_stats WHERE schemaname = '{schema}' AND tablename = '{table}'"
             ))
             .await;
-        assert_ne!(stats.as_deref(), Some("0"), "statistics for {schema}.{table}");
+        assert_ne!(
+            stats.as_deref(),
+            Some("0"),
+            "statistics for {schema}.{table}"
+        );
     }
     assert_eq!(
         env.pair
@@ -258,6 +262,7 @@ async fn sync_under_writes_then_verify_finds_one_changed_row() {
             "would remove subscription cutover_sub on the target",
             "would remove replication slot cutover_slot on the source",
             "would remove publication cutover_pub on the source",
+            "would remove event triggers cutover_ddl, cutover_ddl_drop and cutover.ddl_log on the source",
         ]
     );
     let cleanup = env.run(&["db", "cleanup"]);

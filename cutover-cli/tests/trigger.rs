@@ -65,7 +65,11 @@ async fn sync_follow_verify_and_cleanup_without_replication_privileges() {
     // Ready for production: the materialized view populated (pg_dump made it empty) and
     // planner statistics for the copied tables.
     assert_eq!(
-        env.pair.target.value("SELECT n FROM item_count").await.as_deref(),
+        env.pair
+            .target
+            .value("SELECT n FROM item_count")
+            .await
+            .as_deref(),
         Some("3000")
     );
     for table in ["items", "lines", "notes"] {

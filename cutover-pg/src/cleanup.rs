@@ -166,6 +166,13 @@ async fn find_on(plan: &Plan, source: &Client, target: &Client) -> Result<Vec<Re
         }
     }
     for side in [Side::Source, Side::Target] {
+        if crate::ddl_log::present(on(side), side).await? {
+            found.push(Removed {
+                side,
+                kind: "event triggers",
+                name: "cutover_ddl, cutover_ddl_drop and cutover.ddl_log".into(),
+            });
+        }
         let capture = on(side)
             .query_one(
                 "SELECT to_regclass('cutover.changes') IS NOT NULL OR to_regclass('cutover.applied') IS NOT NULL
@@ -269,6 +276,10 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
                     )
                     .await
                     .ctx(item.side, "drop the proxies' control tables")?;
+                true
+            }
+            "event triggers" => {
+                crate::ddl_log::remove(client, item.side).await?;
                 true
             }
             "publication" => {

@@ -53,6 +53,10 @@ pub enum PgError {
     /// A child process (pg_dump, pg_restore) failed.
     #[error("{program} failed: {message}")]
     Child { program: String, message: String },
+    /// A table's columns changed on the side being followed: the follower reconciles the
+    /// schema before it applies anything more.
+    #[error("the schema changed: {0}")]
+    SchemaChanged(String),
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error("{0}")]

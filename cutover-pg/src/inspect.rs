@@ -192,7 +192,25 @@ pub async fn server(client: &Client, side: Side) -> Result<Server, PgError> {
     })
 }
 
-const TABLES: &str = "
+/// `FROM pg_class c JOIN pg_namespace n ... WHERE ...`: the tables the plan may select, `$1`
+/// the plan's schemas (empty: all), roots and ordinary tables, no extension's, not ours.
+macro_rules! selected_tables {
+    () => {
+        "
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p')
+   AND NOT c.relispartition
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'cutover')
+   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+   AND (cardinality($1::text[]) = 0 OR n.nspname = ANY($1::text[]))
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')"
+    };
+}
+pub(crate) use selected_tables;
+
+const TABLES: &str = concat!(
+    "
 SELECT c.oid, n.nspname::text, c.relname::text, pg_get_userbyid(c.relowner)::text,
        c.relkind = 'p', c.relpersistence = 'u',
        CASE WHEN c.relkind = 'p'
@@ -214,15 +232,10 @@ SELECT c.oid, n.nspname::text, c.relname::text, pg_get_userbyid(c.relowner)::tex
                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''), '{}'),
        coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}')
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p')
-   AND NOT c.relispartition
-   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'cutover')
-   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-   AND (cardinality($1::text[]) = 0 OR n.nspname = ANY($1::text[]))
-   AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
- ORDER BY 2, 3";
+",
+    selected_tables!(),
+    " ORDER BY 2, 3"
+);
 
 /// The tables to move, as the plan selects them.
 pub async fn tables(

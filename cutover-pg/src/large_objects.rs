@@ -59,7 +59,10 @@ async fn digests(client: &Client, side: Side) -> Result<BTreeMap<u32, Digest>, P
             &[],
         )
         .await
-        .ctx(side, "read the large objects (their owner or a superuser may)")?;
+        .ctx(
+            side,
+            "read the large objects (their owner or a superuser may)",
+        )?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -167,7 +170,10 @@ async fn copy_one(
 
 async fn set_owner(client: &Client, side: Side, oid: u32, owner: &str) -> Result<(), PgError> {
     client
-        .batch_execute(&format!("ALTER LARGE OBJECT {oid} OWNER TO {}", ident(owner)))
+        .batch_execute(&format!(
+            "ALTER LARGE OBJECT {oid} OWNER TO {}",
+            ident(owner)
+        ))
         .await
         .ctx(side, &format!("give large object {oid} to {owner}"))
 }

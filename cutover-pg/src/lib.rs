@@ -4,6 +4,8 @@
 pub mod cleanup;
 pub mod connect;
 pub mod copy;
+pub mod ddl_log;
+pub mod drift;
 pub mod error;
 pub mod fence;
 pub mod grants;
@@ -17,6 +19,7 @@ pub mod preflight_gate;
 pub mod ready;
 pub mod replication;
 pub mod schema;
+pub mod schema_change;
 pub mod sequences;
 pub mod status;
 pub mod sync;

@@ -195,12 +195,7 @@ pub async fn check(plan: &Plan) -> Result<Report, PgError> {
     Ok(Report::from_facts(facts))
 }
 
-async fn gather(
-    sync: &SyncSettings,
-    host: &str,
-    s: &Client,
-    t: &Client,
-) -> Result<Facts, PgError> {
+async fn gather(sync: &SyncSettings, host: &str, s: &Client, t: &Client) -> Result<Facts, PgError> {
     let source = inspect::server(s, Side::Source).await?;
     let target = inspect::server(t, Side::Target).await?;
     let tables = inspect::tables(s, Side::Source, sync).await?;
@@ -743,7 +738,12 @@ fn large_objects(f: &Facts, out: &mut Vec<Finding>) {
         human_bytes(bytes)
     );
     if bytes < LARGE_OBJECTS_WARN {
-        out.push(Finding::new(Severity::Info, "large-objects", "source", what));
+        out.push(Finding::new(
+            Severity::Info,
+            "large-objects",
+            "source",
+            what,
+        ));
         return;
     }
     out.push(
@@ -942,7 +942,12 @@ fn slot_risk(f: &Facts, out: &mut Vec<Finding>) {
     let free = f.source_free_disk;
     let free_text = free.map_or(
         "the free disk under the source's data directory could not be read from here".to_string(),
-        |b| format!("{} free under the source's data directory", human_bytes(b as i64)),
+        |b| {
+            format!(
+                "{} free under the source's data directory",
+                human_bytes(b as i64)
+            )
+        },
     );
     let keep = f.source.max_slot_wal_keep_mb;
     let bound = if keep < 0 {

@@ -161,7 +161,11 @@ pub async fn prepare(
     };
     let missing: Vec<String> = wanted
         .iter()
-        .filter(|w| !here.iter().any(|h| h.schema == w.schema && h.name == w.name))
+        .filter(|w| {
+            !here
+                .iter()
+                .any(|h| h.schema == w.schema && h.name == w.name)
+        })
         .map(MatView::display)
         .collect();
     if !missing.is_empty() {
@@ -187,7 +191,10 @@ pub async fn prepare(
         let mut again = vec![];
         let before = todo.len();
         for m in todo {
-            let sql = format!("REFRESH MATERIALIZED VIEW {}", qualified(&m.schema, &m.name));
+            let sql = format!(
+                "REFRESH MATERIALIZED VIEW {}",
+                qualified(&m.schema, &m.name)
+            );
             match to.batch_execute(&sql).await {
                 Ok(()) => out.refreshed.push(m.display()),
                 // 55000: it reads a view that is not populated yet.

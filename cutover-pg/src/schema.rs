@@ -218,6 +218,60 @@ pub async fn restore(dump: &SchemaDump, part: &Path, target: &ConnString) -> Res
         .map(|_| ())
 }
 
+/// Creates one table of `origin` on `follower` as `pg_dump --table` defines it (with its
+/// owned sequences, indexes, constraints and triggers, cutover's capture left out), in one
+/// transaction: a table created on the source while the databases are in sync. Without
+/// `foreign_keys` its foreign keys are left out: a copy into a follower that is behind could
+/// hold rows whose parents it does not have yet (they come as schema drift once it caught up).
+pub async fn copy_table_definition(
+    origin: &ConnString,
+    follower: &ConnString,
+    schema: &str,
+    name: &str,
+    foreign_keys: bool,
+) -> Result<(), PgError> {
+    let dir = tempfile::Builder::new()
+        .prefix("cutover-table-")
+        .tempdir()
+        .map_err(|e| PgError::Io(format!("cannot make a temporary folder: {e}")))?;
+    let archive = dir.path().join("table.dump");
+    let args: Vec<String> = vec![
+        "--schema-only".into(),
+        "--format=custom".into(),
+        "--no-publications".into(),
+        "--no-subscriptions".into(),
+        format!("--table={}.{}", pattern(schema), pattern(name)),
+        format!("--file={}", archive.display()),
+    ];
+    run_child("pg_dump", &args, Some(origin)).await?;
+    let listed = run_child(
+        "pg_restore",
+        &["--list".to_string(), archive.display().to_string()],
+        None,
+    )
+    .await?;
+    let entries: Vec<&str> = listed
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty() && !is_capture_trigger(l))
+        .filter(|l| foreign_keys || !l.contains(" FK CONSTRAINT "))
+        .collect();
+    let list = dir.path().join("table.list");
+    std::fs::write(&list, entries.join("\n") + "\n")
+        .map_err(|e| PgError::Io(format!("cannot write {}: {e}", list.display())))?;
+    let args = vec![
+        "--no-owner".to_string(),
+        "--no-privileges".to_string(),
+        "--single-transaction".to_string(),
+        "--exit-on-error".to_string(),
+        format!("--use-list={}", list.display()),
+        format!("--dbname={}", follower.dbname),
+        archive.display().to_string(),
+    ];
+    run_child("pg_restore", &args, Some(follower))
+        .await
+        .map(|_| ())
+}
+
 /// How many of `tables` exist on the target.
 pub async fn tables_present(target: &Client, tables: &[Table]) -> Result<usize, PgError> {
     let names: Vec<String> = tables.iter().map(|t| t.display()).collect();
@@ -255,12 +309,19 @@ pub async fn object_counts(
     Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
 }
 
-/// A `pg_restore -l` line of one of trigger mode's capture triggers.
+/// A `pg_restore -l` line of one of cutover's own triggers on the side it watches: trigger
+/// mode's capture triggers, and the DDL log's event triggers (`crate::ddl_log`).
 fn is_capture_trigger(line: &str) -> bool {
     line.contains(" TRIGGER ")
-        && line
-            .split_whitespace()
-            .any(|w| w == "cutover_capture" || w == "cutover_capture_truncate")
+        && line.split_whitespace().any(|w| {
+            [
+                "cutover_capture",
+                "cutover_capture_truncate",
+                "cutover_ddl",
+                "cutover_ddl_drop",
+            ]
+            .contains(&w)
+        })
 }
 
 #[cfg(test)]
@@ -271,6 +332,9 @@ mod tests {
     fn leaves_the_capture_triggers_out() {
         assert!(super::is_capture_trigger(
             "3351; 2620 16600 TRIGGER public accounts cutover_capture owner"
+        ));
+        assert!(super::is_capture_trigger(
+            "3466; 3466 16420 EVENT TRIGGER - cutover_ddl postgres"
         ));
         assert!(!super::is_capture_trigger(
             "3351; 2620 16600 TRIGGER public accounts audit owner"

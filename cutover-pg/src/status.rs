@@ -7,9 +7,11 @@
 //! (`restart_lsn`) is shown too: a stalled subscription makes the source keep WAL until its
 //! disk fills, which is the main risk of a slot.
 //!
-//! Rates come from two samples: the apply rate is how fast `confirmed_flush_lsn` moves, the
-//! source rate how fast the source writes WAL. The ETA is the lag divided by their difference,
-//! and there is none while the target is not gaining.
+//! Rates come from two samples: the apply rate is how fast `confirmed_flush_lsn` moves (or,
+//! where the role may read it, the subscription's replication origin, which moves with every
+//! applied commit while the confirmed position moves only when the target reports), the
+//! source rate how fast the source writes WAL. The ETA is what is left to apply divided by
+//! their difference, and there is none while the target is not gaining.
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +62,8 @@ pub struct Status {
     pub source_rate_bps: Option<f64>,
     /// Seconds until the lag is gone at the current rates; None when not gaining.
     pub eta_seconds: Option<f64>,
+    /// Where the follower's schema differs from the primary's ([`crate::drift`]).
+    pub schema: Vec<crate::drift::Drift>,
     pub warnings: Vec<String>,
 }
 
@@ -67,6 +71,29 @@ struct Sample {
     at: Instant,
     current: i64,
     confirmed: Option<i64>,
+    /// Where the follower's apply stands: the end of the last source commit it applied (its
+    /// replication origin's `remote_lsn`). It moves with every commit, while the slot's
+    /// confirmed position moves only when the follower reports, which a busy apply worker may
+    /// not do for many seconds. None where the role may not read it.
+    applied: Option<i64>,
+}
+
+/// The follower's replication origin for subscription `name`: its last applied source
+/// commit, as a byte offset.
+async fn applied_position(follower: &Client, name: &str) -> Option<i64> {
+    follower
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(o.remote_lsn, '0/0')::bigint
+               FROM pg_replication_origin_status o, pg_subscription s
+              WHERE s.subname = $1
+                AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND o.external_id = 'pg_' || s.oid",
+            &[&name],
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.get(0))
 }
 
 /// Reads positions as byte offsets from 0/0, so two samples can be subtracted.
@@ -102,6 +129,7 @@ async fn sample(
         at: Instant::now(),
         current: row.get(1),
         confirmed: row.get(5),
+        applied: None,
     };
     Ok((s, row.get(0), state))
 }
@@ -165,9 +193,11 @@ pub async fn status(plan: &Plan, interval: Duration) -> Result<Status, PgError> 
             Side::Source,
         )
     };
-    let (first, _, _) = sample(primary, &slot).await?;
+    let (mut first, _, _) = sample(primary, &slot).await?;
+    first.applied = applied_position(follower, &sub_name).await;
     tokio::time::sleep(interval).await;
-    let (second, lsn, slot_state) = sample(primary, &slot).await?;
+    let (mut second, lsn, slot_state) = sample(primary, &slot).await?;
+    second.applied = applied_position(follower, &sub_name).await;
     let sub = subscription(follower, &sub_name).await?;
     let tables = inspect::tables(primary, primary_side, &plan.sync).await?;
     let progress = if sub.is_some() {
@@ -176,6 +206,14 @@ pub async fn status(plan: &Plan, interval: Duration) -> Result<Status, PgError> 
         vec![]
     };
     let mut status = assemble(plan, &first, &second, lsn, slot_state, sub, progress);
+    let follower_side = if reverse { Side::Source } else { Side::Target };
+    status.schema = crate::drift::drift_between(
+        (primary, primary_side),
+        (follower, follower_side),
+        &plan.sync,
+    )
+    .await?;
+    status.warnings.extend(schema_warnings(&status.schema));
     if reverse {
         status.direction = "reverse";
         status
@@ -183,6 +221,42 @@ pub async fn status(plan: &Plan, interval: Duration) -> Result<Status, PgError> 
             .retain(|w| !w.contains("run `cutover db sync`"));
     }
     Ok(status)
+}
+
+/// Seconds until `behind` is gone when the follower works it off at `apply` per second
+/// while the primary adds `incoming` per second: 0 when nothing is behind, none while the
+/// follower is not gaining. Both modes: bytes of WAL in native mode, changes in trigger mode.
+pub fn eta(behind: f64, apply: Option<f64>, incoming: f64) -> Option<f64> {
+    if behind <= 0.0 {
+        return Some(0.0);
+    }
+    match apply {
+        Some(a) if a > incoming => Some(behind / (a - incoming)),
+        _ => None,
+    }
+}
+
+/// One line per schema difference that stops the move until someone acts.
+pub fn schema_warnings(drifts: &[crate::drift::Drift]) -> Vec<String> {
+    let held: Vec<&str> = drifts
+        .iter()
+        .filter(|d| !d.additive)
+        .map(|d| d.describe.as_str())
+        .collect();
+    let pending = drifts.len() - held.len();
+    let mut out = vec![];
+    if !held.is_empty() {
+        out.push(format!(
+            "schema change held, replication of it waits and switchover refuses: {}; review, then run `cutover db schema apply`",
+            held.join("; ")
+        ));
+    }
+    if pending > 0 {
+        out.push(format!(
+            "{pending} additive schema change(s) not on the follower yet; `cutover db follow` applies them as they come, or run `cutover db schema apply`"
+        ));
+    }
+    out
 }
 
 fn assemble(
@@ -196,16 +270,25 @@ fn assemble(
 ) -> Status {
     let dt = second.at.duration_since(first.at).as_secs_f64().max(1e-3);
     let source_rate = (second.current - first.current) as f64 / dt;
-    let apply_rate = match (first.confirmed, second.confirmed) {
+    let rate = |a: Option<i64>, b: Option<i64>| match (a, b) {
         (Some(a), Some(b)) => Some((b - a) as f64 / dt),
         _ => None,
     };
-    let lag = slot.as_ref().and_then(|s| s.lag_bytes);
-    let eta = match (lag, apply_rate) {
-        (Some(l), _) if l <= 0 => Some(0.0),
-        (Some(l), Some(a)) if a > source_rate => Some(l as f64 / (a - source_rate)),
-        _ => None,
+    // The faster of the two measures of the apply, and the nearer of the two positions: the
+    // origin's moves with every commit, the slot's also past WAL with nothing to apply.
+    let apply_rate = match (
+        rate(first.confirmed, second.confirmed),
+        rate(first.applied, second.applied),
+    ) {
+        (Some(c), Some(a)) => Some(c.max(a)),
+        (c, a) => c.or(a),
     };
+    let lag = slot.as_ref().and_then(|s| s.lag_bytes);
+    let behind = match (lag, second.applied) {
+        (Some(l), Some(a)) => Some(l.min((second.current - a).max(0))),
+        (l, _) => l,
+    };
+    let eta = behind.and_then(|l| eta(l as f64, apply_rate, source_rate));
     let mut warnings = vec![];
     match (&slot, &subscription) {
         (None, None) => warnings.push("no sync in place; run `cutover db sync`".to_string()),
@@ -247,6 +330,7 @@ fn assemble(
         apply_rate_bps: apply_rate,
         source_rate_bps: Some(source_rate),
         eta_seconds: eta,
+        schema: vec![],
         warnings,
     }
 }
@@ -289,5 +373,19 @@ pub async fn wait_caught_up(plan: &Plan, timeout: Duration) -> Result<i64, PgErr
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod eta_tests {
+    use super::eta;
+
+    #[test]
+    fn the_eta_is_the_backlog_over_what_the_follower_gains() {
+        assert_eq!(eta(0.0, None, 5.0), Some(0.0), "nothing behind: caught up");
+        assert_eq!(eta(1000.0, Some(300.0), 100.0), Some(5.0));
+        assert_eq!(eta(1000.0, Some(100.0), 100.0), None, "not gaining");
+        assert_eq!(eta(1000.0, Some(50.0), 100.0), None, "falling behind");
+        assert_eq!(eta(1000.0, None, 0.0), None, "no apply rate measured");
     }
 }

@@ -135,7 +135,8 @@ async fn a_partitioned_table_is_counted_once_and_the_slot_risk_reads_the_disk() 
     let risk = one(&report.findings, "slot-wal-unlimited");
     assert_eq!(risk.severity, Severity::Info);
     assert!(
-        risk.message.contains("free under the source's data directory"),
+        risk.message
+            .contains("free under the source's data directory"),
         "{}",
         risk.message
     );
@@ -282,7 +283,10 @@ async fn a_target_that_holds_the_tables_is_refused_and_large_objects_are_flagged
         of(&report.findings, Severity::Warning),
         [pair_of("target-table-exists", "public.empty_one")]
     );
-    assert_eq!(one(&report.findings, "large-objects").severity, Severity::Info);
+    assert_eq!(
+        one(&report.findings, "large-objects").severity,
+        Severity::Info
+    );
     assert!(one(&report.findings, "target-not-empty")
         .message
         .starts_with("target is not empty"));
@@ -786,9 +790,13 @@ fn settings_that_change_results_are_compared() {
         .unwrap()
         .contains("timezone = 'UTC'"));
     // The same settings on both sides: nothing to say.
-    assert!(preflight::rules(&facts())
-        .iter()
-        .all(|x| !["encoding", "collation", "timezone", "standard-conforming-strings"].contains(&x.code)));
+    assert!(preflight::rules(&facts()).iter().all(|x| ![
+        "encoding",
+        "collation",
+        "timezone",
+        "standard-conforming-strings"
+    ]
+    .contains(&x.code)));
 }
 
 #[test]
@@ -816,11 +824,33 @@ fn an_extension_the_target_installs_in_another_version_is_a_warning() {
         ]
     );
     let trgm = &findings[0];
-    assert!(trgm.message.contains("version 1.5 on the source") && trgm.message.contains("default, 1.6,"), "{}", trgm.message);
-    assert!(trgm.fix.as_deref().unwrap().contains("ALTER EXTENSION \"pg_trgm\" UPDATE TO '1.5'"), "{trgm:?}");
+    assert!(
+        trgm.message.contains("version 1.5 on the source")
+            && trgm.message.contains("default, 1.6,"),
+        "{}",
+        trgm.message
+    );
+    assert!(
+        trgm.fix
+            .as_deref()
+            .unwrap()
+            .contains("ALTER EXTENSION \"pg_trgm\" UPDATE TO '1.5'"),
+        "{trgm:?}"
+    );
     let hstore = &findings[1];
-    assert!(hstore.message.contains("the target has no 1.7"), "{}", hstore.message);
-    assert!(hstore.fix.as_deref().unwrap().contains("install version 1.7"), "{hstore:?}");
+    assert!(
+        hstore.message.contains("the target has no 1.7"),
+        "{}",
+        hstore.message
+    );
+    assert!(
+        hstore
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("install version 1.7"),
+        "{hstore:?}"
+    );
 }
 
 #[test]
@@ -831,12 +861,26 @@ fn a_heroku_source_is_known_by_what_it_is_and_its_credential_rotation_is_a_warni
     let findings = preflight::rules(&f);
     let heroku = one(&findings, "heroku");
     assert_eq!(heroku.severity, Severity::Warning, "native mode on Heroku");
-    assert!(heroku.message.contains("schema heroku_ext"), "{}", heroku.message);
-    assert!(heroku.message.contains("mode = \"trigger\""), "{}", heroku.message);
+    assert!(
+        heroku.message.contains("schema heroku_ext"),
+        "{}",
+        heroku.message
+    );
+    assert!(
+        heroku.message.contains("mode = \"trigger\""),
+        "{}",
+        heroku.message
+    );
     let rotate = one(&findings, "heroku-credentials");
     assert_eq!(rotate.severity, Severity::Warning);
-    assert!(rotate.message.contains("rotates the database's credentials"));
-    assert!(rotate.fix.as_deref().unwrap().contains("heroku pg:maintenance"));
+    assert!(rotate
+        .message
+        .contains("rotates the database's credentials"));
+    assert!(rotate
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("heroku pg:maintenance"));
 
     // By its host name, in trigger mode: the move's own mode, so only information.
     let mut f = facts();
@@ -845,7 +889,11 @@ fn a_heroku_source_is_known_by_what_it_is_and_its_credential_rotation_is_a_warni
     let findings = preflight::rules(&f);
     let heroku = one(&findings, "heroku");
     assert_eq!(heroku.severity, Severity::Info);
-    assert!(heroku.message.contains("host ec2-3-225-10-20"), "{}", heroku.message);
+    assert!(
+        heroku.message.contains("host ec2-3-225-10-20"),
+        "{}",
+        heroku.message
+    );
     one(&findings, "heroku-credentials");
 
     // Not Heroku: nothing said.
@@ -867,7 +915,11 @@ fn the_slot_risk_weighs_max_slot_wal_keep_size_against_the_free_disk() {
     let f = facts();
     let limit = one(&preflight::rules(&f), "slot-wal-limit").clone();
     assert_eq!(limit.severity, Severity::Info);
-    assert!(limit.message.contains("100 GB") && limit.message.contains("copy again"), "{}", limit.message);
+    assert!(
+        limit.message.contains("100 GB") && limit.message.contains("copy again"),
+        "{}",
+        limit.message
+    );
     assert!(limit.message.contains("500 GB free"), "{}", limit.message);
 
     // A limit above the free disk: the disk fills first.
@@ -875,7 +927,11 @@ fn the_slot_risk_weighs_max_slot_wal_keep_size_against_the_free_disk() {
     f.source_free_disk = Some(50 << 30);
     let disk = one(&preflight::rules(&f), "slot-wal-disk").clone();
     assert_eq!(disk.severity, Severity::Warning);
-    assert!(disk.message.contains("only 50 GB is free"), "{}", disk.message);
+    assert!(
+        disk.message.contains("only 50 GB is free"),
+        "{}",
+        disk.message
+    );
 
     // No limit: information with the fix, unless the disk has less room than the database.
     let mut f = facts();
@@ -883,15 +939,28 @@ fn the_slot_risk_weighs_max_slot_wal_keep_size_against_the_free_disk() {
     f.source_free_disk = None;
     let unlimited = one(&preflight::rules(&f), "slot-wal-unlimited").clone();
     assert_eq!(unlimited.severity, Severity::Info);
-    assert!(unlimited.message.contains("could not be read from here"), "{}", unlimited.message);
-    assert!(unlimited.fix.as_deref().unwrap().contains("max_slot_wal_keep_size"));
+    assert!(
+        unlimited.message.contains("could not be read from here"),
+        "{}",
+        unlimited.message
+    );
+    assert!(unlimited
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("max_slot_wal_keep_size"));
     f.source_free_disk = Some(4 << 20);
-    assert_eq!(one(&preflight::rules(&f), "slot-wal-disk").severity, Severity::Warning);
+    assert_eq!(
+        one(&preflight::rules(&f), "slot-wal-disk").severity,
+        Severity::Warning
+    );
 
     // Trigger mode holds no slot.
     let mut f = facts();
     f.mode = Mode::Trigger;
-    assert!(preflight::rules(&f).iter().all(|x| !x.code.starts_with("slot-wal")));
+    assert!(preflight::rules(&f)
+        .iter()
+        .all(|x| !x.code.starts_with("slot-wal")));
 }
 
 #[test]
@@ -901,12 +970,18 @@ fn large_objects_are_copied_and_a_large_volume_is_a_warning_about_the_pause() {
     f.source.large_object_bytes = 64 << 20;
     let lo = one(&preflight::rules(&f), "large-objects").clone();
     assert_eq!(lo.severity, Severity::Info);
-    assert!(lo.message.contains("3 large objects (64 MB") && lo.message.contains("copies them"), "{}", lo.message);
+    assert!(
+        lo.message.contains("3 large objects (64 MB") && lo.message.contains("copies them"),
+        "{}",
+        lo.message
+    );
     f.source.large_object_bytes = 3 << 30;
     let lo = one(&preflight::rules(&f), "large-objects").clone();
     assert_eq!(lo.severity, Severity::Warning);
     assert!(lo.message.contains("the pause grows"), "{}", lo.message);
     assert!(lo.fix.as_deref().unwrap().contains("bytea"));
     f.source.large_objects = 0;
-    assert!(preflight::rules(&f).iter().all(|x| x.code != "large-objects"));
+    assert!(preflight::rules(&f)
+        .iter()
+        .all(|x| x.code != "large-objects"));
 }

@@ -233,11 +233,12 @@ async fn concurrent_writes_killed_applier_and_a_truncate_end_equal() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     initial_copy(&s).await;
     // The applier is killed (its future dropped: connections gone mid-batch) at random points.
+    let sync = SyncSettings::default();
     for round in 0..6u64 {
         let token = tokio_util::sync::CancellationToken::new();
         let follow = trigger::follow(
             &s.link,
-            &s.tables,
+            &sync,
             Duration::from_millis(50),
             token.clone(),
             &|_| {},
@@ -287,14 +288,19 @@ async fn the_applier_recovers_from_source_and_target_restarts() {
     let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = retries.clone();
     let link = s.link.clone();
-    let tables = s.tables.clone();
     let t2 = token.clone();
     let follower = tokio::spawn(async move {
-        trigger::follow(&link, &tables, Duration::from_millis(50), t2, &move |e| {
-            if let trigger::FollowEvent::Retrying { .. } = e {
-                seen.fetch_add(1, Ordering::Relaxed);
-            }
-        })
+        trigger::follow(
+            &link,
+            &SyncSettings::default(),
+            Duration::from_millis(50),
+            t2,
+            &move |e| {
+                if let trigger::FollowEvent::Retrying { .. } = e {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        )
         .await
     });
     let write = |sql: &'static str| {

@@ -486,14 +486,21 @@ async fn large_objects_and_materialized_views_are_ready_on_each_new_primary() {
         large_object_digests(&f.pair.target).await,
         large_object_digests(&f.pair.source).await
     );
-    assert!(large_object_digests(&f.pair.target).await.contains("424241:"));
-    assert_eq!(count(&f.pair.target, "SELECT count(*) FROM branch_totals").await, 1);
+    assert!(large_object_digests(&f.pair.target)
+        .await
+        .contains("424241:"));
+    assert_eq!(
+        count(&f.pair.target, "SELECT count(*) FROM branch_totals").await,
+        1
+    );
 
     // During the sync the application imports a file bigger than one copy chunk (psql's
     // \lo_import, through the proxy) and removes a large object.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("upload.bin");
-    let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..(9u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&file, &data).unwrap();
     let out = cutover_pg::connect::client_program("psql", Some(&f.proxy_url))
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-c"])
@@ -501,7 +508,11 @@ async fn large_objects_and_materialized_views_are_ready_on_each_new_primary() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let imported: u32 = String::from_utf8_lossy(&out.stdout)
         .trim()
         .strip_prefix("lo_import ")
@@ -518,7 +529,12 @@ async fn large_objects_and_materialized_views_are_ready_on_each_new_primary() {
 
     // The switchover while the application appends to its large object.
     let stop = tokio_util::sync::CancellationToken::new();
-    let appender = tokio::spawn(append_to_large_object(f.proxy_url.clone(), LOG, 0, stop.clone()));
+    let appender = tokio::spawn(append_to_large_object(
+        f.proxy_url.clone(),
+        LOG,
+        0,
+        stop.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(700)).await;
     let summary = f.switch(Direction::Switchover).await.unwrap();
     assert_eq!(summary.active, Backend::Target);
@@ -529,24 +545,38 @@ async fn large_objects_and_materialized_views_are_ready_on_each_new_primary() {
     // after it written there, with no hole between.
     assert_eq!(counters_in(&f.pair.target, LOG).await, acknowledged);
     let target = large_object_digests(&f.pair.target).await;
-    assert!(!target.contains("424241:"), "removed on the source, removed on the target: {target}");
+    assert!(
+        !target.contains("424241:"),
+        "removed on the source, removed on the target: {target}"
+    );
     let source = f.pair.source.client().await;
     let md5: String = source
         .query_one("SELECT md5($1::bytea)", &[&data])
         .await
         .unwrap()
         .get(0);
-    assert!(target.contains(&format!("{imported}:{md5}:app")), "{target}");
+    assert!(
+        target.contains(&format!("{imported}:{md5}:app")),
+        "{target}"
+    );
     assert_eq!(
         count(&f.pair.target, "SELECT total FROM branch_totals").await,
         count(&f.pair.target, "SELECT sum(abalance) FROM pgbench_accounts").await
     );
-    assert_eq!(count(&f.pair.target, "SELECT total FROM branch_totals").await, 7);
+    assert_eq!(
+        count(&f.pair.target, "SELECT total FROM branch_totals").await,
+        7
+    );
 
     // And back: what the application appended on the target is on the source after the rollback.
     let stop = tokio_util::sync::CancellationToken::new();
     let next = *acknowledged.last().unwrap() + 1;
-    let appender = tokio::spawn(append_to_large_object(f.proxy_url.clone(), LOG, next, stop.clone()));
+    let appender = tokio::spawn(append_to_large_object(
+        f.proxy_url.clone(),
+        LOG,
+        next,
+        stop.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(700)).await;
     let summary = f.switch(Direction::Rollback).await.unwrap();
     assert_eq!(summary.active, Backend::Source);

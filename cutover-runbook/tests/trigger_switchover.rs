@@ -23,16 +23,9 @@ fn follower(plan: Plan, stop: tokio_util::sync::CancellationToken) -> tokio::tas
     tokio::spawn(async move {
         while !stop.is_cancelled() {
             let link = cutover_pg::sync::current_link(&plan).await.unwrap();
-            let origin = cutover_pg::connect(&link.origin, link.origin_side)
-                .await
-                .unwrap();
-            let tables = cutover_pg::inspect::tables(&origin, link.origin_side, &plan.sync)
-                .await
-                .unwrap();
-            drop(origin);
             trigger::follow(
                 &link,
-                &tables,
+                &plan.sync,
                 Duration::from_millis(50),
                 stop.clone(),
                 &|_| {},

@@ -1,4 +1,5 @@
-//! `cutover db follow`: trigger mode's applier in the foreground, for a service manager.
+//! `cutover db follow`: trigger mode's applier in the foreground, for a service manager, and
+//! in both modes the follower of the source's schema ([`cutover_pg::drift`]).
 //! Stops cleanly on SIGTERM or Ctrl-C (the batch in progress either commits with its
 //! position or not at all); `--health ADDR` serves `GET /health` as JSON.
 
@@ -19,6 +20,10 @@ struct Health {
     changes: u64,
     retries: u64,
     last_error: Option<String>,
+    /// Schema changes applied to the follower.
+    schema_applied: u64,
+    /// Schema changes that hold the applier until `cutover db schema apply`.
+    held: Vec<String>,
     /// Seconds since the last batch that applied something.
     idle_seconds: Option<f64>,
     #[serde(skip)]
@@ -34,10 +39,88 @@ pub async fn run(g: &Global, args: FollowArgs) -> anyhow::Result<i32> {
 pub async fn current_link(plan: &Plan) -> anyhow::Result<trigger::Link> {
     if plan.sync.mode != Mode::Trigger {
         anyhow::bail!(
-            "db follow is trigger mode's applier and this plan uses sync.mode = \"native\", where the target's subscription follows by itself; watch it with `cutover db status`"
+            "this plan uses sync.mode = \"native\", where the target's subscription follows by itself and there is no trigger-mode link; watch it with `cutover db status`"
         );
     }
     Ok(cutover_pg::sync::current_link(plan).await?)
+}
+
+/// How often native mode's follower compares the schemas.
+const SCHEMA_POLL: Duration = Duration::from_secs(2);
+
+/// Native mode: the subscription applies the rows by itself; what `db follow` adds is the
+/// schema. Every [`SCHEMA_POLL`] it compares the source's with the target's and applies
+/// what is additive (`sync.schema_changes = "apply"`), and says what is held.
+async fn watch_native(g: &Global, plan: &Plan) -> anyhow::Result<i32> {
+    eprintln!(
+        "native mode: the subscription follows the rows by itself; following the source's schema (additive changes {}), stop with Ctrl-C or SIGTERM",
+        if plan.sync.apply_schema_changes {
+            "applied on their own, the others held"
+        } else {
+            "and the others held"
+        }
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut last_held: Vec<String> = vec![];
+    loop {
+        let pass = async {
+            let source = connect(&plan.source.url, cutover_pg::Side::Source).await?;
+            let target = connect(&plan.target.url, cutover_pg::Side::Target).await?;
+            cutover_pg::schema_change::reconcile_native(plan, &source, &target, false).await
+        };
+        let pass = tokio::select! {
+            p = pass => p,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        };
+        match pass {
+            Ok(p) => {
+                for change in &p.applied {
+                    if g.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"event": "schema_applied", "change": change})
+                        );
+                    } else {
+                        eprintln!("schema: applied {change}");
+                    }
+                }
+                if p.held != last_held && !p.held.is_empty() {
+                    if g.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"event": "held", "changes": p.held})
+                        );
+                    } else {
+                        eprintln!(
+                            "schema: held: {}; review, then run `cutover db schema apply` (the subscription waits at the first change the target cannot take)",
+                            p.held.join("; ")
+                        );
+                    }
+                }
+                last_held = p.held;
+            }
+            Err(e) if e.retry() == cutover_pg::Retry::Transient => {
+                eprintln!("retrying after: {e}");
+            }
+            // No subscription (not synced yet, or switched over): said once, looked at again.
+            Err(e @ cutover_pg::PgError::Refused(_)) => {
+                let said = vec![e.to_string()];
+                if said != last_held {
+                    eprintln!("{e}");
+                    last_held = said;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SCHEMA_POLL) => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    eprintln!("stopped");
+    Ok(0)
 }
 
 pub async fn follow_until_stopped(
@@ -45,6 +128,9 @@ pub async fn follow_until_stopped(
     plan: &Plan,
     health_addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<i32> {
+    if plan.sync.mode == Mode::Native {
+        return watch_native(g, plan).await;
+    }
     let mut link = current_link(plan).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     {
@@ -99,6 +185,7 @@ pub async fn follow_until_stopped(
         let mut h = health.lock().unwrap();
         match &e {
             FollowEvent::Applied { batch, .. } => {
+                h.held.clear();
                 h.batches += 1;
                 h.changes += batch.changes;
                 h.last_applied = Some(Instant::now());
@@ -117,6 +204,26 @@ pub async fn follow_until_stopped(
                     eprintln!("a switchover retired this direction");
                 }
             }
+            FollowEvent::SchemaChanged { what } => {
+                if !json {
+                    eprintln!("the schema changed ({what}); comparing it again");
+                }
+            }
+            FollowEvent::SchemaApplied { change } => {
+                h.schema_applied += 1;
+                if !json {
+                    eprintln!("schema: applied {change}");
+                }
+            }
+            FollowEvent::Held { changes } => {
+                h.held = changes.clone();
+                if !json {
+                    eprintln!(
+                        "schema: held, nothing is applied until it is resolved: {}; review, then run `cutover db schema apply`",
+                        changes.join("; ")
+                    );
+                }
+            }
             FollowEvent::Retrying { error } => {
                 h.retries += 1;
                 h.last_error = Some(error.clone());
@@ -133,12 +240,9 @@ pub async fn follow_until_stopped(
             "following the {} into the {} (trigger mode, link {}); stop with Ctrl-C or SIGTERM",
             link.origin_side, link.follower_side, link.name
         );
-        let origin = connect(&link.origin, link.origin_side).await?;
-        let tables = cutover_pg::inspect::tables(&origin, link.origin_side, &plan.sync).await?;
-        drop(origin);
         trigger::follow(
             &link,
-            &tables,
+            &plan.sync,
             Duration::from_millis(100),
             stop.clone(),
             &on_event,

@@ -10,6 +10,7 @@ mod init;
 mod journal;
 mod migration;
 mod proxy;
+mod schema;
 mod status;
 mod switchover;
 mod sync;
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Db(DbCommand::Verify(args)) => verify::run(&g, args).await,
         Command::Db(DbCommand::Cleanup(args)) => cleanup::run(&g, args).await,
         Command::Db(DbCommand::Follow(args)) => follow::run(&g, args).await,
+        Command::Db(DbCommand::Schema(command)) => schema::run(&g, command).await,
         Command::Db(DbCommand::Switchover(args)) => {
             switchover::run(&g, args, cutover_runbook::Direction::Switchover).await
         }

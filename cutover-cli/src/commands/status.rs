@@ -137,45 +137,54 @@ fn render(s: &Status) -> String {
             .collect();
         out.push_str(&output::table(&["TABLE", "STATE", "ROWS", "BYTES"], &rows));
     }
+    out.push_str(&render_schema(&s.schema));
     for w in &s.warnings {
         out.push_str(&format!("warning: {w}\n"));
     }
     out
 }
 
-/// Trigger mode: the backlog in changes and the age of the oldest unapplied one.
+/// The "schema" section: every difference between the primary's schema and the follower's.
+fn render_schema(drifts: &[cutover_pg::drift::Drift]) -> String {
+    if drifts.is_empty() {
+        return "\nschema        the same on both sides\n".into();
+    }
+    let mut out = format!(
+        "\nschema        {} change(s) on the primary not on the follower\n",
+        drifts.len()
+    );
+    for d in drifts {
+        out.push_str(&format!(
+            "  {}  {}\n",
+            if d.additive { "pending" } else { "HELD   " },
+            d.describe
+        ));
+    }
+    out
+}
+
+/// Trigger mode: the backlog, the rates, the ETA and each table's state, as native mode.
 async fn trigger_status(g: &Global, plan: &cutover_core::Plan, watch: bool) -> anyhow::Result<i32> {
     let link = super::follow::current_link(plan).await?;
+    let interval = if watch {
+        plan.status.refresh
+    } else {
+        std::time::Duration::from_secs(1)
+    };
     let mut interrupted = interrupt();
     loop {
-        let origin = cutover_pg::connect(&link.origin, link.origin_side).await?;
-        let follower = cutover_pg::connect(&link.follower, link.follower_side).await?;
-        let b = cutover_pg::trigger::backlog(&origin, &follower, &link).await?;
-        let v = serde_json::json!({"mode": "trigger", "link": link.name, "backlog": b});
+        let s = tokio::select! {
+            s = cutover_pg::trigger::status(&link, &plan.sync, interval) => s?,
+            _ = interrupted.as_mut() => return Ok(0),
+        };
         if !watch && g.json {
-            output::json(&v)?;
+            output::json(&s)?;
             return Ok(0);
         }
         let text = if g.json {
-            format!("{v}\n")
+            format!("{}\n", serde_json::to_string(&s)?)
         } else {
-            let mut t = format!(
-                "{}trigger mode, {} -> {}\nbacklog       {} changes{}\napplied       {} changes so far\n",
-                if watch { clear() } else { "" },
-                link.origin_side,
-                link.follower_side,
-                b.changes,
-                b.oldest_age_seconds
-                    .map(|a| format!(", oldest {a:.1} s old"))
-                    .unwrap_or_default(),
-                b.applied_changes
-            );
-            if b.oldest_age_seconds.unwrap_or(0.0) > 60.0 {
-                t.push_str(
-                    "warning: changes wait for more than a minute; is `cutover db follow` running?\n",
-                );
-            }
-            t
+            format!("{}{}", if watch { clear() } else { "" }, render_trigger(&s))
         };
         if !watch {
             print!("{text}");
@@ -184,9 +193,47 @@ async fn trigger_status(g: &Global, plan: &cutover_core::Plan, watch: bool) -> a
         if !output::frame(&text)? {
             return Ok(0);
         }
-        tokio::select! {
-            _ = tokio::time::sleep(plan.status.refresh) => {}
-            _ = interrupted.as_mut() => return Ok(0),
-        }
     }
+}
+
+fn per_second(r: Option<f64>) -> String {
+    r.map(|v| format!("{v:.0} changes/s"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn render_trigger(s: &cutover_pg::trigger::TriggerStatus) -> String {
+    let b = &s.backlog;
+    let eta = match s.eta_seconds {
+        Some(e) if e < 1.0 => "caught up".to_string(),
+        Some(e) => output::millis((e * 1000.0) as u64),
+        None => "- (not gaining)".to_string(),
+    };
+    let mut out = format!(
+        "trigger mode, {} -> {} (link {})\nbacklog       {} changes{}\napplied       {} changes so far\napply rate    {}   captured {}   ETA {eta}\napplier       {}\n",
+        s.origin,
+        s.follower,
+        s.link,
+        b.changes,
+        b.oldest_age_seconds
+            .map(|a| format!(", oldest {a:.1} s old"))
+            .unwrap_or_default(),
+        b.applied_changes,
+        per_second(s.apply_rate),
+        per_second(s.capture_rate),
+        if s.applier_running { "running" } else { "not running" }
+    );
+    if !s.tables.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .tables
+            .iter()
+            .map(|t| vec![t.table.clone(), t.state.to_string(), t.backlog.to_string()])
+            .collect();
+        out.push_str(&output::table(&["TABLE", "STATE", "BACKLOG"], &rows));
+    }
+    out.push_str(&render_schema(&s.schema));
+    for w in &s.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
 }

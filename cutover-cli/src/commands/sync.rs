@@ -74,6 +74,10 @@ async fn dry_run(g: &Global, plan: &cutover_core::Plan) -> anyhow::Result<i32> {
     );
     let mut steps = vec![
         (
+            "schema.watch",
+            "log the source's DDL with an event trigger (superusers only)".to_string(),
+        ),
+        (
             "schema.dump",
             "pg_dump --schema-only of the source".to_string(),
         ),

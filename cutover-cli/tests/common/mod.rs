@@ -160,3 +160,43 @@ pub fn with_proxy(env: &mut Env, app_pw: &str, extra: &str) -> (u16, u16) {
     env.secrets.push(app_pw.into());
     (port, admin)
 }
+
+/// A child process of the test, ended with SIGTERM (and waited for) when dropped.
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    pub fn new(child: std::process::Child) -> Running {
+        Running(child)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// `cutover proxy` started with the test's plan, once it listens on `port`.
+pub async fn start_proxy(env: &Env, port: u16) -> Running {
+    let proxy = Running(
+        env.command(&["proxy"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return proxy;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the proxy did not start listening on {port}");
+}

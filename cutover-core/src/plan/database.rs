@@ -55,6 +55,11 @@ pub struct RawSync {
     /// Parts copied at once in "parallel" copy. Default: 4.
     #[serde(default = "default_copy_jobs")]
     pub copy_jobs: Spanned<i64>,
+    /// What a follower does with an additive change to the source's schema (a new table,
+    /// column, index or constraint): "apply" it to the target on its own, or "hold" it for
+    /// `cutover db schema apply`. Default: "apply".
+    #[serde(default = "default_schema_changes")]
+    pub schema_changes: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +100,9 @@ pub(super) fn default_copy() -> Spanned<String> {
 pub(super) fn default_copy_jobs() -> Spanned<i64> {
     spanned(4)
 }
+pub(super) fn default_schema_changes() -> Spanned<String> {
+    spanned("apply".into())
+}
 pub(super) fn yes() -> bool {
     true
 }
@@ -129,6 +137,7 @@ impl Default for RawSync {
             ready_timeout: default_ready_timeout(),
             copy: default_copy(),
             copy_jobs: default_copy_jobs(),
+            schema_changes: default_schema_changes(),
         }
     }
 }
@@ -172,6 +181,9 @@ pub struct SyncSettings {
     pub ready_timeout: Duration,
     pub copy: CopyMethod,
     pub copy_jobs: usize,
+    /// Additive changes to the source's schema are applied to the target by the follower
+    /// (`schema_changes = "apply"`); otherwise they wait for `cutover db schema apply`.
+    pub apply_schema_changes: bool,
 }
 
 /// How the initial copy is made.
@@ -197,6 +209,7 @@ impl Default for SyncSettings {
             ready_timeout: default_ready_timeout(),
             copy: CopyMethod::Parallel,
             copy_jobs: 4,
+            apply_schema_changes: true,
         }
     }
 }
@@ -316,6 +329,18 @@ pub(super) fn sync_settings(c: &mut Collector<'_>, s: &RawSync) -> Option<SyncSe
             "must be between 1 and 64",
         );
     }
+    let apply_schema_changes = match s.schema_changes.get_ref().as_str() {
+        "apply" => true,
+        "hold" => false,
+        other => {
+            c.push(
+                s.schema_changes.span(),
+                "sync.schema_changes",
+                format!("\"{other}\" is not a choice; use \"apply\" or \"hold\""),
+            );
+            true
+        }
+    };
     if c.problems.len() > before {
         return None;
     }
@@ -329,6 +354,7 @@ pub(super) fn sync_settings(c: &mut Collector<'_>, s: &RawSync) -> Option<SyncSe
         ready_timeout: s.ready_timeout,
         copy,
         copy_jobs: copy_jobs.max(1) as usize,
+        apply_schema_changes,
     })
 }
 

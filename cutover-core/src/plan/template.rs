@@ -40,6 +40,11 @@ ready_timeout = "6h"
 copy = "parallel"
 # Parts copied at once with copy = "parallel".
 copy_jobs = 4
+# A change to the source's schema while the databases are in sync: an additive one (new
+# table, column, index, constraint) is "apply"-ed to the target by the follower on its own,
+# or "hold"-s until `cutover db schema apply`. Others (a dropped or renamed column, a type
+# change, a dropped table) always wait for `cutover db schema apply`.
+schema_changes = "apply"
 
 [verify]
 # Rows per checksum chunk.

@@ -22,6 +22,9 @@ struct Shape {
     key: Vec<(String, String)>,
     /// Columns that take a value (generated ones excluded).
     columns: Vec<String>,
+    /// Every column, comma-separated in name order: what the origin's rows must have, or
+    /// the schema changed under the applier.
+    all_columns: String,
     identity_always: bool,
 }
 
@@ -70,6 +73,11 @@ async fn shapes(follower: &Client, side: Side, tables: &[Table]) -> Result<Vec<S
                 .map(|r| r.get(0))
                 .collect(),
             identity_always: rows.iter().any(|r| r.get::<_, bool>(3)),
+            all_columns: {
+                let mut all: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                all.sort();
+                all.join(",")
+            },
         });
     }
     Ok(out)
@@ -440,6 +448,28 @@ struct State {
     replace: Option<String>,
 }
 
+/// The origin's columns of `q` as its rows are read now: the row type's, from the
+/// relation as the statement opened it (a query of `pg_attribute` would see the catalog as
+/// of the batch's snapshot instead, older than the rows' shape).
+fn columns_now(q: &str) -> String {
+    format!(
+        "(SELECT string_agg(c, ',' ORDER BY c COLLATE \"C\")
+            FROM jsonb_object_keys(to_jsonb(jsonb_populate_record(NULL::{q}, '{{}}'))) c)"
+    )
+}
+
+/// The origin's rows have the columns the follower's table has, or the schema changed: a
+/// row written without its new column's value would lose it, so nothing of this batch is.
+fn same_columns(s: &Shape, os: Side, now: String) -> Result<(), PgError> {
+    if now == s.all_columns {
+        return Ok(());
+    }
+    Err(PgError::SchemaChanged(format!(
+        "{} has columns ({now}) on the {os}, and ({}) where it is applied",
+        s.display, s.all_columns
+    )))
+}
+
 /// Reads, in the origin's open snapshot, the state of the keys in `json`.
 async fn read_state(origin: &Client, os: Side, s: &Shape, json: &str) -> Result<State, PgError> {
     if s.key.is_empty() {
@@ -450,14 +480,17 @@ async fn read_state(origin: &Client, os: Side, s: &Shape, json: &str) -> Result<
                     "WITH k AS (SELECT e AS key, jsonb_populate_record(NULL::{q}, e) AS r
                                   FROM jsonb_array_elements($1::text::jsonb) e)
                      SELECT coalesce(jsonb_agg(jsonb_build_array(k.key,
-                                (SELECT count(*) FROM {q} t WHERE t::text = k.r::text))), '[]')::text
+                                (SELECT count(*) FROM {q} t WHERE t::text = k.r::text))), '[]')::text,
+                            {cols}
                        FROM k",
-                    q = s.qualified
+                    q = s.qualified,
+                    cols = columns_now(&s.qualified)
                 ),
                 &[&json],
             )
             .await
             .ctx(os, "read the changed rows")?;
+        same_columns(s, os, row.get(1))?;
         return Ok(State {
             present: None,
             gone: None,
@@ -472,8 +505,10 @@ async fn read_state(origin: &Client, os: Side, s: &Shape, json: &str) -> Result<
                 "WITH k AS (SELECT {tuple} FROM jsonb_array_elements($1::text::jsonb) e)
                  SELECT (SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]')::text FROM {q} t WHERE ({keyed}) IN (SELECT * FROM k)),
                         (SELECT coalesce(jsonb_agg(jsonb_build_array({kk})), '[]')::text FROM k
-                          WHERE NOT EXISTS (SELECT 1 FROM {q} t WHERE ({keyed}) = ({kk})))",
+                          WHERE NOT EXISTS (SELECT 1 FROM {q} t WHERE ({keyed}) = ({kk}))),
+                        {cols}",
                 q = s.qualified,
+                cols = columns_now(&s.qualified),
                 kk = (0..s.key.len()).map(|n| format!("k.k{n}")).collect::<Vec<_>>().join(", ")
             ),
             &[&json],
@@ -481,6 +516,7 @@ async fn read_state(origin: &Client, os: Side, s: &Shape, json: &str) -> Result<
         .await
         .ctx(os, "read the changed rows")?;
     let (present, gone): (String, String) = (row.get(0), row.get(1));
+    same_columns(s, os, row.get(2))?;
     Ok(State {
         present: (present != "[]").then_some(present),
         gone: (gone != "[]").then_some(gone),

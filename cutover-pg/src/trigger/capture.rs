@@ -275,6 +275,7 @@ pub async fn remove_capture(client: &Client, side: Side) -> Result<bool, PgError
     lock_each(client, side, "remove the change capture", &triggers).await?;
     if schema {
         let log = "DROP TABLE IF EXISTS cutover.changes; DROP TABLE IF EXISTS cutover.applied;
+             DROP TABLE IF EXISTS cutover.copying;
              DO $$ DECLARE f regprocedure; BEGIN
                FOR f IN SELECT p.oid::regprocedure FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                          WHERE n.nspname = 'cutover' AND p.proname LIKE 'capture\\_%' LOOP

@@ -51,6 +51,7 @@
 mod applier;
 mod capture;
 mod follow;
+mod status;
 
 pub use applier::Applier;
 pub use capture::{
@@ -58,6 +59,7 @@ pub use capture::{
     ExportedSnapshot,
 };
 pub use follow::{follow, FollowEvent};
+pub use status::{status, TableState, TriggerStatus};
 
 use cutover_core::ConnString;
 use serde::Serialize;

@@ -488,12 +488,9 @@ fn follow_task(
     tokio::spawn(async move {
         while !stop.is_cancelled() {
             let link = cutover_pg::sync::current_link(&plan).await?;
-            let origin = connect(&link.origin, link.origin_side).await?;
-            let tables = cutover_pg::inspect::tables(&origin, link.origin_side, &plan.sync).await?;
-            drop(origin);
             cutover_pg::trigger::follow(
                 &link,
-                &tables,
+                &plan.sync,
                 Duration::from_millis(50),
                 stop.clone(),
                 &|_| {},

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use cutover_core::{Mode, Plan};
-use cutover_pg::{connect, trigger};
+use cutover_pg::trigger;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) struct Follower {
@@ -63,12 +63,9 @@ impl Follower {
 /// Follows the link in force until it is retired (or `stop`).
 async fn follow_once(plan: &Plan, stop: &CancellationToken) -> Result<(), cutover_pg::PgError> {
     let link = cutover_pg::sync::current_link(plan).await?;
-    let origin = connect(&link.origin, link.origin_side).await?;
-    let tables = cutover_pg::inspect::tables(&origin, link.origin_side, &plan.sync).await?;
-    drop(origin);
     trigger::follow(
         &link,
-        &tables,
+        &plan.sync,
         Duration::from_millis(50),
         stop.clone(),
         &|_| {},

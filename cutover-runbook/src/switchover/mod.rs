@@ -6,7 +6,8 @@
 //! written once. In order, each a journaled step, each a function of [`Switch`]:
 //!
 //! 1. **preconditions** (nothing changes if they fail): the proxy answers and is on `from`;
-//!    the old direction is there, ready and close (`switchover.max_lag_mib`); the new one can
+//!    the old direction is there, ready and close (`switchover.max_lag_mib`); the schemas are
+//!    the same (`cutover_pg::drift`); the new one can
 //!    start (the role on `from` may subscribe, in native mode); no application session on
 //!    `from` bypasses the proxy (refused, listed, unless forced); the applications' roles can
 //!    work on `to`. The fence is planned here, and the proxy's sessions log in to `to`.
@@ -399,6 +400,22 @@ impl<'a> Switch<'a> {
             return Err(SwitchError::Refused(format!(
                 "the proxy is on the {}, not the {}",
                 status.active, self.from
+            )));
+        }
+        // The schemas are the same: a change the new primary lacks would fail the
+        // applications' first statement that uses it, or lose what it holds. Checked first:
+        // a held change also stops the replication, which the next check would report only
+        // as that.
+        let drift =
+            cutover_pg::drift::drift_between((from, self.from), (to, self.to), &self.plan.sync)
+                .await?;
+        if !drift.is_empty() {
+            let list: Vec<&str> = drift.iter().map(|d| d.describe.as_str()).collect();
+            return Err(SwitchError::Refused(format!(
+                "the {}'s schema differs from the {}'s: {}; review them with `cutover db schema show` and run `cutover db schema apply` (`cutover db follow` applies additive ones by itself)",
+                self.to,
+                self.from,
+                list.join("; ")
             )));
         }
         self.old.check_ready(&self.c, self.plan).await?;

@@ -32,7 +32,7 @@ use cutover_pg::sync::*;
 use cutover_pg::{connect, PgError, Side};
 
 use copy_step::{copied_into, parallel_copy};
-use schema_steps::{schema_after_copy, schema_keys, schema_pre_data, target_ready};
+use schema_steps::{schema_after_copy, schema_keys, schema_pre_data, target_ready, watch_ddl};
 
 /// Runs `db sync`: check, schema, publication, subscription, copy, the rest of the schema.
 pub async fn sync(
@@ -69,6 +69,7 @@ pub async fn sync(
         cutover_pg::preflight_gate::probe_replication_link(plan, &target).await?;
     }
 
+    watch_ddl(steps, &source).await?;
     let dump = steps
         .run("schema.dump", "pg_dump --schema-only of the source", || {
             schema::dump(&plan.source.url, &source, &plan.sync)

@@ -180,12 +180,7 @@ pub(super) async fn target_ready(
             .run(
                 "large_objects",
                 &format!("copy the source's {count} large objects to the target"),
-                || {
-                    cutover_pg::large_objects::copy(
-                        (source, Side::Source),
-                        (target, Side::Target),
-                    )
-                },
+                || cutover_pg::large_objects::copy((source, Side::Source), (target, Side::Target)),
             )
             .await?;
     }
@@ -200,6 +195,28 @@ pub(super) async fn target_ready(
                     tables,
                     &plan.sync.schemas,
                     true,
+                )
+            },
+        )
+        .await
+        .map(|_| ())
+}
+
+/// The source's DDL logged as it runs, where the role may create event triggers; the schema
+/// is compared by its catalog either way (`cutover_pg::drift`).
+pub(super) async fn watch_ddl(steps: &Steps<'_>, source: &Client) -> Result<(), PgError> {
+    steps
+        .run(
+            "schema.watch",
+            "log the source's DDL with an event trigger (superusers only; the catalogs are compared either way)",
+            || async {
+                Ok::<_, PgError>(
+                    if cutover_pg::ddl_log::install(source, Side::Source).await? {
+                        "event triggers cutover_ddl and cutover_ddl_drop log every DDL statement"
+                    } else {
+                        "not a superuser: no event trigger; schema changes are found by comparing the catalogs"
+                    }
+                    .to_string(),
                 )
             },
         )

@@ -15,7 +15,9 @@ use cutover_pg::sync::*;
 use cutover_pg::{connect, PgError, Side};
 
 use super::copy_step::{copied_into, copy_progress};
-use super::schema_steps::{schema_after_copy, schema_keys, schema_pre_data, target_ready};
+use super::schema_steps::{
+    schema_after_copy, schema_keys, schema_pre_data, target_ready, watch_ddl,
+};
 
 /// `db sync` in trigger mode: schema, capture triggers, the copy from one exported snapshot
 /// (its snapshot is the applier's first position), keys, the rest of the schema. The
@@ -43,6 +45,7 @@ pub(super) async fn sync(
     let location = plan.target.url.location();
     let ours = copied_into(steps, &location)?;
     cutover_pg::preflight_gate::gate(plan, copied || ours).await?;
+    watch_ddl(steps, &source).await?;
     let dump = steps
         .run("schema.dump", "pg_dump --schema-only of the source", || {
             schema::dump(&plan.source.url, &source, &plan.sync)
