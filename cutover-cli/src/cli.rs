@@ -270,6 +270,10 @@ pub struct SyncArgs {
     /// Trigger mode: return after the copy instead of following (then run `cutover db follow`).
     #[arg(long)]
     pub no_follow: bool,
+    /// Help a `db sync` in progress with its copy, from this host: take parts of its queue
+    /// (`sync.copy_jobs` at once) until none is left. Same plan file as the sync.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub worker: bool,
 }
 
 #[derive(Args, Debug)]

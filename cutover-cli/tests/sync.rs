@@ -263,6 +263,7 @@ async fn sync_under_writes_then_verify_finds_one_changed_row() {
             "would remove replication slot cutover_slot on the source",
             "would remove publication cutover_pub on the source",
             "would remove event triggers cutover_ddl, cutover_ddl_drop and cutover.ddl_log on the source",
+            "would remove copy queue cutover.copy_job and cutover.copy_part on the target",
         ]
     );
     let cleanup = env.run(&["db", "cleanup"]);

@@ -204,6 +204,20 @@ async fn find_on(plan: &Plan, source: &Client, target: &Client) -> Result<Vec<Re
                 name: "cutover.proxy_fleet and cutover.proxy_lease".into(),
             });
         }
+        let queue = on(side)
+            .query_one(
+                "SELECT to_regclass('cutover.copy_job') IS NOT NULL OR to_regclass('cutover.copy_part') IS NOT NULL",
+                &[],
+            )
+            .await
+            .ctx(side, "look for the copy's queue")?;
+        if queue.get::<_, bool>(0) {
+            found.push(Removed {
+                side,
+                kind: "copy queue",
+                name: "cutover.copy_job and cutover.copy_part".into(),
+            });
+        }
         let exists = on(side)
             .query_one("SELECT to_regclass('cutover.marker') IS NOT NULL", &[])
             .await
@@ -276,6 +290,15 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Removed>, PgError> {
                     )
                     .await
                     .ctx(item.side, "drop the proxies' control tables")?;
+                true
+            }
+            "copy queue" => {
+                client
+                    .batch_execute(
+                        "DROP TABLE IF EXISTS cutover.copy_part; DROP TABLE IF EXISTS cutover.copy_job",
+                    )
+                    .await
+                    .ctx(item.side, "drop the copy's queue")?;
                 true
             }
             "event triggers" => {

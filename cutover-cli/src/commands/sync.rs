@@ -12,6 +12,27 @@ pub async fn run(g: &Global, args: SyncArgs) -> anyhow::Result<i32> {
     if args.dry_run {
         return dry_run(g, &plan).await;
     }
+    if args.worker {
+        let r = cutover_pg::copy::help_copy(
+            &plan.source.url,
+            &plan.target.url,
+            &plan.sync.name,
+            plan.sync.copy_jobs,
+        )
+        .await?;
+        if g.json {
+            output::json(&r)?;
+        } else {
+            println!(
+                "copied {} parts of copy {}: {} rows, {}",
+                r.parts,
+                r.job,
+                r.rows,
+                output::bytes(r.bytes)
+            );
+        }
+        return Ok(0);
+    }
     let journal = super::open_journal(&plan)?;
     let run = journal.begin_run("db sync")?;
     let steps = Steps::new(&journal, run, &step_printer);

@@ -94,13 +94,15 @@ pub(super) async fn parallel_copy(
             }
             let snapshot = copy::SnapshotSlot::create(&plan.source.url, &slot).await?;
             let stats = {
-                let work = copy::copy_tables(
+                // Shared through a queue on the target: `db sync --worker` processes help.
+                let work = copy::copy_tables_shared(
                     &plan.source.url,
                     &plan.target.url,
                     &snapshot.snapshot,
                     tables,
                     plan.sync.copy_jobs,
                     &counters,
+                    &plan.sync.name,
                 );
                 tokio::pin!(work);
                 let mut tick = tokio::time::interval(Duration::from_millis(200));

@@ -91,13 +91,14 @@ pub(super) async fn sync(
                 // Exported after the triggers exist: every change the copy does not see is in the log.
                 let snapshot = trigger::ExportedSnapshot::export(&plan.source.url, Side::Source).await?;
                 let stats = {
-                    let work = copy::copy_tables(
+                    let work = copy::copy_tables_shared(
                         &plan.source.url,
                         &plan.target.url,
                         &snapshot.name,
                         &tables,
                         plan.sync.copy_jobs,
                         &counters,
+                        &plan.sync.name,
                     );
                     tokio::pin!(work);
                     loop {
