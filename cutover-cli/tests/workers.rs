@@ -1,6 +1,7 @@
 //! The copy shared out: `db sync` puts its parts in a queue on the target, and two
 //! `db sync --worker` processes (as on other hosts) import the same snapshot and take parts
-//! with `SKIP LOCKED`; each one copies some, and the result is verified equal. A worker with
+//! with `SKIP LOCKED`; each one copies some, every table's key is built as its last part
+//! lands, and the result is verified equal. A worker with
 //! nothing to help, or pointed at another source, says so in one line and changes nothing.
 
 mod common;
@@ -76,6 +77,12 @@ async fn two_workers_and_the_sync_share_the_copy() {
     let sync = common::to_run(sync.wait_with_output().unwrap());
     assert_eq!(sync.code, 0, "{}{}", sync.stdout, sync.stderr);
     env.assert_no_secret(&sync.stderr);
+    // Each table's key was built as its last part landed: the keys step found them.
+    assert!(
+        sync.stderr.contains("primary keys already in place"),
+        "{}",
+        sync.stderr
+    );
     for w in workers {
         let out = common::to_run(w.wait_with_output().unwrap());
         assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);

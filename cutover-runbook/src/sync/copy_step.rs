@@ -103,6 +103,7 @@ pub(super) async fn parallel_copy(
                     plan.sync.copy_jobs,
                     &counters,
                     &plan.sync.name,
+                    plan.sync.copy_schema,
                 );
                 tokio::pin!(work);
                 let mut tick = tokio::time::interval(Duration::from_millis(200));

@@ -99,6 +99,7 @@ pub(super) async fn sync(
                         plan.sync.copy_jobs,
                         &counters,
                         &plan.sync.name,
+                        plan.sync.copy_schema,
                     );
                     tokio::pin!(work);
                     loop {
