@@ -5,10 +5,13 @@
 # times each from start to "every table is on the target and ready":
 #
 #   cutover    `cutover db sync` with copy_jobs = $JOBS (schema via pg_dump, data copied in
-#              parallel from the replication slot's snapshot, keys built, then a subscription
-#              on that slot with copy_data = false; returns once every table is "ready")
-#   pg_dump    `pg_dump -Fd -j$JOBS` into a directory, then `pg_restore -j$JOBS`
-#   pgcopydb   `pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS`
+#              parallel from the replication slot's snapshot, each table's keys built as its
+#              last part lands, then a subscription on that slot with copy_data = false, the
+#              other indexes, ANALYZE; returns once every table is "ready")
+#   pg_dump    `pg_dump -Fd -j$JOBS` into a directory, `pg_restore -j$JOBS`, then
+#              `vacuumdb --analyze-only -j$JOBS` (the other two end with statistics too)
+#   pgcopydb   `pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS` (its last step is a
+#              VACUUM ANALYZE of every table)
 #
 # Each tool runs ROUNDS times (the order rotates from round to round) and the median counts.
 # It then prints the seconds, the ratios (their median / cutover's median: above 1 means
@@ -203,7 +206,13 @@ run_pg_dump() {
     t1=$(now)
     timeout "$TOOL_TIMEOUT" pg_restore -j "$JOBS" --no-owner --no-privileges --exit-on-error \
         -d "$(url "$target")" "$WORK/dump" >"$WORK/logs/pg_restore-r$ROUND.log" 2>&1 || return 1
-    DETAIL="dump $(elapsed "$t0" "$t1") + restore $(elapsed "$t1" "$(now)")"
+    local t2
+    t2=$(now)
+    # A target ready for traffic has planner statistics: cutover's sync and pgcopydb's clone
+    # both end with them, so pg_restore gets its ANALYZE too.
+    timeout "$TOOL_TIMEOUT" vacuumdb --analyze-only -j "$JOBS" -d "$(url "$target")" \
+        >"$WORK/logs/vacuumdb-r$ROUND.log" 2>&1 || return 1
+    DETAIL="dump $(elapsed "$t0" "$t1") + restore $(elapsed "$t1" "$t2") + analyze $(elapsed "$t2" "$(now)")"
     rm -rf "$WORK/dump"
 }
 
