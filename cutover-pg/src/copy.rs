@@ -461,7 +461,7 @@ async fn take_parts(
     }
 }
 
-/// [`copy_tables`], with its parts in a queue on the target (`job` names it) that other
+/// [`copy_tables`], with its parts in a queue on the target (named after the sync) that other
 /// processes share: `cutover db sync --worker`, on any host that reaches both databases,
 /// imports the same snapshot and takes parts too. Returns once every part is done, by
 /// whichever worker.
@@ -470,11 +470,12 @@ pub async fn copy_tables_shared(
     target_url: &ConnString,
     snapshot: &str,
     tables: &[Table],
-    jobs: usize,
+    sync: &cutover_core::plan::SyncSettings,
     counters: &[TableCounters],
-    job: &str,
-    keys: bool,
 ) -> Result<CopyStats, PgError> {
+    // The queue is named after the sync; keys are built early only where cutover made the
+    // tables (with the schema copied by hand they are the user's).
+    let (job, jobs, keys) = (sync.name.as_str(), sync.copy_jobs, sync.copy_schema);
     let source = connect(source_url, Side::Source).await?;
     source
         .batch_execute(COPY_SESSION)

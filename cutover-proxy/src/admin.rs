@@ -293,6 +293,19 @@ pub enum AdminError {
     Control { location: String, message: String },
 }
 
+impl AdminError {
+    /// The switch's refusal when some proxies do not reach `to`: each one named, with why.
+    pub fn cut_off(to: crate::Backend, cut_off: &[String]) -> AdminError {
+        AdminError::Refused {
+            status: 409,
+            message: format!(
+                "not every proxy reaches the {to}, so the switch stops before its point of no return: {}",
+                cut_off.join("; ")
+            ),
+        }
+    }
+}
+
 /// The client side of the admin API.
 #[derive(Clone)]
 pub struct AdminClient {

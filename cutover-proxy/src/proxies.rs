@@ -79,8 +79,9 @@ impl Proxies {
             Proxies::One(a) => {
                 let s = a.status().await?;
                 if s.active != to {
-                    s.reaches(to)
-                        .map_err(|why| crate::reach::refusal(to, &[format!("the proxy {why}")]))?;
+                    s.reaches(to).map_err(|why| {
+                        crate::admin::AdminError::cut_off(to, &[format!("the proxy {why}")])
+                    })?;
                 }
                 a.switch_and_resume(to).await
             }

@@ -79,14 +79,3 @@ pub(crate) async fn check(backend: Backend, url: &cutover_core::ConnString) -> C
         at: Instant::now(),
     }
 }
-
-/// The switch's refusal when some proxies do not reach `to`: each one named, with why.
-pub fn refusal(to: Backend, cut_off: &[String]) -> crate::admin::AdminError {
-    crate::admin::AdminError::Refused {
-        status: 409,
-        message: format!(
-            "not every proxy reaches the {to}, so the switch stops before its point of no return: {}",
-            cut_off.join("; ")
-        ),
-    }
-}

@@ -72,8 +72,11 @@ pub async fn status(
     let b = backlog(&origin, &follower, link).await?;
     let now = applied(&follower, link).await?;
     let dt = at.elapsed().as_secs_f64().max(1e-3);
-    let apply_rate = (now - first.applied_changes) as f64 / dt;
-    let capture_rate = ((now + b.changes) - (first.applied_changes + first.changes)) as f64 / dt;
+    // The backlog and the counter are read one after the other: a batch committing in
+    // between can make a difference negative for an instant.
+    let apply_rate = ((now - first.applied_changes) as f64 / dt).max(0.0);
+    let capture_rate =
+        (((now + b.changes) - (first.applied_changes + first.changes)) as f64 / dt).max(0.0);
     let eta_seconds = crate::status::eta(b.changes as f64, Some(apply_rate), capture_rate);
     let position = super::position(&follower, link.follower_side, &link.name)
         .await?
@@ -156,8 +159,8 @@ pub async fn status(
         origin: link.origin_side.to_string(),
         follower: link.follower_side.to_string(),
         backlog: b,
-        apply_rate: Some(apply_rate.max(0.0)),
-        capture_rate: Some(capture_rate.max(0.0)),
+        apply_rate: Some(apply_rate),
+        capture_rate: Some(capture_rate),
         eta_seconds,
         applier_running,
         tables,

@@ -116,7 +116,7 @@ impl Fleet {
         if cut_off.is_empty() {
             Ok(())
         } else {
-            Err(crate::reach::refusal(to, &cut_off))
+            Err(crate::admin::AdminError::cut_off(to, &cut_off))
         }
     }
 }

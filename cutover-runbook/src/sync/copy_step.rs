@@ -100,10 +100,8 @@ pub(super) async fn parallel_copy(
                     &plan.target.url,
                     &snapshot.snapshot,
                     tables,
-                    plan.sync.copy_jobs,
+                    &plan.sync,
                     &counters,
-                    &plan.sync.name,
-                    plan.sync.copy_schema,
                 );
                 tokio::pin!(work);
                 let mut tick = tokio::time::interval(Duration::from_millis(200));

@@ -96,10 +96,8 @@ pub(super) async fn sync(
                         &plan.target.url,
                         &snapshot.name,
                         &tables,
-                        plan.sync.copy_jobs,
+                        &plan.sync,
                         &counters,
-                        &plan.sync.name,
-                        plan.sync.copy_schema,
                     );
                     tokio::pin!(work);
                     loop {
