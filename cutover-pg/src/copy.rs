@@ -476,41 +476,8 @@ pub async fn copy_tables_shared(
     // The queue is named after the sync; keys are built early only where cutover made the
     // tables (with the schema copied by hand they are the user's).
     let (job, jobs, keys) = (sync.name.as_str(), sync.copy_jobs, sync.copy_schema);
-    let source = connect(source_url, Side::Source).await?;
-    source
-        .batch_execute(COPY_SESSION)
-        .await
-        .ctx(Side::Source, "set up the copy")?;
-    source
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            literal(snapshot)
-        ))
-        .await
-        .ctx(Side::Source, "import the copy snapshot")?;
-    if !tables.is_empty() {
-        let list: Vec<String> = tables.iter().map(Table::qualified).collect();
-        source
-            .batch_execute(&format!(
-                "LOCK TABLE {} IN ACCESS SHARE MODE",
-                list.join(", ")
-            ))
-            .await
-            .ctx(Side::Source, "lock the tables for the copy")?;
-    }
-    let version: i32 = source
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .ctx(Side::Source, "read the server version")?
-        .get(0);
-    let parts = plan_parts(&source, tables, version >= 140000, jobs).await?;
+    let (source, parts) = open_and_plan(source_url, snapshot, tables, jobs, counters).await?;
     let count = parts.len();
-    for (i, c) in counters.iter().enumerate() {
-        c.parts_left.store(
-            parts.iter().filter(|p| p.table == i).count() as i64,
-            Ordering::Relaxed,
-        );
-    }
     let mut target = connect(target_url, Side::Target).await?;
     target
         .batch_execute(QUEUE_DDL)
@@ -599,17 +566,7 @@ pub async fn copy_tables_shared(
         .batch_execute("COMMIT")
         .await
         .ctx(Side::Source, "end the copy")?;
-    Ok(CopyStats {
-        rows: counters
-            .iter()
-            .map(|c| c.rows.load(Ordering::Relaxed))
-            .sum(),
-        bytes: counters
-            .iter()
-            .map(|c| c.bytes.load(Ordering::Relaxed))
-            .sum(),
-        parts: count,
-    })
+    Ok(stats(counters, count))
 }
 
 /// Builds each table's primary key (and replica identity index) on the target once every
@@ -827,10 +784,31 @@ pub async fn copy_tables(
     jobs: usize,
     counters: &[TableCounters],
 ) -> Result<CopyStats, PgError> {
+    let (source, parts) = open_and_plan(source_url, snapshot, tables, jobs, counters).await?;
+    let count = parts.len();
+    let queue = Mutex::new(VecDeque::from(parts));
+    let workers = (0..jobs.max(1).min(count.max(1)))
+        .map(|_| worker(source_url, target_url, snapshot, &queue, counters));
+    futures_util::future::try_join_all(workers).await?;
+    source
+        .batch_execute("COMMIT")
+        .await
+        .ctx(Side::Source, "end the copy")?;
+    Ok(stats(counters, count))
+}
+
+/// The copy's own session on the source: the snapshot imported, every table locked for the
+/// whole copy (ACCESS SHARE, as pg_dump does: a rewrite such as VACUUM FULL, CLUSTER or a
+/// rewriting ALTER between two parts would move rows across the page ranges), and the
+/// parts planned, each table's count in `counters`. The caller commits it at the end.
+async fn open_and_plan(
+    source_url: &ConnString,
+    snapshot: &str,
+    tables: &[Table],
+    jobs: usize,
+    counters: &[TableCounters],
+) -> Result<(Client, Vec<Part>), PgError> {
     let source = connect(source_url, Side::Source).await?;
-    // Holds ACCESS SHARE on every table for the whole copy, as pg_dump does: a rewrite
-    // (VACUUM FULL, CLUSTER, a rewriting ALTER) between two parts would move rows across the
-    // page ranges.
     source
         .batch_execute(COPY_SESSION)
         .await
@@ -859,22 +837,17 @@ pub async fn copy_tables(
         .get(0);
     // TID range scans arrived in PostgreSQL 14; before that a page range would scan the table.
     let parts = plan_parts(&source, tables, version >= 140000, jobs).await?;
-    let count = parts.len();
     for (i, c) in counters.iter().enumerate() {
         c.parts_left.store(
             parts.iter().filter(|p| p.table == i).count() as i64,
             Ordering::Relaxed,
         );
     }
-    let queue = Mutex::new(VecDeque::from(parts));
-    let workers = (0..jobs.max(1).min(count.max(1)))
-        .map(|_| worker(source_url, target_url, snapshot, &queue, counters));
-    futures_util::future::try_join_all(workers).await?;
-    source
-        .batch_execute("COMMIT")
-        .await
-        .ctx(Side::Source, "end the copy")?;
-    Ok(CopyStats {
+    Ok((source, parts))
+}
+
+fn stats(counters: &[TableCounters], parts: usize) -> CopyStats {
+    CopyStats {
         rows: counters
             .iter()
             .map(|c| c.rows.load(Ordering::Relaxed))
@@ -883,8 +856,8 @@ pub async fn copy_tables(
             .iter()
             .map(|c| c.bytes.load(Ordering::Relaxed))
             .sum(),
-        parts: count,
-    })
+        parts,
+    }
 }
 
 /// Empties the target's copies of `tables`: a copy that died half-way is started again.
