@@ -30,7 +30,11 @@
 #
 # Usage:   bench/copy.sh
 # Knobs (environment):
-#   SCALE=50          pgbench scale factor (50 = 5 million accounts, ~750 MB)
+#   DATA=pgbench      the source's data: "pgbench" (pgbench -i -s $SCALE: one large table)
+#                     or "shop" (five tables of a web shop, several of them large, with
+#                     secondary and unique indexes and foreign keys; SCALE=50 is ~1 GB)
+#   SCALE=50          pgbench scale factor (50 = 5 million accounts, ~750 MB), or the size of
+#                     the shop (50 = 1 million customers, 2 million orders, 5 million lines)
 #   JOBS=2            parallel jobs for pg_dump/pg_restore and pgcopydb
 #   TOOLS="cutover pg_dump pgcopydb"   which tools, in which order (first round)
 #   ROUNDS=3          runs of each tool; the median is reported
@@ -46,6 +50,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-50}
+DATA=${DATA:-pgbench}
 JOBS=${JOBS:-2}
 TOOLS=${TOOLS:-"cutover pg_dump pgcopydb"}
 TOOL_TIMEOUT=${TOOL_TIMEOUT:-3600}
@@ -53,7 +58,7 @@ ROUNDS=${ROUNDS:-3}
 QUIET_WAIT=${QUIET_WAIT:-120}
 LOG_DIR=${LOG_DIR:-}
 
-COMMAND_LINE="SCALE=$SCALE JOBS=$JOBS ROUNDS=$ROUNDS TOOLS=\"$TOOLS\" bench/copy.sh${*:+ $*}"
+COMMAND_LINE="DATA=$DATA SCALE=$SCALE JOBS=$JOBS ROUNDS=$ROUNDS TOOLS=\"$TOOLS\" bench/copy.sh${*:+ $*}"
 
 # Every cluster setting, identical for the source and every target. fsync and
 # synchronous_commit stay at their (durable) defaults.
@@ -141,9 +146,57 @@ create_db() { psql -X -q -v ON_ERROR_STOP=1 -d "$(url "$1" postgres)" -c "CREATE
 # --------------------------------------------------------------------------------------
 # Source data
 
+# The shop: customers, products, orders, their lines and an event log; keys, unique and
+# secondary indexes, foreign keys, as an application's schema has them. SCALE 50 = 1 million
+# customers, 100,000 products, 2 million orders, 5 million lines, 2 million events.
+shop_source() {
+    local n=$((SCALE * 20000))
+    log "the shop (scale $SCALE) on the source"
+    timeout "$TOOL_TIMEOUT" psql -X -q -v ON_ERROR_STOP=1 -d "$(url source)" >"$WORK/logs/shop-init.log" 2>&1 <<SQL || { cat "$WORK/logs/shop-init.log" >&2; die "the shop's data failed"; }
+CREATE TABLE customers (id bigserial PRIMARY KEY, email text NOT NULL, name text NOT NULL, created_at timestamptz NOT NULL);
+CREATE TABLE products (id bigserial PRIMARY KEY, sku text NOT NULL UNIQUE, title text NOT NULL, price numeric(10,2) NOT NULL);
+CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers (id), status text NOT NULL,
+                     placed_at timestamptz NOT NULL, total numeric(12,2) NOT NULL);
+CREATE TABLE order_lines (order_id bigint NOT NULL REFERENCES orders (id), n int NOT NULL, product_id bigint NOT NULL REFERENCES products (id),
+                          qty int NOT NULL, price numeric(10,2) NOT NULL, PRIMARY KEY (order_id, n));
+CREATE TABLE events (id bigserial PRIMARY KEY, customer_id bigint REFERENCES customers (id), kind text NOT NULL,
+                     at timestamptz NOT NULL, payload jsonb);
+INSERT INTO customers (email, name, created_at)
+    SELECT 'user' || g || '@example.com', 'Customer ' || md5(g::text), timestamptz '2020-01-01' + g * interval '1 minute'
+      FROM generate_series(1::bigint, $n) g;
+INSERT INTO products (sku, title, price)
+    SELECT 'SKU-' || g, 'Product ' || md5(g::text), (g % 500) + 0.99 FROM generate_series(1::bigint, $((n / 10))) g;
+INSERT INTO orders (customer_id, status, placed_at, total)
+    SELECT 1 + (g * 7919) % $n, (ARRAY['new', 'paid', 'shipped', 'returned'])[1 + g % 4],
+           timestamptz '2021-01-01' + g * interval '30 seconds', (g % 1000) + 0.5
+      FROM generate_series(1::bigint, $((n * 2))) g;
+INSERT INTO order_lines (order_id, n, product_id, qty, price)
+    SELECT 1 + g / 5, g % 5, 1 + (g * 104729) % $((n / 10)), 1 + g % 3, (g % 200) + 0.25
+      FROM generate_series(0::bigint, $((n * 10 - 1))) g;
+INSERT INTO events (customer_id, kind, at, payload)
+    SELECT 1 + g % $n, (ARRAY['view', 'cart', 'search'])[1 + g % 3], timestamptz '2022-01-01' + g * interval '10 seconds',
+           jsonb_build_object('page', '/p/' || (g % 5000), 'ms', g % 900)
+      FROM generate_series(1::bigint, $((n * 2))) g;
+CREATE UNIQUE INDEX customers_email ON customers (email);
+CREATE INDEX orders_customer ON orders (customer_id);
+CREATE INDEX orders_placed ON orders (placed_at);
+CREATE INDEX order_lines_product ON order_lines (product_id);
+CREATE INDEX events_customer_at ON events (customer_id, at);
+SQL
+}
+
 make_source() {
     start_cluster source --forget-port
     create_db source
+    if [[ $DATA == shop ]]; then
+        shop_source
+        sql source "VACUUM ANALYZE"
+        sql source "CHECKPOINT"
+        SOURCE_ROWS=$(row_counts source)
+        SOURCE_SIZE=$(sql source "SELECT pg_size_pretty(pg_database_size('bench'))")
+        log "source ready: $SOURCE_SIZE; rows: $SOURCE_ROWS"
+        return
+    fi
     log "pgbench -i -s $SCALE on the source"
     timeout "$TOOL_TIMEOUT" pgbench -i -q -s "$SCALE" "$(url source)" >"$WORK/logs/pgbench-init.log" 2>&1 \
         || { cat "$WORK/logs/pgbench-init.log" >&2; die "pgbench -i failed"; }
@@ -159,16 +212,17 @@ make_source() {
     log "source ready: $SOURCE_SIZE; rows: $SOURCE_ROWS"
 }
 
-# row_counts NAME: "table=count ..." for the pgbench tables, to check each copy is whole.
+# row_counts NAME: "table=count ..." for every table of the public schema, to check each copy
+# is whole.
 row_counts() {
-    sql "$1" "SELECT string_agg(t || '=' || n, ' ' ORDER BY t) FROM (
-        SELECT 'accounts' t, count(*) n FROM pgbench_accounts UNION ALL
-        SELECT 'branches', count(*) FROM pgbench_branches UNION ALL
-        SELECT 'tellers', count(*) FROM pgbench_tellers UNION ALL
-        SELECT 'history', count(*) FROM pgbench_history) s"
+    sql "$1" "SELECT string_agg(replace(t, 'pgbench_', '') || '=' ||
+                  (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM public.%I', t), false, true, '')))[1]::text,
+                  ' ' ORDER BY t)
+                FROM (SELECT relname::text t FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace) s"
 }
 
-pkey_count() { sql "$1" "SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conrelid::regclass::text LIKE 'pgbench_%'"; }
+pkey_count() { sql "$1" "SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND connamespace = 'public'::regnamespace"; }
+table_count() { sql "$1" "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"; }
 
 # --------------------------------------------------------------------------------------
 # The three tools. Each runs against a fresh, empty target database "bench" on cluster $1.
@@ -287,7 +341,7 @@ bench_tool() {
     rows=$(row_counts "$target")
     keys=$(pkey_count "$target")
     [[ $rows == "$SOURCE_ROWS" ]] || die "$tool copied $rows, the source has $SOURCE_ROWS"
-    [[ $keys == 4 ]] || die "$tool left $keys primary keys on the target, not 4"
+    [[ $keys == "$SOURCE_TABLES" ]] || die "$tool left $keys primary keys on the target, not $SOURCE_TABLES"
     [[ $tool == cutover ]] && after_cutover
     stop_cluster "$target"
     TIMES[$tool]+=" $secs"
@@ -304,7 +358,7 @@ report() {
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) CPUs, $(free -g | awk '/^Mem:/ { print $2 }') GiB memory, $(uname -sr)"
     echo "- versions: PostgreSQL $("$PGBIN/postgres" --version | sed 's/.*(PostgreSQL) //'); $(pgcopydb --version 2>/dev/null | grep -m1 '^pgcopydb'); cutover $("$CUTOVER" --version | awk '{ print $2 }') built from $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] && echo ' + uncommitted changes')"
-    echo "- data: pgbench scale $SCALE, source database $SOURCE_SIZE; rows: $SOURCE_ROWS"
+    echo "- data: $DATA scale $SCALE, source database $SOURCE_SIZE; rows: $SOURCE_ROWS"
     echo
     echo "| tool | median s | ÷ cutover | command | every round: s (CPU idle before) |"
     echo "|---|---:|---:|---|---|"
@@ -351,7 +405,9 @@ main() {
     for tool in $TOOLS; do
         case $tool in cutover | pg_dump | pgcopydb) ;; *) die "unknown tool $tool" ;; esac
     done
+    [[ $DATA == pgbench || $DATA == shop ]] || die "DATA=$DATA: use pgbench or shop"
     make_source
+    SOURCE_TABLES=$(table_count source)
     read -r -a order <<<"$TOOLS"
     for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
         for tool in "${order[@]}"; do bench_tool "$tool"; done
