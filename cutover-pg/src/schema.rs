@@ -218,6 +218,92 @@ pub async fn restore(dump: &SchemaDump, part: &Path, target: &ConnString) -> Res
         .map(|_| ())
 }
 
+/// The post-data entries of `dump` whose object the target does not have yet, written to a list
+/// of their own, and how many: indexes, constraints and triggers are looked up by name on the
+/// target (the copy may have built them as the tables landed, or an earlier run made them);
+/// every other entry is kept.
+pub async fn remaining(
+    dump: &SchemaDump,
+    source: &Client,
+    target: &Client,
+) -> Result<(PathBuf, usize), PgError> {
+    let listed = std::fs::read_to_string(&dump.post_data)
+        .map_err(|e| PgError::Io(format!("cannot read {}: {e}", dump.post_data.display())))?;
+    let mut keep = vec![];
+    for line in listed.lines().filter(|l| !l.trim().is_empty()) {
+        if !present(line, source, target).await? {
+            keep.push(line.to_string());
+        }
+    }
+    let path = dump.post_data.with_file_name("post-data-remaining.list");
+    std::fs::write(&path, keep.join("\n") + "\n")
+        .map_err(|e| PgError::Io(format!("cannot write {}: {e}", path.display())))?;
+    Ok((path, keep.len()))
+}
+
+/// Whether the target has the index, constraint or trigger of this TOC line already; false for
+/// any other kind of entry. The line names the source's object by catalog and OID.
+async fn present(line: &str, source: &Client, target: &Client) -> Result<bool, PgError> {
+    let Some((_, rest)) = line.split_once("; ") else {
+        return Ok(false);
+    };
+    let mut it = rest.splitn(3, ' ');
+    let (Some(catalog), Some(object), Some(tail)) = (it.next(), it.next(), it.next()) else {
+        return Ok(false);
+    };
+    let (Ok(catalog), Ok(object)) = (catalog.parse::<u32>(), object.parse::<u32>()) else {
+        return Ok(false);
+    };
+    // The source's name of the object: (schema, table or index, constraint or trigger).
+    let query = match catalog {
+        1259 if tail.starts_with("INDEX ") && !tail.starts_with("INDEX ATTACH ") => {
+            "SELECT n.nspname::text, c.relname::text, NULL::text FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1"
+        }
+        2606 => {
+            "SELECT n.nspname::text, t.relname::text, k.conname::text FROM pg_constraint k
+               JOIN pg_class t ON t.oid = k.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+              WHERE k.oid = $1"
+        }
+        2620 => {
+            "SELECT n.nspname::text, t.relname::text, g.tgname::text FROM pg_trigger g
+               JOIN pg_class t ON t.oid = g.tgrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+              WHERE g.oid = $1"
+        }
+        _ => return Ok(false),
+    };
+    let Some(row) = source
+        .query_opt(query, &[&object])
+        .await
+        .ctx(Side::Source, "name a schema object")?
+    else {
+        return Ok(false);
+    };
+    let (schema, relation, name): (String, String, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    let there = match catalog {
+        1259 => {
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('i', 'I') AND $3::text IS NULL)"
+        }
+        2606 => {
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint k JOIN pg_class t ON t.oid = k.conrelid
+                              JOIN pg_namespace n ON n.oid = t.relnamespace
+                             WHERE n.nspname = $1 AND t.relname = $2 AND k.conname = $3)"
+        }
+        _ => {
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid
+                              JOIN pg_namespace n ON n.oid = t.relnamespace
+                             WHERE n.nspname = $1 AND t.relname = $2 AND g.tgname = $3)"
+        }
+    };
+    Ok(target
+        .query_one(there, &[&schema, &relation, &name])
+        .await
+        .ctx(Side::Target, "look for a schema object")?
+        .get(0))
+}
+
 /// Creates one table of `origin` on `follower` as `pg_dump --table` defines it (with its
 /// owned sequences, indexes, constraints and triggers, cutover's capture left out), in one
 /// transaction: a table created on the source while the databases are in sync. Without

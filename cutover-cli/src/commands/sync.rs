@@ -124,7 +124,7 @@ async fn dry_run(g: &Global, plan: &cutover_core::Plan) -> anyhow::Result<i32> {
         steps.push((
             "copy",
             format!(
-                "copy every table from one snapshot exported after the triggers, {} parts at once",
+                "copy every table from one snapshot exported after the triggers, {} parts at once; each table's indexes, keys, foreign keys and statistics built as it lands",
                 plan.sync.copy_jobs
             ),
         ));
@@ -133,7 +133,7 @@ async fn dry_run(g: &Global, plan: &cutover_core::Plan) -> anyhow::Result<i32> {
         steps.push((
             "copy",
             format!(
-                "create slot {slot} and copy every table from its snapshot, {} parts at once",
+                "create slot {slot} and copy every table from its snapshot, {} parts at once; each table's indexes, keys, foreign keys and statistics built as it lands",
                 plan.sync.copy_jobs
             ),
         ));
@@ -159,7 +159,7 @@ async fn dry_run(g: &Global, plan: &cutover_core::Plan) -> anyhow::Result<i32> {
     }
     steps.push((
         "schema.post_data",
-        "create the other indexes, constraints and triggers".to_string(),
+        "create the indexes, constraints and triggers the copy did not build".to_string(),
     ));
     if plan.sync.mode == cutover_core::Mode::Trigger {
         steps.push((

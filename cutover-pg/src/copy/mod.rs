@@ -39,7 +39,10 @@ use crate::connect::{connect, ident, literal, qualified};
 use crate::error::{PgError, Side, SqlContext};
 use crate::inspect::Table;
 
+mod build;
 mod queue;
+
+pub use build::{validate_left, Built};
 
 pub use queue::{copy_tables_shared, help_copy, WorkerReport};
 
@@ -173,6 +176,9 @@ pub struct CopyStats {
     pub rows: i64,
     pub bytes: i64,
     pub parts: usize,
+    /// What was built on the target as the tables landed (the shared copy, into tables it made).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub built: Option<Built>,
 }
 
 /// Page ranges `[from, to)` (the last open) that split a table of `pages` pages for `jobs`
@@ -221,6 +227,7 @@ async fn plan_parts(
             .map(|c| ident(c))
             .collect();
         let columns = columns.join(", ");
+        let table_pages: i64 = rows.iter().map(|r| r.get::<_, i64>(2)).sum();
         for r in rows {
             let relation = qualified(r.get::<_, &str>(0), r.get::<_, &str>(1));
             let pages: i64 = r.get(2);
@@ -232,10 +239,9 @@ async fn plan_parts(
             };
             let whole = ranges.len() == 1;
             for (from, to) in ranges {
-                let size = to.unwrap_or(pages) - from;
                 let range = (!whole).then_some((from, to));
                 parts.push((
-                    size,
+                    table_pages,
                     Part {
                         table: i,
                         relation: relation.clone(),
@@ -247,7 +253,12 @@ async fn plan_parts(
             }
         }
     }
-    parts.sort_by_key(|(pages, _)| std::cmp::Reverse(*pages));
+    // Table by table, largest first, so the long parts start early and each table lands (and
+    // its indexes can be built) as soon as its own parts are done, not at the very end with
+    // the small last part of every table.
+    parts.sort_by_key(|(table_pages, p)| {
+        std::cmp::Reverse((*table_pages, std::cmp::Reverse(p.table)))
+    });
     Ok(parts.into_iter().map(|(_, p)| p).collect())
 }
 
@@ -429,6 +440,7 @@ fn stats(counters: &[TableCounters], parts: usize) -> CopyStats {
             .map(|c| c.bytes.load(Ordering::Relaxed))
             .sum(),
         parts,
+        built: None,
     }
 }
 

@@ -129,6 +129,7 @@ async fn take_parts(
             let _ = target.batch_execute("ROLLBACK").await;
             return Err(e);
         }
+        tracing::debug!(part = id, table, "part copied");
         copied += 1;
     }
 }
@@ -216,17 +217,16 @@ pub async fn copy_tables_shared(
         }
         Ok::<_, PgError>(())
     };
-    // A table's keys are built as soon as its last part lands, while the others copy. With
-    // a partitioned table among them the schema's keys step builds them all after (its
-    // partitions' indexes are attached by name, as pg_dump made them).
-    if keys && !tables.iter().any(|t| t.partitioned) {
-        tokio::try_join!(
-            copy,
-            build_keys_as_tables_land(source_url, target_url, job, tables)
-        )?;
+    // A table's indexes, keys, foreign keys and statistics are built as soon as its last part
+    // lands, while the others copy. With a partitioned table among them the schema's steps
+    // build them all after (its partitions' indexes are attached by name, as pg_dump made them).
+    let built = if keys && !tables.iter().any(|t| t.partitioned) {
+        let build = super::build::build_as_tables_land(source_url, target_url, job, tables, jobs);
+        Some(tokio::try_join!(copy, build)?.1)
     } else {
         copy.await?;
-    }
+        None
+    };
     target
         .execute(
             "UPDATE cutover.copy_job SET state = 'done' WHERE name = $1",
@@ -238,86 +238,10 @@ pub async fn copy_tables_shared(
         .batch_execute("COMMIT")
         .await
         .ctx(Side::Source, "end the copy")?;
-    Ok(stats(counters, count))
-}
-
-/// Builds each table's primary key (and replica identity index) on the target once every
-/// part of it is done, as the source defines them, while the other tables copy.
-async fn build_keys_as_tables_land(
-    source_url: &ConnString,
-    target_url: &ConnString,
-    job: &str,
-    tables: &[Table],
-) -> Result<(), PgError> {
-    let source = connect(source_url, Side::Source).await?;
-    let target = connect(target_url, Side::Target).await?;
-    target
-        .batch_execute("SET statement_timeout = 0; SET maintenance_work_mem = '256MB'")
-        .await
-        .ctx(Side::Target, "set up the key builder")?;
-    let mut built = vec![false; tables.len()];
-    while built.iter().any(|b| !b) {
-        let landed: Vec<i32> = target
-            .query(
-                "SELECT tbl FROM cutover.copy_part WHERE job = $1 GROUP BY tbl HAVING bool_and(done)",
-                &[&job],
-            )
-            .await
-            .ctx(Side::Target, "read the tables copied")?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let mut any = false;
-        for i in landed.into_iter().map(|i| i as usize) {
-            if i >= tables.len() || built[i] {
-                continue;
-            }
-            let t = &tables[i];
-            let statements: Vec<String> = source
-                .query(
-                    "SELECT 'ALTER TABLE ' || $2 || ' ADD CONSTRAINT ' || quote_ident(c.conname) || ' ' || pg_get_constraintdef(c.oid)
-                       FROM pg_constraint c
-                      WHERE c.conrelid = $1::oid
-                        AND (c.contype = 'p' OR c.conindid IN (SELECT indexrelid FROM pg_index WHERE indrelid = $1::oid AND indisreplident))
-                     UNION ALL
-                     SELECT pg_get_indexdef(x.indexrelid) FROM pg_index x
-                      WHERE x.indrelid = $1::oid AND x.indisreplident
-                        AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
-                     UNION ALL
-                     SELECT 'ALTER TABLE ' || $2 || ' REPLICA IDENTITY USING INDEX ' || quote_ident(i.relname)
-                       FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-                      WHERE x.indrelid = $1::oid AND x.indisreplident",
-                    &[&t.oid, &t.qualified()],
-                )
-                .await
-                .ctx(Side::Source, &format!("read the keys of {}", t.display()))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            // Made in one transaction, and only when none is there yet (a run before this
-            // one may have built them): all or nothing.
-            let present: bool = target
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::text::regclass AND (indisprimary OR indisreplident))",
-                    &[&t.qualified()],
-                )
-                .await
-                .ctx(Side::Target, "look for the keys")?
-                .get(0);
-            if !statements.is_empty() && !present {
-                target
-                    .batch_execute(&format!("BEGIN; {}; COMMIT", statements.join("; ")))
-                    .await
-                    .ctx(Side::Target, &format!("build the keys of {}", t.display()))?;
-            }
-            built[i] = true;
-            any = true;
-        }
-        if !any {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    Ok(())
+    Ok(CopyStats {
+        built,
+        ..stats(counters, count)
+    })
 }
 
 /// Whether a part of `job` is free to take now.

@@ -52,13 +52,14 @@ pub(super) async fn parallel_copy(
     target: &Client,
     tables: &[Table],
     progress: &(dyn Fn(&[TableProgress]) + Send + Sync),
-) -> Result<(), PgError> {
+) -> Result<Vec<String>, PgError> {
     let slot = plan.sync.slot();
     if subscription_oid(target, &plan.sync.subscription())
         .await?
         .is_some()
     {
-        return Ok(steps.skip("copy", "the subscription runs already")?);
+        steps.skip("copy", "the subscription runs already")?;
+        return Ok(vec![]);
     }
     let location = plan.target.url.location();
     // Whether a copy was ever started into this very target, per the journal.
@@ -66,10 +67,11 @@ pub(super) async fn parallel_copy(
     if slot_exists(source, &slot).await? {
         if let Some(rows) = finished_copy(steps, &location)? {
             if target_rows(target, tables).await? == rows {
-                return Ok(steps.skip(
+                steps.skip(
                     "copy",
                     &format!("kept the copy of an earlier run: {rows} rows into {location}; slot {slot} holds every change since"),
-                )?);
+                )?;
+                return Ok(vec![]);
             }
         }
         if !ours {
@@ -86,6 +88,7 @@ pub(super) async fn parallel_copy(
         tables.len(),
         plan.sync.copy_jobs
     );
+    let analyzed = std::sync::Mutex::new(vec![]);
     steps
         .run("copy", &intent, || async {
             // Rows a copy that died half-way left behind (only ever in this target of ours).
@@ -116,13 +119,18 @@ pub(super) async fn parallel_copy(
             let lsn = snapshot.consistent_lsn.clone();
             snapshot.release().await;
             let stats = stats?;
-            Ok::<_, PgError>(format!(
+            let mut line = format!(
                 "{} rows, {} bytes in {} parts, consistent at {lsn}",
                 stats.rows, stats.bytes, stats.parts
-            ))
+            );
+            if let Some(built) = &stats.built {
+                line.push_str(&format!("; {}", built.summary()));
+                *analyzed.lock().unwrap_or_else(|p| p.into_inner()) = built.analyzed.clone();
+            }
+            Ok::<_, PgError>(line)
         })
-        .await
-        .map(|_| ())
+        .await?;
+    Ok(analyzed.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Whether the last copy the journal shows started (whatever became of it) went into `location`.

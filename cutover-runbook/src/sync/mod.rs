@@ -87,9 +87,11 @@ pub async fn sync(
         .await?;
     // Keys exist before the subscription applies anything: after our own copy, or before the
     // subscription's copy (whose catch-up applies changes).
-    if parallel {
-        parallel_copy(plan, steps, &source, &target, &tables, progress).await?;
-    }
+    let analyzed = if parallel {
+        parallel_copy(plan, steps, &source, &target, &tables, progress).await?
+    } else {
+        vec![]
+    };
     schema_keys(plan, steps, &source, &target, &tables, &dump).await?;
     let intent = if parallel {
         "create the subscription on the target, on the copy's slot"
@@ -117,7 +119,7 @@ pub async fn sync(
             .await?;
     }
     schema_after_copy(plan, steps, &source, &target, &tables, &dump).await?;
-    target_ready(plan, steps, &source, &target, &tables).await?;
+    target_ready(plan, steps, &source, &target, &tables, &analyzed).await?;
     Ok(SyncSummary {
         tables: tables.len(),
         rows_estimate: tables.iter().map(|t| t.rows_estimate).sum(),

@@ -93,10 +93,31 @@ pub(super) async fn schema_after_copy(
     let (_, ti, tc, tt) = schema::object_counts(target, Side::Target, tables).await?;
     // Restored in one transaction: when an earlier run tried it and every object is there, it landed.
     let tried = steps.journal().last("schema.post_data")?.is_some();
+    // A foreign key the copy added but did not get to validate (the run died in between).
+    let validated = cutover_pg::copy::validate_left(source, target, tables).await?;
+    let done = |what: &str| {
+        if validated > 0 {
+            format!("{what}; {validated} foreign keys left NOT VALID validated")
+        } else {
+            what.to_string()
+        }
+    };
     if dump.counts.2 == 0 || (tried && ti >= si && tc >= sc && tt >= st) {
         steps.skip(
             "schema.post_data",
-            "indexes, constraints and triggers already in place",
+            &done("indexes, constraints and triggers already in place"),
+        )?;
+        return Ok(());
+    }
+    // What the copy built as the tables landed (or an earlier run made) is left out.
+    let (list, left) = schema::remaining(dump, source, target).await?;
+    if left == 0 {
+        steps.skip(
+            "schema.post_data",
+            &done(&format!(
+                "the {} indexes, constraints and triggers were built as the tables landed",
+                dump.counts.2
+            )),
         )?;
         return Ok(());
     }
@@ -123,8 +144,8 @@ pub(super) async fn schema_after_copy(
         "schema.post_data",
         "create indexes, constraints and triggers on the target",
         dump,
-        &dump.post_data,
-        dump.counts.2,
+        &list,
+        left,
     )
     .await;
     if paused {
@@ -162,12 +183,14 @@ pub(super) async fn restore_step(
 /// copied table (a COPY leaves none) and every materialized view populated on the source
 /// populated here too (`pg_dump --schema-only` creates them empty). Run on every `db sync`,
 /// resumed or not: it only reads the source and refreshes the target's statistics and views.
+/// `analyzed` are the tables the copy analyzed as they landed, in this very run.
 pub(super) async fn target_ready(
     plan: &Plan,
     steps: &Steps<'_>,
     source: &Client,
     target: &Client,
     tables: &[Table],
+    analyzed: &[String],
 ) -> Result<(), PgError> {
     // Large objects are not replicated in either mode: copied by comparison, here and again
     // at the switch (`cutover_pg::large_objects`).
@@ -188,14 +211,27 @@ pub(super) async fn target_ready(
         .run(
             "target.ready",
             "ANALYZE the copied tables and populate the materialized views on the target",
-            || {
-                cutover_pg::ready::prepare(
+            || async {
+                let rest: Vec<Table> = tables
+                    .iter()
+                    .filter(|t| !analyzed.contains(&t.qualified()))
+                    .cloned()
+                    .collect();
+                let mut ready = cutover_pg::ready::prepare(
                     (source, Side::Source),
                     (target, Side::Target),
-                    tables,
+                    &rest,
                     &plan.sync.schemas,
                     true,
                 )
+                .await?;
+                if !analyzed.is_empty() {
+                    ready.notes.push(format!(
+                        "{} tables analyzed by the copy as they landed",
+                        analyzed.len()
+                    ));
+                }
+                Ok::<_, PgError>(ready)
             },
         )
         .await

@@ -71,6 +71,7 @@ pub(super) async fn sync(
             },
         )
         .await?;
+    let analyzed = std::sync::Mutex::new(vec![]);
     if copied {
         steps.skip(
             "copy",
@@ -110,6 +111,10 @@ pub(super) async fn sync(
                 progress(&copy_progress(&tables, &counters));
                 trigger::set_position(&target, Side::Target, &link.name, &snapshot.position).await?;
                 snapshot.release().await;
+                if let Some(built) = &stats.built {
+                    *analyzed.lock().unwrap_or_else(|p| p.into_inner()) = built.analyzed.clone();
+                    return Ok::<_, PgError>(format!("{} rows into {location}; {}", stats.rows, built.summary()));
+                }
                 Ok::<_, PgError>(format!("{} rows into {location}", stats.rows))
             })
             .await?;
@@ -138,7 +143,8 @@ pub(super) async fn sync(
             },
         )
         .await?;
-    target_ready(plan, steps, &source, &target, &tables).await?;
+    let analyzed = analyzed.into_inner().unwrap_or_else(|p| p.into_inner());
+    target_ready(plan, steps, &source, &target, &tables, &analyzed).await?;
     Ok(SyncSummary {
         tables: tables.len(),
         rows_estimate: tables.iter().map(|t| t.rows_estimate).sum(),
