@@ -25,14 +25,16 @@ fn main() {
         2 => "warn,cutover=debug,cutover_pg=debug,cutover_core=debug",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
-        .with_writer(output::RedactingStderr)
-        .with_ansi(output::color())
-        .init();
+        .with_writer(output::RedactingStderr);
+    match cli.global.log_format {
+        cli::LogFormat::Json => logs.json().init(),
+        cli::LogFormat::Text => logs.with_ansi(output::color()).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -53,6 +53,13 @@ pub fn redact<'a>(text: &str, secrets: impl IntoIterator<Item = &'a Secret>) -> 
             continue;
         }
         out = out.replace(value, MASK);
+        // As a JSON string holds it (a JSON log line): quotes, backslashes and control
+        // characters escaped.
+        let json = serde_json::to_string(value).unwrap_or_default();
+        let json = json.trim_start_matches('"').trim_end_matches('"');
+        if json != value && !json.is_empty() {
+            out = out.replace(json, MASK);
+        }
         let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
         if encoded != value {
             out = out.replace(&encoded, MASK);
@@ -81,5 +88,22 @@ mod tests {
         let out = redact(text, [&s]);
         assert!(!out.contains("p@ss word"));
         assert!(!out.contains("p%40ss+word"));
+    }
+
+    #[test]
+    fn redact_replaces_the_form_a_json_log_line_holds() {
+        let s = Secret::new("pa\"ss\\wörd");
+        let line = serde_json::json!({"fields": {"message": format!("connect with password={}", s.expose())}})
+            .to_string();
+        assert!(line.contains("pa\\\"ss\\\\wörd"), "{line}");
+        let out = redact(&line, [&s]);
+        assert!(
+            !out.contains("wörd") && out.contains("password=********"),
+            "{out}"
+        );
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+            "{out}"
+        );
     }
 }
