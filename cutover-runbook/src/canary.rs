@@ -77,11 +77,13 @@ pub fn gates(plan: &Plan) -> Result<Box<dyn Gates>, MoverError> {
             success_rate_query,
             p99_query,
             requests_query,
+            auth,
         } => Box::new(PrometheusGates {
             url: url.clone(),
             success_rate_query: success_rate_query.clone(),
             p99_query: p99_query.clone(),
             requests_query: requests_query.clone(),
+            auth: auth.clone(),
         }),
     })
 }

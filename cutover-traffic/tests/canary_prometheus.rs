@@ -44,6 +44,7 @@ fn gates(prometheus: &Prometheus, success_rate: &str, p99: &str) -> PrometheusGa
         success_rate_query: success_rate.to_string(),
         p99_query: p99.to_string(),
         requests_query: None,
+        auth: None,
     }
 }
 
@@ -59,10 +60,19 @@ struct Stage {
 
 impl Stage {
     async fn start(new_fails: bool) -> Stage {
+        Self::start_with(new_fails, false).await
+    }
+
+    /// With Prometheus's own basic authentication on its API.
+    async fn start_with(new_fails: bool, basic_auth: bool) -> Stage {
         let (old, new) = (Origin::start("old").await, Origin::start("new").await);
         new.fail(new_fails);
         let splitter = live_splitter(&old, &new).await;
-        let prometheus = Prometheus::start(splitter.admin_addr).await;
+        let prometheus = if basic_auth {
+            Prometheus::start_with_basic_auth(splitter.admin_addr).await
+        } else {
+            Prometheus::start(splitter.admin_addr).await
+        };
         let admin = AdminClient::new(splitter.admin_addr, Secret::new(TOKEN));
         Stage {
             _old: old,
@@ -303,5 +313,64 @@ async fn a_requests_query_makes_too_few_requests_no_data() {
         ["check passed at 10%", "check passed at 10%"],
         "{lines:#?}"
     );
+    st.splitter.stop().await;
+}
+
+/// A Prometheus that asks for credentials (its own basic authentication, as a managed one
+/// does): without them, or with a wrong password, every check is no data with a reason that
+/// names the setting to fix and never the password; with them, the canary promotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_prometheus_is_read_with_the_plans_credentials() {
+    use common::prometheus::{BASIC_PASSWORD, BASIC_USER};
+    use cutover_core::plan::PrometheusAuth;
+    let st = Stage::start_with(false, true).await;
+    let _load = Load::start(st.splitter.addr);
+    let c = canary(vec![10, 100], 1500, 1500);
+
+    let anonymous = gates(&st.prometheus, SUCCESS_RATE, P99);
+    let (out, weights, lines, names) = run(&c, &st.admin, &anonymous).await;
+    let reason = rolled_back_at_10(out, &weights, &lines, &names);
+    assert!(
+        reason.starts_with("no data: Prometheus at http://127.0.0.1:")
+            && reason.contains("asks for credentials (401 Unauthorized); set traffic.prometheus_token, or traffic.prometheus_user and traffic.prometheus_password"),
+        "{reason}"
+    );
+
+    let wrong = PrometheusGates {
+        auth: Some(PrometheusAuth::Basic {
+            user: BASIC_USER.into(),
+            password: Secret::new("not-the-password"),
+        }),
+        ..gates(&st.prometheus, SUCCESS_RATE, P99)
+    };
+    let (out, weights, lines, names) = run(&c, &st.admin, &wrong).await;
+    let reason = rolled_back_at_10(out, &weights, &lines, &names);
+    assert!(
+        reason.contains("refused user gates (401 Unauthorized); check traffic.prometheus_user and the variable traffic.prometheus_password names"),
+        "{reason}"
+    );
+    assert!(!reason.contains("not-the-password") && !lines.concat().contains("not-the-password"));
+
+    let right = PrometheusGates {
+        auth: Some(PrometheusAuth::Basic {
+            user: BASIC_USER.into(),
+            password: Secret::new(BASIC_PASSWORD),
+        }),
+        ..gates(&st.prometheus, SUCCESS_RATE, P99)
+    };
+    let c = canary(vec![10, 100], 4000, 2000);
+    let (out, _weights, lines, _names) = run(&c, &st.admin, &right).await;
+    assert_eq!(
+        (out.phase, out.new_percent),
+        (Phase::Promoted, 100),
+        "{lines:#?}\n{}",
+        st.prometheus.log()
+    );
+    assert_eq!(
+        checks(&lines),
+        ["check passed at 10%", "check passed at 10%"],
+        "{lines:#?}"
+    );
+    assert!(!lines.concat().contains(BASIC_PASSWORD));
     st.splitter.stop().await;
 }

@@ -257,3 +257,85 @@ fn prometheus_gates_take_an_optional_requests_query() {
         "p.toml:11:18: traffic.requests_query: invalid type: integer `5`, expected a string"
     );
 }
+
+#[test]
+fn prometheus_credentials_by_reference_one_way_and_never_in_clear() {
+    let mut e = env();
+    e.insert("TT".into(), "traffic-token-1".into());
+    e.insert("PT".into(), "prom-token-9".into());
+    e.insert("PP".into(), "prom-pass-9".into());
+    let plan = |url: &str, extra: &str| {
+        format!(
+            "[source]\nurl = \"${{SRC}}\"\n[target]\nurl = \"${{DST}}\"\n\
+             [traffic]\nadmin_token = \"${{TT}}\"\nmetrics = \"prometheus\"\n\
+             prometheus_url = \"{url}\"\nsuccess_rate_query = \"100\"\n\
+             p99_query = \"0.1\"\n{extra}\
+             [traffic.old]\nurl = \"http://127.0.0.1:5001\"\n[traffic.new]\nurl = \"http://127.0.0.1:5002\"\n"
+        )
+    };
+    let auth = |text: &str| match &parse(text, Path::new("p.toml"), &e)
+        .unwrap()
+        .traffic()
+        .unwrap()
+        .metrics
+    {
+        GateSource::Prometheus { auth, .. } => auth.clone(),
+        GateSource::Splitter => panic!("prometheus expected"),
+    };
+    let error = |text: &str| {
+        let shown = parse(text, Path::new("p.toml"), &e)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        shown
+    };
+    let https = "https://prometheus.example.com";
+    assert!(auth(&plan(https, "")).is_none());
+    match auth(&plan(https, "prometheus_token = \"${PT}\"\n")) {
+        Some(PrometheusAuth::Bearer { token }) => assert_eq!(token.expose(), "prom-token-9"),
+        other => panic!("{other:?}"),
+    }
+    let basic = plan(
+        https,
+        "prometheus_user = \"12345\"\nprometheus_password = \"${PP}\"\n",
+    );
+    match auth(&basic) {
+        Some(PrometheusAuth::Basic { user, password }) => {
+            assert_eq!((user.as_str(), password.expose()), ("12345", "prom-pass-9"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // The plan's JSON form never holds them.
+    let json = serde_json::to_string(
+        &parse(&basic, Path::new("p.toml"), &e)
+            .unwrap()
+            .traffic()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(!json.contains("prom-pass-9"), "{json}");
+    // Written inline, both ways at once, half of basic, in clear over the network: refused,
+    // each in one line that says what to do.
+    assert!(error(&plan(https, "prometheus_token = \"abc\"\n"))
+        .contains("traffic.prometheus_token: is written inline; keep secrets out of the plan"));
+    assert!(error(&plan(
+        https,
+        "prometheus_token = \"${PT}\"\nprometheus_user = \"u\"\nprometheus_password = \"${PP}\"\n"
+    ))
+    .contains("are two ways to log in; keep the one your Prometheus asks for"));
+    assert!(error(&plan(https, "prometheus_user = \"u\"\n"))
+        .contains("traffic.prometheus_password: is needed with traffic.prometheus_user"));
+    assert!(error(&plan(https, "prometheus_password = \"${PP}\"\n"))
+        .contains("traffic.prometheus_user: is needed with traffic.prometheus_password"));
+    assert!(error(&plan(
+        "http://prometheus.example.com",
+        "prometheus_token = \"${PT}\"\n"
+    ))
+    .contains("traffic.prometheus_url: is plain http to another machine, so the Prometheus credentials would cross the network readable; use https://"));
+    // On this machine plain http is fine.
+    assert!(auth(&plan(
+        "http://127.0.0.1:9090",
+        "prometheus_token = \"${PT}\"\n"
+    ))
+    .is_some());
+}

@@ -96,6 +96,18 @@ pub struct RawTraffic {
     /// no count and min_requests does not apply. Default: none.
     #[serde(default)]
     pub requests_query: Option<Spanned<String>>,
+    /// With metrics = "prometheus", a server that asks for a bearer token (a managed
+    /// Prometheus, or one behind an authenticating proxy): the token, by environment
+    /// reference, e.g. "${PROMETHEUS_TOKEN}". Default: none.
+    #[serde(default)]
+    pub prometheus_token: Option<Spanned<String>>,
+    /// With metrics = "prometheus", a server that asks for basic authentication (Prometheus's
+    /// own web config, Grafana Cloud): the user, and the password by environment reference.
+    /// Default: none.
+    #[serde(default)]
+    pub prometheus_user: Option<Spanned<String>>,
+    #[serde(default)]
+    pub prometheus_password: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +205,21 @@ pub enum GateSource {
         p99_query: String,
         /// None: no request count, so `min_requests` does not apply.
         requests_query: Option<String>,
+        /// None: the server asks for no credentials.
+        auth: Option<PrometheusAuth>,
+    },
+}
+
+/// How the gates log in to Prometheus.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PrometheusAuth {
+    /// `Authorization: Bearer <token>`.
+    Bearer { token: crate::secret::Secret },
+    /// `Authorization: Basic <user:password>`.
+    Basic {
+        user: String,
+        password: crate::secret::Secret,
     },
 }
 
@@ -403,12 +430,14 @@ pub(super) fn traffic_settings(
                     "is needed with metrics = \"prometheus\"; write it like \"http://127.0.0.1:9090\"",
                 );
             }
-            match (url, success, p99) {
-                (Some(url), Some(s), Some(p)) => Some(GateSource::Prometheus {
+            let auth = prometheus_auth(c, t, url.as_deref(), env);
+            match (url, success, p99, auth) {
+                (Some(url), Some(s), Some(p), Ok(auth)) => Some(GateSource::Prometheus {
                     url,
                     success_rate_query: s,
                     p99_query: p,
                     requests_query: requests,
+                    auth,
                 }),
                 _ => None,
             }
@@ -449,4 +478,85 @@ pub(super) fn traffic_settings(
         min_requests,
         metrics: metrics?,
     })
+}
+
+/// traffic.prometheus_token, or traffic.prometheus_user with traffic.prometheus_password; never
+/// both, never half of the second, and never over plain http beyond this machine. Err: a
+/// problem was reported.
+fn prometheus_auth(
+    c: &mut Collector<'_>,
+    t: &RawTraffic,
+    url: Option<&str>,
+    env: &dyn Env,
+) -> Result<Option<PrometheusAuth>, ()> {
+    let before = c.problems.len();
+    let auth = match (
+        &t.prometheus_token,
+        &t.prometheus_user,
+        &t.prometheus_password,
+    ) {
+        (None, None, None) => return Ok(None),
+        (Some(token), None, None) => secret(c, "traffic.prometheus_token", token, env)
+            .map(|token| PrometheusAuth::Bearer { token }),
+        (None, Some(user), Some(password)) => {
+            let name = user.get_ref().trim().to_string();
+            if name.is_empty() || name.contains(':') {
+                c.push(
+                    user.span(),
+                    "traffic.prometheus_user",
+                    "must be a user name, not empty and without ':'",
+                );
+            }
+            secret(c, "traffic.prometheus_password", password, env).map(|password| {
+                PrometheusAuth::Basic {
+                    user: name,
+                    password,
+                }
+            })
+        }
+        (Some(token), _, _) => {
+            c.push(
+                token.span(),
+                "traffic.prometheus_token",
+                "and traffic.prometheus_user/prometheus_password are two ways to log in; keep the one your Prometheus asks for",
+            );
+            None
+        }
+        (None, Some(user), None) => {
+            c.push(
+                user.span(),
+                "traffic.prometheus_password",
+                "is needed with traffic.prometheus_user; write it as \"${PROMETHEUS_PASSWORD}\" and export the variable",
+            );
+            None
+        }
+        (None, None, Some(password)) => {
+            c.push(
+                password.span(),
+                "traffic.prometheus_user",
+                "is needed with traffic.prometheus_password; write the user name",
+            );
+            None
+        }
+    };
+    let clear = url
+        .and_then(|u| url::Url::parse(u).ok())
+        .filter(|u| u.scheme() == "http")
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+        .is_some_and(|h| match h {
+            url::Host::Domain(d) => d != "localhost",
+            url::Host::Ipv4(a) => !a.is_loopback(),
+            url::Host::Ipv6(a) => !a.is_loopback(),
+        });
+    if clear {
+        c.push(
+            t.prometheus_url.as_ref().map(|v| v.span()).unwrap_or(0..0),
+            "traffic.prometheus_url",
+            "is plain http to another machine, so the Prometheus credentials would cross the network readable; use https://",
+        );
+    }
+    match auth {
+        Some(a) if c.problems.len() == before => Ok(Some(a)),
+        _ => Err(()),
+    }
 }

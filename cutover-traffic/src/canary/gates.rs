@@ -209,6 +209,8 @@ pub struct PrometheusGates {
     pub p99_query: String,
     /// traffic.requests_query; None: no count, so `min_requests` does not apply.
     pub requests_query: Option<String>,
+    /// The credentials the server asks for; None: none.
+    pub auth: Option<cutover_core::plan::PrometheusAuth>,
 }
 
 impl PrometheusGates {
@@ -216,10 +218,30 @@ impl PrometheusGates {
     /// reached or refused the query, the query gives no sample (no data) or several, or its
     /// value is NaN (0/0: no requests in its window). The canary counts each as no data.
     async fn scalar(&self, field: &str, query: &str) -> Result<f64, String> {
+        use base64::Engine as _;
+        use cutover_core::plan::PrometheusAuth;
+        let (authorization, secret) = match &self.auth {
+            None => (None, None),
+            Some(PrometheusAuth::Bearer { token }) => {
+                (Some(format!("Bearer {}", token.expose())), Some(token))
+            }
+            Some(PrometheusAuth::Basic { user, password }) => (
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{user}:{}", password.expose()))
+                )),
+                Some(password),
+            ),
+        };
+        let headers: Vec<(&str, String)> = authorization
+            .into_iter()
+            .map(|a| ("authorization", a))
+            .collect();
         let (code, body) = crate::http::request(
             hyper::Method::GET,
             &format!("{}/api/v1/query?query={}", self.url, url_encode(query)),
-            &[],
+            &headers,
             None,
             Duration::from_secs(10),
         )
@@ -230,6 +252,29 @@ impl PrometheusGates {
                 self.url
             )
         })?;
+        if code == hyper::StatusCode::UNAUTHORIZED || code == hyper::StatusCode::FORBIDDEN {
+            return Err(match &self.auth {
+                None => format!(
+                    "Prometheus at {} asks for credentials ({code}); set traffic.prometheus_token, or traffic.prometheus_user and traffic.prometheus_password",
+                    self.url
+                ),
+                Some(PrometheusAuth::Bearer { .. }) => format!(
+                    "Prometheus at {} refused the token ({code}); check the variable traffic.prometheus_token names",
+                    self.url
+                ),
+                Some(PrometheusAuth::Basic { user, .. }) => format!(
+                    "Prometheus at {} refused user {user} ({code}); check traffic.prometheus_user and the variable traffic.prometheus_password names",
+                    self.url
+                ),
+            });
+        }
+        // Whatever the server echoes, a credential never reaches a message.
+        let body = match secret {
+            Some(s) => bytes::Bytes::from(
+                cutover_core::redact(&String::from_utf8_lossy(&body), [s]).into_bytes(),
+            ),
+            None => body,
+        };
         let v: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
         if !code.is_success() || v.as_ref().is_some_and(|v| v["status"] != "success") {
             // Prometheus explains a refused query in the JSON body's "error".

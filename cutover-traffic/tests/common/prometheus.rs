@@ -14,7 +14,15 @@ pub struct Prometheus {
     pub url: String,
     child: Child,
     dir: tempfile::TempDir,
+    /// The `Authorization` header its web config asks for; None: none.
+    authorization: Option<String>,
 }
+
+/// The user and password of [`Prometheus::start_with_basic_auth`], and the bcrypt hash of the
+/// password that its web config holds (cost 4: every request is checked against it).
+pub const BASIC_USER: &str = "gates";
+pub const BASIC_PASSWORD: &str = "gate-pass";
+const BASIC_HASH: &str = "$2b$04$KVRM1LgDBXTfiSm6k2Joe.aCumTG5DWVjII8XBYHLdJxI6KY/Hggi";
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
@@ -39,6 +47,16 @@ impl Prometheus {
     /// Starts Prometheus scraping `target`'s `/metrics` every second, and returns once it
     /// has scraped it at least once.
     pub async fn start(target: SocketAddr) -> Prometheus {
+        Self::start_with(target, false).await
+    }
+
+    /// [`Prometheus::start`], with Prometheus's own basic authentication on its HTTP API
+    /// (`--web.config.file`): [`BASIC_USER`] and [`BASIC_PASSWORD`].
+    pub async fn start_with_basic_auth(target: SocketAddr) -> Prometheus {
+        Self::start_with(target, true).await
+    }
+
+    async fn start_with(target: SocketAddr, basic_auth: bool) -> Prometheus {
         // A port picked free may be taken again before Prometheus binds it; then it exits
         // at once and another port is tried.
         for _ in 0..3 {
@@ -53,7 +71,23 @@ impl Prometheus {
             .unwrap();
             let port = free_port();
             let log = std::fs::File::create(d.join("prometheus.log")).unwrap();
-            let child = Command::new(binary())
+            let mut cmd = Command::new(binary());
+            let mut authorization = None;
+            if basic_auth {
+                std::fs::write(
+                    d.join("web.yml"),
+                    format!("basic_auth_users:\n  {BASIC_USER}: '{BASIC_HASH}'\n"),
+                )
+                .unwrap();
+                cmd.arg(format!("--web.config.file={}", d.join("web.yml").display()));
+                use base64::Engine as _;
+                authorization = Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{BASIC_USER}:{BASIC_PASSWORD}"))
+                ));
+            }
+            let child = cmd
                 .arg(format!(
                     "--config.file={}",
                     d.join("prometheus.yml").display()
@@ -69,6 +103,7 @@ impl Prometheus {
                 url: format!("http://127.0.0.1:{port}"),
                 child,
                 dir,
+                authorization,
             };
             if p.wait_scraped().await {
                 return p;
@@ -110,10 +145,15 @@ impl Prometheus {
                 .map(|b| format!("%{b:02X}"))
                 .collect::<String>()
         );
+        let headers: Vec<(&str, String)> = self
+            .authorization
+            .iter()
+            .map(|a| ("authorization", a.clone()))
+            .collect();
         let (code, body) = cutover_traffic::http::request(
             hyper::Method::GET,
             &url,
-            &[],
+            &headers,
             None,
             Duration::from_secs(5),
         )
