@@ -1,5 +1,22 @@
 //! The `cutover` binary: parses, calls the libraries, prints. No logic of its own.
 
+/// `println!` that survives a closed stdout ([`output::write_out`]).
+macro_rules! outln {
+    () => {
+        $crate::output::write_out(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` that survives a closed stdout ([`output::write_out`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!($($arg)*), false)
+    };
+}
+
 mod cli;
 mod commands;
 mod output;

@@ -5,9 +5,37 @@ use std::io::IsTerminal;
 
 use serde::Serialize;
 
+/// Set once stdout's reader has gone (a closed pipe, as with `| head -1`).
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What `outln!` and `out!` write to stdout. Once its reader has gone, the rest of the output
+/// is dropped and the command goes on to its end and its own exit code: output cut short
+/// never panics, and never stops a command half-way through a change to production.
+pub fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    if STDOUT_GONE.load(Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| {
+        if newline {
+            out.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = written {
+        STDOUT_GONE.store(true, Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("warning: cannot write to stdout ({e}); the rest of the output is dropped");
+        }
+    }
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

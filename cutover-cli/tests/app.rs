@@ -678,3 +678,39 @@ fn proxy_terraform_writes_the_fleet_with_secrets_by_reference() {
         "# mine\n"
     );
 }
+
+/// `cutover app terraform . --dry-run | head -1`: the reader goes after one line; the rest of
+/// the output is dropped, with no panic, and the command ends with its own exit code (0).
+#[test]
+fn output_cut_short_by_a_closed_pipe_ends_quietly() {
+    let (_tmp, dir) = app_copy("node-express");
+    let d = dir.to_str().unwrap();
+    let config = dir.join("heroku-config.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "app",
+            "terraform",
+            d,
+            "--config",
+            config.to_str().unwrap(),
+            "--domain",
+            "www.shop.example",
+            "--dry-run",
+        ])
+        .current_dir(&dir)
+        .env("NO_COLOR", "1")
+        .env_remove("CUTOVER_PLAN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cutover");
+    // The reader is gone before the first line, as when `head` has already exited: every
+    // write meets a closed pipe (a reader that read a line first would race the writer, whose
+    // whole output fits in the pipe's buffer).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}

@@ -64,7 +64,7 @@ fn inspect(g: &Global, a: AppInspectArgs) -> anyhow::Result<i32> {
     if g.json {
         output::json(&ins)?;
     } else {
-        print!("{}", render_inspection(&ins));
+        out!("{}", render_inspection(&ins));
     }
     Ok(0)
 }
@@ -280,7 +280,7 @@ pub(crate) fn write_files(
     } else {
         "writing:"
     };
-    println!("{head}");
+    outln!("{head}");
     let rows: Vec<Vec<String>> = planned
         .iter()
         .map(|p| {
@@ -295,7 +295,7 @@ pub(crate) fn write_files(
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         output::table(&["", "", ""], &rows)
             .lines()
@@ -305,7 +305,7 @@ pub(crate) fn write_files(
     );
     if w.dry_run {
         for (p, a) in planned.iter().zip(artifacts) {
-            println!(
+            outln!(
                 "\n--- {}{}",
                 p.path.display(),
                 if a.sensitive {
@@ -314,13 +314,13 @@ pub(crate) fn write_files(
                     ""
                 }
             );
-            print!("{}", a.preview);
+            out!("{}", a.preview);
         }
     } else {
         files::write(out_dir, artifacts, w.force, false)?;
     }
-    print!("{}", render_notes("notes", notes));
-    print!("{}", render_notes("caveats", caveats));
+    out!("{}", render_notes("notes", notes));
+    out!("{}", render_notes("caveats", caveats));
     Ok(0)
 }
 
@@ -365,8 +365,8 @@ fn env_export(g: &Global, a: AppEnvArgs) -> anyhow::Result<i32> {
         &file,
     );
     if !g.json {
-        print!("{}", render_env(&env));
-        println!();
+        out!("{}", render_env(&env));
+        outln!();
     }
     write_files(g, &dir, &[e.artifact], &a.write, &e.todo, &[])
 }
@@ -391,7 +391,7 @@ fn env_diff(g: &Global, source: &Path, target: &Path) -> anyhow::Result<i32> {
         return Ok(code);
     }
     if d.changes.is_empty() {
-        println!("the same {} variables on both sides", d.same.len());
+        outln!("the same {} variables on both sides", d.same.len());
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = d
@@ -413,11 +413,11 @@ fn env_diff(g: &Global, source: &Path, target: &Path) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         output::table(&["NAME", "STATUS", "SOURCE", "TARGET", "NOTE"], &rows)
     );
-    println!(
+    outln!(
         "\n{} differ, {} the same; secret values are shown as hashes",
         d.changes.len(),
         d.same.len()

@@ -11,7 +11,7 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
     if g.json {
         output::json(&report)?;
     } else {
-        print!("{}", render(&report));
+        out!("{}", render(&report));
     }
     Ok(report.exit_code())
 }

@@ -10,10 +10,10 @@ pub async fn run(g: &Global, args: CleanupArgs) -> anyhow::Result<i32> {
         if g.json {
             output::json(&serde_json::json!({ "dry_run": true, "would_remove": found }))?;
         } else if found.is_empty() {
-            println!("nothing to remove");
+            outln!("nothing to remove");
         } else {
             for r in &found {
-                println!("would remove {} {} on the {}", r.kind, r.name, r.side);
+                outln!("would remove {} {} on the {}", r.kind, r.name, r.side);
             }
         }
         return Ok(0);
@@ -36,10 +36,10 @@ pub async fn run(g: &Global, args: CleanupArgs) -> anyhow::Result<i32> {
     if g.json {
         output::json(&serde_json::json!({ "removed": removed }))?;
     } else if removed.is_empty() {
-        println!("nothing to remove: no object of cutover is left on either side");
+        outln!("nothing to remove: no object of cutover is left on either side");
     } else {
         for r in &removed {
-            println!("removed {} {} on the {}", r.kind, r.name, r.side);
+            outln!("removed {} {} on the {}", r.kind, r.name, r.side);
         }
     }
     Ok(0)

@@ -55,27 +55,32 @@ fn print_move(s: &cutover_runbook::demo::MoveSummary) {
         v.map(|v| format!("{v:.0} ms"))
             .unwrap_or_else(|| "-".into())
     };
-    println!(
+    outln!(
         "cutover demo: the whole move ({} mode, {})",
-        s.mode, s.order
+        s.mode,
+        s.order
     );
-    println!(
+    outln!(
         "  requests          {} sent, {} failed ({:.1}/s, through the splitter, then the new app)",
-        s.requests_sent, s.requests_failed, s.requests_per_second
+        s.requests_sent,
+        s.requests_failed,
+        s.requests_per_second
     );
     for f in &s.failures {
-        println!("                    {f}");
+        outln!("                    {f}");
     }
-    println!(
+    outln!(
         "  writes            {} acknowledged, {} on the final primary, {} lost",
-        s.writes_acknowledged, s.writes_present, s.writes_lost
+        s.writes_acknowledged,
+        s.writes_present,
+        s.writes_lost
     );
-    println!(
+    outln!(
         "  database switch   longest request in flight {}",
         ms(s.longest_request_at_switch_ms)
     );
     if s.rolled_back_mid_canary {
-        println!(
+        outln!(
             "  rollback          mid-canary, longest request while the database switched back {}; moved again (attempt {})",
             ms(s.longest_request_at_rollback_ms),
             s.attempts
@@ -86,16 +91,16 @@ fn print_move(s: &cutover_runbook::demo::MoveSummary) {
         .iter()
         .map(|c| format!("{} {}", c.step, ms(c.longest_request_ms)))
         .collect();
-    println!("  canary steps      longest request: {}", steps.join(", "));
-    println!("  longest request   {}", ms(s.longest_request_ms));
+    outln!("  canary steps      longest request: {}", steps.join(", "));
+    outln!("  longest request   {}", ms(s.longest_request_ms));
     let phases: Vec<String> = s
         .phases
         .iter()
         .map(|p| format!("{} {}", p.phase, output::millis(p.ms)))
         .collect();
-    println!("  phases            {}", phases.join(", "));
-    println!("  total             {}", output::millis(s.total_ms));
-    println!("  checklist         {}", s.checklist);
+    outln!("  phases            {}", phases.join(", "));
+    outln!("  total             {}", output::millis(s.total_ms));
+    outln!("  checklist         {}", s.checklist);
 }
 
 /// The database move alone, under pgbench load.
@@ -169,41 +174,45 @@ async fn database_only(g: &Global, args: DemoArgs) -> anyhow::Result<i32> {
 }
 
 fn print_summary(s: &DatabaseSummary) {
-    println!("cutover demo: summary");
-    println!("  tables            {}", s.tables);
-    println!("  rows              {}", s.rows);
-    println!("  bytes             {}", output::bytes(s.bytes));
-    println!(
+    outln!("cutover demo: summary");
+    outln!("  tables            {}", s.tables);
+    outln!("  rows              {}", s.rows);
+    outln!("  bytes             {}", output::bytes(s.bytes));
+    outln!(
         "  writes in copy    {} transactions on the source while it ran",
         s.writes_during_copy
     );
-    println!(
+    outln!(
         "  time to synced    {}",
         output::millis(s.time_to_synced_ms)
     );
     let w = &s.switchover;
-    println!(
+    outln!(
         "  switchover        {} transactions through the proxy across it, {} failed, {} clients aborted",
         w.transactions, w.failed_transactions, w.aborted_clients
     );
-    println!(
+    outln!(
         "  client pause      longest {:.0} ms (proxy paused {:.0} ms, {} sessions moved)",
-        w.longest_client_pause_ms, w.pause_ms, w.sessions_moved
+        w.longest_client_pause_ms,
+        w.pause_ms,
+        w.sessions_moved
     );
     if let Some(r) = &s.rollback {
-        println!(
+        outln!(
             "  rollback          {} transactions across it, {} failed, {} clients aborted; longest pause {:.0} ms",
             r.transactions, r.failed_transactions, r.aborted_clients, r.longest_client_pause_ms
         );
     }
     if !w.errors_during_copy.is_empty() {
-        println!("  errors in copy    {}", w.errors_during_copy.join("; "));
+        outln!("  errors in copy    {}", w.errors_during_copy.join("; "));
     }
-    println!(
+    outln!(
         "  verification      {} ({} of {} tables equal)",
-        s.verification, s.tables_equal, s.tables
+        s.verification,
+        s.tables_equal,
+        s.tables
     );
-    println!(
+    outln!(
         "  cleanup           removed {}",
         if s.removed.is_empty() {
             "nothing".into()

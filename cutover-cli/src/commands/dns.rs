@@ -30,24 +30,26 @@ async fn lower_ttl(g: &Global) -> anyhow::Result<i32> {
     } else {
         let low = settings.low_ttl.as_secs();
         if lowered.changed {
-            println!(
+            outln!(
                 "lowered the TTL of {} {} from {}s to {low}s",
-                settings.name, settings.record_type, lowered.plan.old_ttl_s
+                settings.name,
+                settings.record_type,
+                lowered.plan.old_ttl_s
             );
         } else if lowered.before.is_empty() {
-            println!(
+            outln!(
                 "{} has no {} record yet; resolvers cache its absence for {}s",
                 settings.name,
                 settings.record_type,
                 lowered.plan.negative_ttl_s.unwrap_or(0)
             );
         } else {
-            println!(
+            outln!(
                 "the TTL of {} is already {low}s or less; nothing changed",
                 settings.name
             );
         }
-        println!("earliest safe cutover: {}", lowered.earliest_safe);
+        outln!("earliest safe cutover: {}", lowered.earliest_safe);
     }
     for w in &lowered.warnings {
         eprintln!("warning: {w}");
@@ -83,7 +85,7 @@ async fn verify(g: &Global, args: DnsVerifyArgs) -> anyhow::Result<i32> {
                 ]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             output::table(&["SERVER", "ROLE", "SIDE", "TTL", "ANSWER"], &rows)
         );
@@ -112,7 +114,7 @@ async fn switch(g: &Global, args: DnsSwitchArgs) -> anyhow::Result<i32> {
         output::json(&sets)?;
     } else {
         for s in &sets {
-            println!("{s}");
+            outln!("{s}");
         }
     }
     Ok(0)

@@ -77,7 +77,7 @@ async fn watch_native(g: &Global, plan: &Plan) -> anyhow::Result<i32> {
             Ok(p) => {
                 for change in &p.applied {
                     if g.json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({"event": "schema_applied", "change": change})
                         );
@@ -87,7 +87,7 @@ async fn watch_native(g: &Global, plan: &Plan) -> anyhow::Result<i32> {
                 }
                 if p.held != last_held && !p.held.is_empty() {
                     if g.json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({"event": "held", "changes": p.held})
                         );
@@ -179,7 +179,7 @@ pub async fn follow_until_stopped(
     let on_event = |e: FollowEvent| {
         if json {
             if let Ok(line) = serde_json::to_string(&e) {
-                println!("{line}");
+                outln!("{line}");
             }
         }
         let mut h = health.lock().unwrap();

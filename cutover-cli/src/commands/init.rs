@@ -47,11 +47,11 @@ pub fn run(g: &Global, args: InitArgs) -> anyhow::Result<i32> {
             &serde_json::json!({ "plan": g.plan, "source_url": source, "target_url": target }),
         )?;
     } else {
-        println!(
+        outln!(
             "wrote {} (source.url = \"{source}\", target.url = \"{target}\")",
             g.plan.display()
         );
-        println!("next: cutover check");
+        outln!("next: cutover check");
     }
     Ok(0)
 }

@@ -18,14 +18,14 @@ fn print_migration(s: &MigrationState, v: Option<&StatusView>, unavailable: Opti
                 String::new()
             }
         });
-    println!(
+    outln!(
         "migration: attempt {}, {}, {}{driven}",
         s.attempt,
         s.order.as_str(),
         s.state.as_str()
     );
     if let Some(step) = &s.step {
-        println!(
+        outln!(
             "  at {step}; {} step(s) done{}",
             s.done.len(),
             v.map(|v| format!(" of {}", v.steps_total))
@@ -33,16 +33,16 @@ fn print_migration(s: &MigrationState, v: Option<&StatusView>, unavailable: Opti
         );
     }
     if let Some(r) = &s.reason {
-        println!("  {r}");
+        outln!("  {r}");
     }
     let Some(v) = v else {
         if let Some(u) = unavailable {
-            println!("  (the live view needs the plan: {u})");
+            outln!("  (the live view needs the plan: {u})");
         }
         return;
     };
     if let Some(p) = &v.proxy {
-        println!(
+        outln!(
             "  database: the proxy is on the {} (epoch {}, {} session(s), {} server error(s){})",
             p.active,
             p.epoch,
@@ -57,10 +57,10 @@ fn print_migration(s: &MigrationState, v: Option<&StatusView>, unavailable: Opti
             (None, Some(c)) => format!("{c} change(s)"),
             (None, None) => "nothing follows".into(),
         };
-        println!("  replication {}: {amount} behind", l.direction);
+        outln!("  replication {}: {amount} behind", l.direction);
     }
     if let Some(t) = &v.traffic {
-        println!(
+        outln!(
             "  traffic: {}% of new users to the new app; new app {} over {} request(s); old origin {:.1} requests/s",
             t.new_percent,
             t.new_success_rate
@@ -70,22 +70,22 @@ fn print_migration(s: &MigrationState, v: Option<&StatusView>, unavailable: Opti
             t.old_origin_rps
         );
         if let Some(c) = &t.canary {
-            println!("  canary: {c}");
+            outln!("  canary: {c}");
         }
     }
     match (&v.rollback_window_ends, v.rollback_window_left_s) {
-        (Some(end), Some(left)) if left > 0 => println!(
+        (Some(end), Some(left)) if left > 0 => outln!(
             "  rollback window: {} left (until {end}); `cutover rollback` loses nothing",
             humantime::format_duration(std::time::Duration::from_secs(left as u64))
         ),
         (Some(end), _) if s.state != migration::RunState::Finished => {
-            println!("  rollback window: over since {end}; `cutover finish` cuts the replication")
+            outln!("  rollback window: over since {end}; `cutover finish` cuts the replication")
         }
-        (None, _) => println!("  rollback window: starts when the move is done"),
+        (None, _) => outln!("  rollback window: starts when the move is done"),
         _ => {}
     }
     for u in &v.unavailable {
-        println!("  unavailable: {u}");
+        outln!("  unavailable: {u}");
     }
 }
 
@@ -120,7 +120,7 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
     }
     if let Some(s) = &state {
         print_migration(s, view.as_ref(), unavailable.as_deref());
-        println!();
+        outln!();
     }
     for run in &runs {
         let outcome = match (&run.outcome, run.ended_ms) {
@@ -130,7 +130,7 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
         let took = run
             .ended_ms
             .map(|e| format!(", {}", output::millis((e - run.started_ms).max(0) as u64)));
-        println!(
+        outln!(
             "run {} · {} · {} · {}{}",
             run.id,
             output::timestamp(run.started_ms),
@@ -149,7 +149,7 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
                 .duration_ms
                 .map(|d| format!(" ({})", output::millis(d as u64)))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "  {mark} {}  {}{took}: {text}",
                 output::timestamp(step.started_ms),
                 step.step
@@ -157,7 +157,7 @@ pub async fn run(g: &Global) -> anyhow::Result<i32> {
         }
     }
     if runs.is_empty() {
-        println!("the journal is empty");
+        outln!("the journal is empty");
     }
     Ok(0)
 }

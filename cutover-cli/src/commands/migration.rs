@@ -25,7 +25,7 @@ pub async fn plan(g: &Global, args: PlanArgs) -> anyhow::Result<i32> {
     } else {
         print_plan(&saved);
         if let Some(out) = &args.out {
-            println!(
+            outln!(
                 "\nsaved to {}; `cutover apply {}` runs exactly this, and refuses if {} changes",
                 out.display(),
                 out.display(),
@@ -37,7 +37,7 @@ pub async fn plan(g: &Global, args: PlanArgs) -> anyhow::Result<i32> {
 }
 
 fn print_plan(p: &SavedPlan) {
-    println!(
+    outln!(
         "migration ({}), {} steps; ? asks before it runs, ↺ is what a rollback does",
         p.order.as_str(),
         p.steps.len()
@@ -46,23 +46,23 @@ fn print_plan(p: &SavedPlan) {
     for s in &p.steps {
         if phase != Some(s.phase) {
             phase = Some(s.phase);
-            println!("\n{}", s.phase);
+            outln!("\n{}", s.phase);
         }
-        println!(
+        outln!(
             "  {} {}: {}",
             if s.approval.is_some() { "?" } else { "-" },
             s.step,
             s.does
         );
-        println!("      changes: {}", s.changes);
+        outln!("      changes: {}", s.changes);
         if let Some(u) = &s.undo {
-            println!("      ↺ {u}");
+            outln!("      ↺ {u}");
         }
     }
     if !p.skipped.is_empty() {
-        println!("\nleft out:");
+        outln!("\nleft out:");
         for s in &p.skipped {
-            println!(
+            outln!(
                 "  {}: {}",
                 s.step
                     .clone()
@@ -72,7 +72,7 @@ fn print_plan(p: &SavedPlan) {
         }
     }
     for b in &p.blocking {
-        println!("\ncannot run: {b}");
+        outln!("\ncannot run: {b}");
     }
 }
 
@@ -208,7 +208,7 @@ pub async fn apply(g: &Global, args: ApplyArgs) -> anyhow::Result<i32> {
             output::json(&p)?;
         } else {
             print_plan(&p);
-            println!("\nnothing was changed (dry run)");
+            outln!("\nnothing was changed (dry run)");
         }
         return Ok(if p.blocking.is_empty() { 0 } else { 1 });
     }
@@ -267,13 +267,13 @@ pub async fn rollback(g: &Global, args: RollbackArgs) -> anyhow::Result<i32> {
         if g.json {
             output::json(&serde_json::json!({ "dry_run": true, "would_undo": undo }))?;
         } else if undo.is_empty() {
-            println!("nothing to roll back");
+            outln!("nothing to roll back");
         } else {
-            println!("rollback would, in order:");
+            outln!("rollback would, in order:");
             for u in &undo {
-                println!("  {u}");
+                outln!("  {u}");
             }
-            println!("nothing was changed (dry run)");
+            outln!("nothing was changed (dry run)");
         }
         return Ok(0);
     }
@@ -300,7 +300,7 @@ pub async fn rollback(g: &Global, args: RollbackArgs) -> anyhow::Result<i32> {
     let events = printer(g.json, g.verbose > 0);
     let done = migration::rollback(&plan, &journal, &events).await?;
     if !g.json {
-        println!(
+        outln!(
             "rolled back ({} step(s) undone): users and writes are on the old platform; `cutover apply` moves again",
             done.undone.len()
         );
@@ -336,18 +336,18 @@ pub async fn finish(g: &Global, args: FinishArgs) -> anyhow::Result<i32> {
                 "window_over": window.as_ref().map(|w| w.1),
             }))?;
         } else {
-            println!("finish would:");
+            outln!("finish would:");
             for s in &steps {
-                println!("  {}: {} (changes: {})", s.step, s.does, s.changes);
+                outln!("  {}: {} (changes: {})", s.step, s.does, s.changes);
             }
             match window {
-                Some((end, true)) => println!("the rollback window ended at {end}"),
+                Some((end, true)) => outln!("the rollback window ended at {end}"),
                 Some((end, false)) => {
-                    println!("the rollback window ends at {end}: finish refuses before then without --force")
+                    outln!("the rollback window ends at {end}: finish refuses before then without --force")
                 }
-                None => println!("the move is not done yet: finish refuses until it is"),
+                None => outln!("the move is not done yet: finish refuses until it is"),
             }
-            println!("nothing was changed (dry run)");
+            outln!("nothing was changed (dry run)");
         }
         return Ok(0);
     }
@@ -369,7 +369,7 @@ pub async fn finish(g: &Global, args: FinishArgs) -> anyhow::Result<i32> {
     )
     .await?;
     if applied.state == RunState::Finished && !g.json {
-        println!(
+        outln!(
             "finished: the decommission checklist is in {}",
             plan.migration.checklist.display()
         );

@@ -104,9 +104,11 @@ async fn serve(g: &Global, args: ProxyArgs) -> anyhow::Result<i32> {
             (Some(id), Some(url)) => format!("; in the fleet of {} as {id}", url.location()),
             _ => String::new(),
         };
-        println!(
+        outln!(
             "proxy listening on {} (admin API on {}{health}), sending sessions to the {}{fleet}",
-            running.addr, running.admin_addr, gate.active
+            running.addr,
+            running.admin_addr,
+            gate.active
         );
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -224,7 +226,7 @@ async fn status(g: &Global) -> anyhow::Result<i32> {
                 if view.paused { ", paused" } else { "" }
             ),
         };
-        println!("{head}");
+        outln!("{head}");
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         let rows: Vec<Vec<String>> = view
             .proxies
@@ -246,7 +248,7 @@ async fn status(g: &Global) -> anyhow::Result<i32> {
                 ]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             output::table(
                 &[

@@ -60,7 +60,7 @@ fn print_ddl(ddl: &[Statement]) {
     if ddl.is_empty() {
         return;
     }
-    println!("\nthe primary ran, in order (its DDL log):");
+    outln!("\nthe primary ran, in order (its DDL log):");
     let mut last: Option<&str> = None;
     for s in ddl {
         let text = s.statement.as_deref().unwrap_or("").trim();
@@ -69,23 +69,23 @@ fn print_ddl(ddl: &[Statement]) {
             continue;
         }
         last = Some(text);
-        println!("  {}  {}: {}", s.at, s.tag, text);
+        outln!("  {}  {}: {}", s.at, s.tag, text);
     }
 }
 
 fn print(drifts: &[Drift]) {
     if drifts.is_empty() {
-        println!("the schema is the same on both sides");
+        outln!("the schema is the same on both sides");
         return;
     }
     for d in drifts {
-        println!(
+        outln!(
             "{}  {}",
             if d.additive { "additive" } else { "HELD    " },
             d.describe
         );
         if let Some(sql) = d.target_sql() {
-            println!("          {sql}");
+            outln!("          {sql}");
         }
     }
 }
@@ -107,7 +107,7 @@ async fn apply(g: &Global, plan: &Plan, args: SchemaApplyArgs) -> anyhow::Result
         if g.json {
             output::json(&serde_json::json!({"applied": [], "held": []}))?;
         } else {
-            println!("the schema is the same on both sides; nothing to apply");
+            outln!("the schema is the same on both sides; nothing to apply");
         }
         return Ok(0);
     }
@@ -117,7 +117,7 @@ async fn apply(g: &Global, plan: &Plan, args: SchemaApplyArgs) -> anyhow::Result
         } else {
             print(&drifts);
             print_ddl(&ddl);
-            println!("nothing was changed (dry run)");
+            outln!("nothing was changed (dry run)");
         }
         return Ok(0);
     }
@@ -180,10 +180,10 @@ async fn apply(g: &Global, plan: &Plan, args: SchemaApplyArgs) -> anyhow::Result
         output::json(&pass)?;
     } else {
         for a in &pass.applied {
-            println!("applied  {a}");
+            outln!("applied  {a}");
         }
         for h in &pass.held {
-            println!("left     {h}");
+            outln!("left     {h}");
         }
     }
     Ok(0)

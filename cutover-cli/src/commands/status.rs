@@ -27,7 +27,7 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<i32> {
             if g.json {
                 output::json(&status)?;
             } else {
-                print!("{}", render(&status));
+                out!("{}", render(&status));
             }
             return Ok(0);
         }
@@ -187,7 +187,7 @@ async fn trigger_status(g: &Global, plan: &cutover_core::Plan, watch: bool) -> a
             format!("{}{}", if watch { clear() } else { "" }, render_trigger(&s))
         };
         if !watch {
-            print!("{text}");
+            out!("{text}");
             return Ok(0);
         }
         if !output::frame(&text)? {

@@ -42,10 +42,10 @@ fn print(g: &Global, s: &SwitchSummary) -> anyhow::Result<()> {
         return output::json(s);
     }
     if s.already {
-        println!("the proxy is already on the {}; nothing to do", s.active);
+        outln!("the proxy is already on the {}; nothing to do", s.active);
         return Ok(());
     }
-    println!(
+    outln!(
         "{}: the proxy is on the {} ({} sessions moved); paused {:.0} ms, longest client wait {:.0} ms",
         s.direction.name(),
         s.active,
@@ -58,9 +58,9 @@ fn print(g: &Global, s: &SwitchSummary) -> anyhow::Result<()> {
         .iter()
         .map(|t| format!("{} {:.0} ms", t.step, t.ms))
         .collect();
-    println!("  {}", times.join(", "));
+    outln!("  {}", times.join(", "));
     if s.reverse_replication {
-        println!(
+        outln!(
             "  the old primary is fenced and follows the new one: `cutover db {}` goes back without losing a write",
             match s.direction {
                 Direction::Switchover => "rollback",
@@ -68,9 +68,7 @@ fn print(g: &Global, s: &SwitchSummary) -> anyhow::Result<()> {
             }
         );
     } else {
-        println!(
-            "  no replication back (--no-reverse): the old primary does not receive new writes"
-        );
+        outln!("  no replication back (--no-reverse): the old primary does not receive new writes");
     }
     Ok(())
 }

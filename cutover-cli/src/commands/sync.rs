@@ -23,7 +23,7 @@ pub async fn run(g: &Global, args: SyncArgs) -> anyhow::Result<i32> {
         if g.json {
             output::json(&r)?;
         } else {
-            println!(
+            outln!(
                 "copied {} parts of copy {}: {} rows, {}",
                 r.parts,
                 r.job,
@@ -61,7 +61,7 @@ fn print_summary(g: &Global, plan: &cutover_core::Plan, s: &SyncSummary) -> anyh
     if g.json {
         return output::json(s);
     }
-    println!(
+    outln!(
         "synced: {} tables, ~{} rows, {} in {}{}",
         s.tables,
         s.rows_estimate,
@@ -74,9 +74,9 @@ fn print_summary(g: &Global, plan: &cutover_core::Plan, s: &SyncSummary) -> anyh
         }
     );
     if plan.sync.mode == cutover_core::Mode::Trigger {
-        println!("the copy is done; the source's changes are applied from here on (`cutover db follow` continues after a stop)");
+        outln!("the copy is done; the source's changes are applied from here on (`cutover db follow` continues after a stop)");
     } else {
-        println!(
+        outln!(
             "subscription {} keeps following the source; watch it with `cutover db status --watch`",
             plan.sync.subscription()
         );
@@ -183,19 +183,19 @@ async fn dry_run(g: &Global, plan: &cutover_core::Plan) -> anyhow::Result<i32> {
             "tables": report.tables.iter().map(|t| t.display()).collect::<Vec<_>>(),
         }))?;
     } else {
-        println!("db sync would, on {} tables:", report.tables.len());
+        outln!("db sync would, on {} tables:", report.tables.len());
         for (s, d) in &steps {
-            println!("  {s:<17} {d}");
+            outln!("  {s:<17} {d}");
         }
         for e in &errors {
-            println!(
+            outln!(
                 "blocked: {}: {}{}",
                 e.subject,
                 e.message,
                 e.fix.as_ref().map(|f| format!("; {f}")).unwrap_or_default()
             );
         }
-        println!("nothing was changed (dry run)");
+        outln!("nothing was changed (dry run)");
     }
     Ok(if errors.is_empty() { 0 } else { 1 })
 }

@@ -36,7 +36,7 @@ async fn serve(g: &Global, args: TrafficServeArgs) -> anyhow::Result<i32> {
             "new_percent": p,
         }))?;
     } else {
-        println!(
+        outln!(
             "splitter listening on {} (admin API and /metrics on {}), {p}% of new users to the new app",
             running.addr, running.admin_addr
         );
@@ -75,9 +75,9 @@ async fn run_canary(g: &Global, args: TrafficCanaryArgs) -> anyhow::Result<i32> 
                 GateSource::Splitter => "the splitter's own metrics".to_string(),
                 GateSource::Prometheus { url, .. } => format!("Prometheus at {url}"),
             };
-            println!("moves {via}; gates read {source}");
+            outln!("moves {via}; gates read {source}");
             for line in c.describe() {
-                println!("{line}");
+                outln!("{line}");
             }
         }
         return Ok(0);
@@ -116,7 +116,7 @@ async fn run_canary(g: &Global, args: TrafficCanaryArgs) -> anyhow::Result<i32> 
     match out.phase {
         Phase::Promoted => {
             if !g.json {
-                println!("promoted: 100% of new users go to the new app");
+                outln!("promoted: 100% of new users go to the new app");
             }
             Ok(0)
         }
@@ -144,12 +144,12 @@ async fn status(g: &Global) -> anyhow::Result<i32> {
         return Ok(0);
     }
     match &state {
-        Some(s) => println!("canary: {}", s.summary()),
-        None => println!("canary: never run"),
+        Some(s) => outln!("canary: {}", s.summary()),
+        None => outln!("canary: never run"),
     }
     match splitter {
         Ok(st) => {
-            println!("splitter: {}% of new users to the new app", st.new_percent);
+            outln!("splitter: {}% of new users to the new app", st.new_percent);
             let rows: Vec<Vec<String>> = st
                 .origins
                 .iter()
@@ -170,7 +170,7 @@ async fn status(g: &Global) -> anyhow::Result<i32> {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 output::table(
                     &[
@@ -190,11 +190,11 @@ async fn status(g: &Global) -> anyhow::Result<i32> {
             for o in &st.origins {
                 if let Some(e) = &o.last_error {
                     let health = if o.up { "up" } else { "down" };
-                    println!("{}: {health} ({e})", o.side.as_str());
+                    outln!("{}: {health} ({e})", o.side.as_str());
                 }
             }
         }
-        Err(e) => println!("splitter: {e}"),
+        Err(e) => outln!("splitter: {e}"),
     }
     Ok(0)
 }
@@ -225,7 +225,7 @@ async fn control(g: &Global, c: Control) -> anyhow::Result<i32> {
         if g.json {
             output::json(&serde_json::json!({ "requested": c.as_str() }))?;
         } else {
-            println!(
+            outln!(
                 "asked the canary to {}; it acts within a second (a stopped canary acts on it when started again)",
                 c.as_str()
             );
@@ -249,7 +249,7 @@ async fn control(g: &Global, c: Control) -> anyhow::Result<i32> {
     if g.json {
         output::json(&st)?;
     } else {
-        println!("splitter: {}% of new users to the new app", st.new_percent);
+        outln!("splitter: {}% of new users to the new app", st.new_percent);
     }
     Ok(0)
 }

@@ -23,7 +23,7 @@ pub async fn run(g: &Global, args: VerifyArgs) -> anyhow::Result<i32> {
     if g.json {
         output::json(&report)?;
     } else {
-        print!("{}", render(&report));
+        out!("{}", render(&report));
     }
     Ok(if report.equal { 0 } else { 1 })
 }
