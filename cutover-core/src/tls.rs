@@ -119,7 +119,8 @@ fn roots(cs: &ConnString) -> Result<RootCertStore, String> {
         Some(path) => {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            use rustls::pki_types::pem::PemObject;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
                 store
                     .add(cert)

@@ -15,15 +15,20 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
     };
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", cert.display()))?;
     if chain.is_empty() {
         return Err(format!("{} holds no PEM certificate", cert.display()));
     }
-    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| format!("{}: {e}", key.display()))?
-        .ok_or_else(|| format!("{} holds no PEM private key", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("{} holds no PEM private key", key.display())
+        }
+        e => format!("{}: {e}", key.display()),
+    })?;
     rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -46,7 +51,8 @@ pub fn admin_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, St
         Some(path) => {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("cannot read {}: {e}; fix proxy.admin_ca", path.display()))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            use rustls::pki_types::pem::PemObject;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
                 roots
                     .add(cert)
@@ -72,4 +78,32 @@ pub fn admin_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, St
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_and_key_load_and_a_missing_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key, empty) = (
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("empty.pem"),
+        );
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+        std::fs::write(&empty, "not a key\n").unwrap();
+        assert!(server_config(&cert, &key).is_ok());
+        assert_eq!(
+            server_config(&cert, &empty).unwrap_err(),
+            format!("{} holds no PEM private key", empty.display())
+        );
+        assert_eq!(
+            server_config(&empty, &key).unwrap_err(),
+            format!("{} holds no PEM certificate", empty.display())
+        );
+    }
 }

@@ -188,7 +188,8 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
         let pem =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem).flatten() {
             roots
                 .add(cert)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
