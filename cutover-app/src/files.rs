@@ -2,7 +2,7 @@
 //!
 //! Every command of `cutover app` produces a list of [`Artifact`]s before touching the disk.
 //! The caller prints them (the `preview`, in which secret values are masked), and
-//! [`write`] then checks *every* destination before writing *any*: one existing file without
+//! [`write()`] then checks *every* destination before writing *any*: one existing file without
 //! `force` refuses the whole set, so a refused run leaves the directory as it was.
 
 use std::path::{Path, PathBuf};

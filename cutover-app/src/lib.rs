@@ -7,8 +7,8 @@
 //! sets variables (`WEB_CONCURRENCY`, `RAILS_ENV`, ...) that nobody wrote down. A faithful
 //! move makes each of these explicit, so this crate is split the same way:
 //!
-//! - [`inspect`] reads the source tree ([`procfile`], [`appjson`], [`language`], [`scan`]) and
-//!   the config vars ([`config`], [`env`]) into one [`Inspection`];
+//! - [`inspect()`] reads the source tree ([`procfile`], [`appjson`], [`language`], [`scan`]) and
+//!   the config vars ([`config`], [`mod@env`]) into one [`Inspection`];
 //! - [`dockerfile`] and [`cnb`] turn it into a build, [`export`] into the target's environment
 //!   format, [`terraform`] into ECS infrastructure and [`vercel`] into Vercel's config;
 //! - every writer returns [`files::Artifact`]s, which [`files::write`] puts on disk only after

@@ -362,17 +362,17 @@ pub async fn start_replication(
 /// Makes replication `publisher` → `subscriber` ready to start without starting it: the
 /// publication, and a *disabled* subscription whose slot is created now. The slot's creation
 /// (a walsender login and a wait for a consistent snapshot on the publisher) is the slow part
-/// of starting replication; done here, [`start_prepared`] later only moves a position and
-/// flips a flag.
+/// of starting replication; done here, [`set_start`] and enabling the subscription later only
+/// move a position and flip a flag.
 ///
 /// The slot records everything the publisher commits from now on, including what another
-/// subscription still applies there. None of that is ever sent: [`start_prepared`] starts
+/// subscription still applies there. None of that is ever sent: [`set_start`] starts
 /// the subscription at a position given by the caller, and PostgreSQL's logical decoding
 /// skips every transaction that committed before the position a subscriber asks for. So,
 /// unlike [`start_replication`], this needs no other direction to be stopped first.
 ///
 /// Idempotent: a disabled subscription of that name is kept (its start position is set
-/// anew by [`start_prepared`]); an enabled one is refused.
+/// anew by [`set_start`]); an enabled one is refused.
 #[allow(clippy::too_many_arguments)]
 pub async fn prepare_replication(
     publisher: &Client,

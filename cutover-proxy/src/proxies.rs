@@ -18,7 +18,7 @@ pub enum Proxies {
 }
 
 impl Proxies {
-    /// The proxies of the plan; an error line when it has no [proxy] section.
+    /// The proxies of the plan; an error line when it has no `[proxy]` section.
     pub fn from_plan(plan: &Plan) -> Result<Proxies, String> {
         let p = plan.proxy()?;
         Ok(match plan.proxy_control() {

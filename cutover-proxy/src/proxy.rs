@@ -45,7 +45,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// The proxy of a plan. Fails with one line when the plan has no [proxy] section or its
+    /// The proxy of a plan. Fails with one line when the plan has no `[proxy]` section or its
     /// certificate cannot be read.
     pub fn from_plan(plan: &Plan) -> Result<Config, String> {
         let p = plan.proxy()?;

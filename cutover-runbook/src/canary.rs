@@ -64,7 +64,7 @@ impl Mover {
     }
 }
 
-/// Where the gates read, as the plan's [traffic] says.
+/// Where the gates read, as the plan's `[traffic]` says.
 pub fn gates(plan: &Plan) -> Result<Box<dyn Gates>, MoverError> {
     let t = plan.traffic().map_err(MoverError::Plan)?;
     Ok(match &t.metrics {

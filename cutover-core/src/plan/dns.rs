@@ -98,7 +98,7 @@ pub struct RawCloudflare {
     /// The pool of the new app (with load_balancer_id).
     #[serde(default)]
     pub new_pool: Option<Spanned<String>>,
-    /// Another API address (a test double). Default: "https://api.cloudflare.com/client/v4".
+    /// Another API address (a test double). Default: `"https://api.cloudflare.com/client/v4"`.
     #[serde(default)]
     pub endpoint: Option<Spanned<String>>,
 }

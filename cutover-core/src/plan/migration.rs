@@ -215,7 +215,7 @@ pub struct ShadowSettings {
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct NewAppSettings {
-    /// None: traffic.new.url (the plan has no [traffic] either when both are missing).
+    /// None: traffic.new.url (the plan has no `[traffic]` either when both are missing).
     pub url: Option<String>,
     pub health_path: Option<String>,
     pub checks: Vec<CheckSettings>,

@@ -98,15 +98,15 @@ pub struct Plan {
     pub sync: SyncSettings,
     pub verify: VerifySettings,
     pub status: StatusSettings,
-    /// Absent when the plan has no [proxy] section.
+    /// Absent when the plan has no `[proxy]` section.
     pub proxy: Option<ProxySettings>,
     pub switchover: SwitchoverSettings,
-    /// Absent when the plan has no [dns] section.
+    /// Absent when the plan has no `[dns]` section.
     pub dns: Option<DnsSettings>,
-    /// Absent when the plan has no [traffic] section.
+    /// Absent when the plan has no `[traffic]` section.
     pub traffic: Option<TrafficSettings>,
     pub migration: MigrationSettings,
-    /// Absent when the plan has no [new_app] section.
+    /// Absent when the plan has no `[new_app]` section.
     pub new_app: Option<NewAppSettings>,
 }
 
@@ -133,7 +133,7 @@ impl Plan {
         Some(url)
     }
 
-    /// The [proxy] section, or an error saying how to add one.
+    /// The `[proxy]` section, or an error saying how to add one.
     pub fn proxy(&self) -> Result<&ProxySettings, String> {
         self.proxy.as_ref().ok_or_else(|| {
             format!(
@@ -143,7 +143,7 @@ impl Plan {
         })
     }
 
-    /// The [dns] section, or an error saying how to add one.
+    /// The `[dns]` section, or an error saying how to add one.
     pub fn dns(&self) -> Result<&DnsSettings, String> {
         self.dns.as_ref().ok_or_else(|| {
             format!(
@@ -153,7 +153,7 @@ impl Plan {
         })
     }
 
-    /// The [traffic] section, or an error saying how to add one.
+    /// The `[traffic]` section, or an error saying how to add one.
     pub fn traffic(&self) -> Result<&TrafficSettings, String> {
         self.traffic.as_ref().ok_or_else(|| {
             format!(

@@ -26,7 +26,7 @@ pub struct RawTraffic {
     pub old: RawOrigin,
     /// The new app. No default.
     pub new: RawOrigin,
-    /// What the canary moves: "splitter" (its weights) or "dns" (the [dns] provider's
+    /// What the canary moves: "splitter" (its weights) or "dns" (the `[dns]` provider's
     /// weighted records). Default: "splitter".
     #[serde(default = "default_weights_via")]
     pub weights_via: Spanned<String>,

@@ -57,7 +57,7 @@ pub struct SnapshotSlot {
 }
 
 impl SnapshotSlot {
-    /// Creates `slot` with pgoutput and keeps its exported snapshot alive until [`release`].
+    /// Creates `slot` with pgoutput and keeps its exported snapshot alive until [`release`](SnapshotSlot::release).
     pub async fn create(source: &ConnString, slot: &str) -> Result<SnapshotSlot, PgError> {
         let mut cmd = crate::connect::client_program("psql", Some(source));
         // No timeout of the role's or database's may end the connection holding the snapshot.

@@ -134,7 +134,7 @@ async fn take_parts(
     }
 }
 
-/// [`copy_tables`], with its parts in a queue on the target (named after the sync) that other
+/// [`copy_tables`](super::copy_tables), with its parts in a queue on the target (named after the sync) that other
 /// processes share: `cutover db sync --worker`, on any host that reaches both databases,
 /// imports the same snapshot and takes parts too. Returns once every part is done, by
 /// whichever worker.

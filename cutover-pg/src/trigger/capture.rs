@@ -59,7 +59,7 @@ pub fn refuse_keyless(
 /// The origin is in production while this runs, and on a second run its writes already go
 /// through the capture. So no step holds a lock on one table while it waits for another:
 /// the log is made without locking it when it exists, the functions lock no table, and each
-/// table's triggers are made in a transaction of their own ([`lock_each`]), skipped when
+/// table's triggers are made in a transaction of their own (`lock_each`), skipped when
 /// they are already there and enabled.
 pub async fn install_capture(
     client: &Client,

@@ -10,7 +10,7 @@
 //!   end, so rows written below the old minimum or above the old maximum are still seen.
 //! - **Keys travel as text.** Boundaries are read as `key::text` and go back as
 //!   `$1::text::<type>`, the type spelled by `format_type`. One code path serves integer,
-//!   uuid, text, enum and composite keys, and mixed-case names (quoted with [`ident`]).
+//!   uuid, text, enum and composite keys, and mixed-case names (quoted with `connect::ident`).
 //! - **The checksum is a sum, not an ordered string.** Per row we take `md5` of the row's
 //!   text over the source's column list, in that order, so the physical column order and
 //!   extra columns on the target do not matter. The chunk's checksum is the sum of the two

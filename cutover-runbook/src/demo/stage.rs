@@ -32,7 +32,7 @@ pub struct StageOptions {
     pub proxy_wait: &'static str,
     /// JSON fields the shadow diff leaves out.
     pub shadow_ignore: Vec<&'static str>,
-    /// Extra settings of [traffic], as written (a test's own gates).
+    /// Extra settings of `[traffic]`, as written (a test's own gates).
     pub traffic_extra: String,
     /// Extra plan text (a test's own sections), appended as written.
     pub extra: String,

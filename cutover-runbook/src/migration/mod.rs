@@ -1,6 +1,6 @@
 //! The whole move as one migration: `cutover plan`, `apply`, `status`, `rollback`, `finish`.
 //!
-//! A migration is a list of typed steps ([`step::Step`]) in phases, built from the plan file
+//! A migration is a list of typed steps (`step::Step`) in phases, built from the plan file
 //! ([`runbook::Runbook`]):
 //!
 //! 1. *prepare*: check both databases, the proxy and the splitter; lower the DNS TTL (the safe
@@ -25,7 +25,7 @@
 //! its steps) before it takes over.
 //!
 //! Where a new step goes: a struct in the phase's file under `steps/`, implementing
-//! [`step::Step`] (what it does and changes, its precondition, its action, the check that it
+//! `step::Step` (what it does and changes, its precondition, its action, the check that it
 //! took effect, its undo), listed in [`runbook::Runbook::of`] at its place. A new mode of
 //! replication goes in `cutover-pg` behind the switchover, not here.
 

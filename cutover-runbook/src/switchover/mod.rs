@@ -1,9 +1,9 @@
 //! `db switchover` and `db rollback`: one procedure, two directions.
 //!
 //! The old primary is `from`, the new one `to`. The direction of replication in force is the
-//! *old* [`Link`] (`from` → `to`), the one the switch starts the *new* one (`to` → `from`);
+//! *old* `Link` (`from` → `to`), the one the switch starts the *new* one (`to` → `from`);
 //! native and trigger mode are two implementations of it (`link.rs`), so the procedure below is
-//! written once. In order, each a journaled step, each a function of [`Switch`]:
+//! written once. In order, each a journaled step, each a function of `Switch`:
 //!
 //! 1. **preconditions** (nothing changes if they fail): the proxy answers and is on `from`;
 //!    the old direction is there, ready and close (`switchover.max_lag_mib`); the schemas are

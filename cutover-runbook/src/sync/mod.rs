@@ -10,7 +10,7 @@
 //! exactly there), a wait until every table is ready, the rest of the schema. Either way the
 //! subscription keeps following after `db sync` returns. Last, the target is made ready for
 //! production: statistics and materialized views ([`cutover_pg::ready`]). Trigger mode is in
-//! [`trigger`].
+//! `trigger`.
 //!
 //! Every step is idempotent: the schema parts are restored in single transactions and skipped
 //! when already in place, the publication and subscription are made only when missing, a slot

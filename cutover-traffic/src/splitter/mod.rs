@@ -14,10 +14,10 @@
 //!   connections are closed; those in use finish, and `/status` shows the origin as
 //!   draining until none is left. At shutdown the splitter stops accepting and waits up to
 //!   `drain_timeout` for requests in flight.
-//! - Two paths: plain HTTP/1.1 requests take the direct one ([`direct`]), which rewrites
+//! - Two paths: plain HTTP/1.1 requests take the direct one (`direct`), which rewrites
 //!   heads in place and copies bodies as they come; a connection's first request it does not
 //!   take (an upgrade, `Expect`, a chunked or large upload, HTTP/1.0) hands the connection
-//!   to hyper ([`forward`]) for the rest of its life. The rules above and below hold on
+//!   to hyper (`forward`) for the rest of its life. The rules above and below hold on
 //!   both.
 //! - Upgrades (WebSocket) get a connection of their own and are copied both ways; response
 //!   bodies are streamed, never buffered; request bodies are buffered only on the direct
@@ -29,7 +29,7 @@
 //! - Threads: client connections are dealt to worker threads, one per CPU, each with an
 //!   event loop of its own and its own idle connections to the origins. A request and its
 //!   response are moved by the one thread its client connection lives on, and the origin
-//!   connection is driven by the request that uses it ([`upstream`]), not by a task of its
+//!   connection is driven by the request that uses it (`upstream`), not by a task of its
 //!   own: no request is handed from task to task or from thread to thread.
 //! - An origin that cannot be reached is marked down at once with the reason, shown in
 //!   `/status` as `last_error` until it is up again; health checks bring it back.
@@ -96,7 +96,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// The plan's [traffic] section.
+    /// The plan's `[traffic]` section.
     pub fn from_plan(plan: &Plan) -> Result<Config, String> {
         let t = plan.traffic()?;
         let origin = |o: &cutover_core::plan::OriginSettings| OriginConfig {
