@@ -102,6 +102,18 @@ pub enum Command {
     /// environment, generate Terraform (ECS) or Vercel config. Needs no plan file.
     #[command(subcommand)]
     App(AppCommand),
+    /// Print a shell completion script: `source <(cutover completions bash)`, or save it where
+    /// your shell loads completions from.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff): `cutover man | man -l -`, or save it as cutover.1.
+    Man,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]

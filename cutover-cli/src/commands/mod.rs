@@ -11,6 +11,7 @@ mod journal;
 mod migration;
 mod proxy;
 mod schema;
+mod shell;
 mod status;
 mod switchover;
 mod sync;
@@ -52,6 +53,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Dns(command) => dns::run(&g, command).await,
         Command::Traffic(command) => traffic::run(&g, command).await,
         Command::App(command) => app::run(&g, command),
+        Command::Completions(args) => shell::completions(args),
+        Command::Man => shell::man(),
     };
     match result {
         Ok(code) => code,
