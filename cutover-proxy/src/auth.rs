@@ -20,12 +20,11 @@
 //! but think you cannot") is accepted, because the proxy never offers the -PLUS mechanism,
 //! so it is not a downgrade.
 //!
-//! SASLprep of the password is skipped: the password's UTF-8 bytes are used as they are.
-//! For ASCII passwords this is exactly what SASLprep gives (it maps no ASCII character, and
-//! a password with ASCII control characters fails SASLprep, in which case PostgreSQL and its
-//! clients use the raw bytes too). A non-ASCII password that SASLprep would change (not in
-//! NFKC, non-ASCII spaces, soft hyphens...) will not match clients that normalize it, such
-//! as libpq and rust-postgres.
+//! The password is prepared with SASLprep (RFC 4013, the `stringprep` crate) before it is
+//! hashed, as PostgreSQL does when it stores a SCRAM verifier and as libpq and rust-postgres
+//! do on their side: a non-ASCII password (not in NFKC, with a non-ASCII space or a soft
+//! hyphen) derives the same keys everywhere. A password SASLprep refuses (ASCII control
+//! characters, unassigned code points) is used as its raw UTF-8 bytes, as they all do too.
 //!
 //! # md5
 //!
@@ -100,7 +99,9 @@ impl ScramSecret {
     pub fn new(password: &str) -> ScramSecret {
         let mut salt = [0; SALT_LEN];
         rand::thread_rng().fill_bytes(&mut salt);
-        ScramSecret::derive(password.as_bytes(), salt, SCRAM_ITERATIONS)
+        let prepared =
+            stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password));
+        ScramSecret::derive(prepared.as_bytes(), salt, SCRAM_ITERATIONS)
     }
 
     fn derive(password: &[u8], salt: [u8; SALT_LEN], iterations: u32) -> ScramSecret {

@@ -42,6 +42,29 @@ fn scram_right_password_authenticates_both_ways() {
     }
 }
 
+/// Passwords SASLprep changes (a ligature NFKC unfolds, a non-breaking space, a soft hyphen
+/// it removes) and one it refuses (a control character): the proxy derives what the client
+/// derives, as PostgreSQL does.
+#[test]
+fn scram_non_ascii_passwords_are_prepared_as_clients_prepare_them() {
+    for password in [
+        "pa\u{fb01}le",
+        "sp\u{a0}ace",
+        "soft\u{ad}hyphen",
+        "žluťoučký kůň",
+        "bell\u{7}",
+    ] {
+        let mut server = ScramServer::new(password);
+        let client_verdict = exchange(&mut server, password, ChannelBinding::unsupported())
+            .unwrap_or_else(|e| panic!("server refused {password:?}: {e}"));
+        client_verdict
+            .unwrap_or_else(|e| panic!("client refused the server for {password:?}: {e}"));
+    }
+    // What they map to is the same password: "pa\u{fb01}le" is "pafile" after SASLprep.
+    let mut server = ScramServer::new("pa\u{fb01}le");
+    assert!(exchange(&mut server, "pafile", ChannelBinding::unsupported()).is_ok());
+}
+
 #[test]
 fn scram_accepts_gs2_flag_y() {
     let mut server = ScramServer::new("secret");

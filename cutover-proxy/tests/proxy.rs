@@ -173,3 +173,41 @@ async fn wrong_passwords_unknown_users_and_cancel() {
     drop(token);
     proxy.stop().await;
 }
+
+/// A password with characters SASLprep changes (a ligature, a non-breaking space) logs in
+/// through the proxy with SCRAM, and the proxy logs in to the server with it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_ascii_password_logs_in_through_the_proxy() {
+    let pair = Pair::native().await;
+    let pw = "pa\u{fb01}le\u{a0}žluťoučký";
+    for pg in [&pair.source, &pair.target] {
+        pg.exec(&format!(
+            "CREATE ROLE intl LOGIN PASSWORD '{pw}'; GRANT ALL ON DATABASE {db} TO intl;",
+            db = pg.db
+        ))
+        .await;
+    }
+    let secret = cutover_core::Secret::new(pw);
+    let dir = tempfile::tempdir().unwrap();
+    let config = pair.proxy_config(vec![scram_user("intl", &secret)], dir.path());
+    let proxy = cutover_proxy::start(config).await.unwrap();
+    let url = via_proxy(proxy.addr, "intl", &secret, &pair.source.db);
+    let c = connect(&url, Side::Source).await.unwrap();
+    assert_eq!(q1(&c, "SELECT current_user").await, "intl");
+    // Its SASLprep form is the same password, as PostgreSQL itself takes it; another one is
+    // refused.
+    for (password, logs_in) in [("pafile žluťoučký", true), ("pafile zlutoucky", false)] {
+        let url = via_proxy(
+            proxy.addr,
+            "intl",
+            &cutover_core::Secret::new(password),
+            &pair.source.db,
+        );
+        assert_eq!(
+            connect(&url, Side::Source).await.is_ok(),
+            logs_in,
+            "{password}"
+        );
+    }
+    proxy.stop().await;
+}
