@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use rand::Rng;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -208,7 +207,7 @@ async fn client(
         if answers.has_changed().unwrap_or(false) {
             answers.borrow_and_update();
             let ttl = config.resolver.ttl.as_secs_f64();
-            let wait = rand::thread_rng().gen_range(0.0..=ttl.max(0.001));
+            let wait = rand::random_range(0.0..=ttl.max(0.001));
             move_at = Some(Instant::now() + Duration::from_secs_f64(wait));
         }
         if move_at.is_some_and(|t| Instant::now() >= t) {
@@ -217,11 +216,11 @@ async fn client(
         }
         let write = {
             let acked = tally.acknowledged.lock().unwrap().len();
-            acked == 0 || rand::thread_rng().gen_bool(config.write_share.clamp(0.0, 1.0))
+            acked == 0 || rand::random_bool(config.write_share.clamp(0.0, 1.0))
         };
         let (method, path, body) = if write {
-            let customer = rand::thread_rng().gen_range(1..=5000);
-            let cents = rand::thread_rng().gen_range(100..100_000);
+            let customer = rand::random_range(1..=5000);
+            let cents = rand::random_range(100..100_000);
             (
                 hyper::Method::POST,
                 "/orders".to_string(),
@@ -234,7 +233,7 @@ async fn client(
         } else {
             let id = {
                 let acked = tally.acknowledged.lock().unwrap();
-                acked[rand::thread_rng().gen_range(0..acked.len())]
+                acked[rand::random_range(0..acked.len())]
             };
             (hyper::Method::GET, format!("/orders/{id}"), String::new())
         };

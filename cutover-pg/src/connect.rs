@@ -242,19 +242,17 @@ pub fn cannot_run(name: &str, e: std::io::Error) -> PgError {
     }
 }
 
-/// Quotes an identifier for SQL: `"My Table"`.
+/// Quotes an identifier for SQL: `"My Table"` (libpq's `PQescapeIdentifier`, as
+/// postgres-protocol writes it).
 pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+    postgres_protocol::escape::escape_identifier(name)
 }
 
-/// Quotes a string literal for SQL. A value with a backslash is written as an `E''` string,
-/// which reads the same whatever `standard_conforming_strings` says.
+/// Quotes a string literal for SQL (libpq's `PQescapeLiteral`, as postgres-protocol writes
+/// it). A value with a backslash is written as an ` E''` string, which reads the same whatever
+/// `standard_conforming_strings` says.
 pub fn literal(value: &str) -> String {
-    if value.contains('\\') {
-        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", value.replace('\'', "''"))
-    }
+    postgres_protocol::escape::escape_literal(value)
 }
 
 /// `"schema"."table"`.
@@ -269,7 +267,7 @@ mod tests {
     #[test]
     fn literals_and_identifiers_are_quoted() {
         assert_eq!(literal("it's"), "'it''s'");
-        assert_eq!(literal(r"a\b'c"), r"E'a\\b''c'");
+        assert_eq!(literal(r"a\b'c"), r" E'a\\b''c'");
         assert_eq!(ident("My \"T\""), "\"My \"\"T\"\"\"");
         assert_eq!(qualified("s", "t"), "\"s\".\"t\"");
     }

@@ -42,8 +42,6 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
-use md5::Md5;
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::codec;
@@ -98,7 +96,7 @@ impl ScramSecret {
     /// Derives a secret from `password` with a random 16-byte salt and 4096 iterations.
     pub fn new(password: &str) -> ScramSecret {
         let mut salt = [0; SALT_LEN];
-        rand::thread_rng().fill_bytes(&mut salt);
+        rand::fill(&mut salt);
         let prepared =
             stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password));
         ScramSecret::derive(prepared.as_bytes(), salt, SCRAM_ITERATIONS)
@@ -167,7 +165,7 @@ impl ScramServer {
         sasl_initial_response_body: &[u8],
     ) -> Result<Vec<u8>, AuthError> {
         let mut nonce = [0; SERVER_NONCE_LEN];
-        rand::thread_rng().fill_bytes(&mut nonce);
+        rand::fill(&mut nonce);
         self.client_first_with_nonce(sasl_initial_response_body, &STANDARD.encode(nonce))
     }
 
@@ -328,13 +326,7 @@ pub fn md5_salt() -> [u8; 4] {
 /// The response a client sends to AuthenticationMD5Password:
 /// `"md5" + hex(md5(hex(md5(password + user)) + salt))`.
 pub fn md5_response(user: &str, password: &str, salt: [u8; 4]) -> String {
-    let inner = Md5::new()
-        .chain_update(password)
-        .chain_update(user)
-        .finalize();
-    let inner = hex(&inner);
-    let outer = Md5::new().chain_update(inner).chain_update(salt).finalize();
-    format!("md5{}", hex(&outer))
+    postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt)
 }
 
 /// Checks a PasswordMessage body answering AuthenticationMD5Password with `salt`; the
@@ -384,15 +376,6 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     }
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]])
-        .map(char::from)
-        .collect()
 }
 
 /// At most 64 characters of client input, for error messages.

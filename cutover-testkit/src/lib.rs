@@ -22,8 +22,7 @@ pub struct Pg {
 }
 
 fn random_name(prefix: &str) -> String {
-    use rand::Rng;
-    let n: u64 = rand::thread_rng().gen();
+    let n: u64 = rand::random();
     format!("{prefix}_{n:x}")
 }
 

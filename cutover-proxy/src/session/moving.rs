@@ -373,13 +373,9 @@ pub(super) fn remember(list: &mut Vec<(String, String)>, name: &str, value: &str
     }
 }
 
-/// A SQL string literal.
+/// A SQL string literal (libpq's `PQescapeLiteral`, as postgres-protocol writes it).
 pub(super) fn literal(v: &str) -> String {
-    if v.contains('\\') {
-        format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", v.replace('\'', "''"))
-    }
+    postgres_protocol::escape::escape_literal(v)
 }
 
 /// What an idle session holds, in one row.

@@ -1,7 +1,6 @@
 //! Which origin a request goes to: a pure function of the weight, the user's sticky cookie,
 //! the origins' health and one random draw, so it is tested without any IO.
 
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 /// One side of the split.
@@ -86,7 +85,7 @@ pub fn choose(new_percent: u8, sticky: Option<Side>, up: [bool; 2], roll: u8) ->
 /// come three times in 256 and the rest twice, which sent 58.6% of users to a side weighted
 /// 50%.)
 pub fn roll() -> u8 {
-    rand::thread_rng().gen_range(0..100)
+    rand::random_range(0..100)
 }
 
 /// The side named by the sticky cookie `name` in a Cookie header, if any.
