@@ -14,7 +14,7 @@
 use cutover_core::plan::{DnsProviderSettings, DnsSettings, RecordKind};
 use serde::{Deserialize, Serialize};
 
-use crate::dns::RecordSet;
+use crate::dns::{RecordSet, TtlError};
 
 /// Journal fact that holds the [`TtlPlan`] of the plan's name.
 pub const FACT: &str = "dns.ttl_lowered";
@@ -30,20 +30,6 @@ pub struct TtlPlan {
     /// The zone's negative-caching TTL when the name had no record, in seconds.
     pub negative_ttl_s: Option<u32>,
     pub low_ttl_s: u32,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TtlError {
-    #[error("the TTL of {name} was never lowered with cutover; run `cutover dns lower-ttl` and wait out the old TTL, or pass --force to switch now and strand users who cache the old answer")]
-    NotLowered { name: String },
-    #[error("too early: resolvers may cache the old answer of {name} for {wait_s}s more (the TTL was {old_ttl_s}s when it was lowered at {lowered_at}); the earliest safe cutover is {earliest}; wait, or pass --force to strand them")]
-    TooEarly {
-        name: String,
-        wait_s: i64,
-        old_ttl_s: u32,
-        lowered_at: String,
-        earliest: String,
-    },
 }
 
 fn rfc3339(ms: i64) -> String {

@@ -56,7 +56,22 @@ pub enum DnsError {
     Journal(#[from] cutover_core::JournalError),
     /// The TTL planner says it is too early.
     #[error(transparent)]
-    TooEarly(#[from] crate::ttl::TtlError),
+    TooEarly(#[from] TtlError),
+}
+
+/// Why the TTL planner (`crate::ttl`) says a switch may not happen yet.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TtlError {
+    #[error("the TTL of {name} was never lowered with cutover; run `cutover dns lower-ttl` and wait out the old TTL, or pass --force to switch now and strand users who cache the old answer")]
+    NotLowered { name: String },
+    #[error("too early: resolvers may cache the old answer of {name} for {wait_s}s more (the TTL was {old_ttl_s}s when it was lowered at {lowered_at}); the earliest safe cutover is {earliest}; wait, or pass --force to strand them")]
+    TooEarly {
+        name: String,
+        wait_s: i64,
+        old_ttl_s: u32,
+        lowered_at: String,
+        earliest: String,
+    },
 }
 
 /// A provider that serves the zone.

@@ -14,7 +14,6 @@ use hickory_proto::runtime::TokioRuntimeProvider;
 use hickory_proto::udp::UdpClientStream;
 use serde::Serialize;
 
-use super::rfc2136::parse_name;
 use super::{DnsError, RecordSet};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -183,4 +182,10 @@ pub async fn verify(settings: &DnsSettings) -> Vec<Answer> {
         out.push(answer);
     }
     out
+}
+
+/// A DNS name from its text, made absolute; a refusal that names it when it is not one.
+pub(crate) fn parse_name(name: &str) -> Result<hickory_proto::rr::Name, super::DnsError> {
+    hickory_proto::rr::Name::from_ascii(super::fqdn(name))
+        .map_err(|_| super::DnsError::Refused(format!("\"{name}\" is not a DNS name")))
 }

@@ -22,7 +22,7 @@ use hickory_proto::runtime::TokioRuntimeProvider;
 use hickory_proto::tcp::TcpClientStream;
 use hickory_proto::xfer::{DnsHandle, FirstAnswer};
 
-use super::query::{record_type, records_of, to_rdata};
+use super::query::{parse_name, record_type, records_of, to_rdata};
 use super::{fqdn, DnsError, DnsProvider, RecordSet};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -226,9 +226,4 @@ impl DnsProvider for Rfc2136 {
     ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(self.write(name, kind, sets))
     }
-}
-
-pub(crate) fn parse_name(name: &str) -> Result<Name, DnsError> {
-    Name::from_ascii(fqdn(name))
-        .map_err(|_| DnsError::Refused(format!("\"{name}\" is not a DNS name")))
 }
