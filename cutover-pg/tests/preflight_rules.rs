@@ -5,7 +5,9 @@ mod findings;
 
 use cutover_core::Mode;
 use cutover_pg::inspect::{Available, Behaviour, ReplicaIdentity, Sequence, Server, Table};
-use cutover_pg::preflight::{self, Facts, Previous, Report, Severity, TargetState, TargetTable};
+use cutover_pg::preflight::{
+    self, ClientProgram, Facts, Previous, Report, Severity, TargetState, TargetTable,
+};
 use findings::{of, one, pair_of, texts};
 
 // ---------------------------------------------------------------------------------------
@@ -95,6 +97,13 @@ fn facts() -> Facts {
         partition_issues: vec![],
         source_host: "db.example.com".into(),
         source_free_disk: Some(500 << 30),
+        client_programs: ["pg_dump", "pg_restore", "psql"]
+            .into_iter()
+            .map(|name| ClientProgram {
+                name,
+                version: Some("15.18".into()),
+            })
+            .collect(),
     }
 }
 
@@ -113,17 +122,96 @@ fn clean_facts_give_information_only() {
     assert_eq!(
         of(&report.findings, Severity::Info),
         [
+            pair_of("client-programs", "this machine"),
             pair_of("slot-wal-limit", "source"),
             pair_of("size", "source"),
             pair_of("size", "target")
         ]
     );
+    assert_eq!(
+        one(&report.findings, "client-programs").message,
+        "client programs: pg_dump 15.18, pg_restore 15.18, psql 15.18"
+    );
+}
+
+/// Clients of the given versions (None: it cannot be run).
+fn clients(
+    pg_dump: Option<&str>,
+    pg_restore: Option<&str>,
+    psql: Option<&str>,
+) -> Vec<ClientProgram> {
+    [
+        ("pg_dump", pg_dump),
+        ("pg_restore", pg_restore),
+        ("psql", psql),
+    ]
+    .into_iter()
+    .map(|(name, v)| ClientProgram {
+        name,
+        version: v.map(str::to_string),
+    })
+    .collect()
+}
+
+#[test]
+fn client_programs_must_be_there_and_not_older_than_the_source() {
+    let mut f = facts();
+    // pg_dump missing, pg_restore older than the source (15): errors; psql older: a warning.
+    f.client_programs = clients(None, Some("14.11"), Some("13.2"));
+    let findings = preflight::rules(&f);
+    assert_eq!(
+        of(&findings, Severity::Error),
+        [
+            pair_of("client-programs", "pg_dump"),
+            pair_of("client-programs", "pg_restore")
+        ]
+    );
+    assert_eq!(
+        of(&findings, Severity::Warning)
+            .into_iter()
+            .filter(|(c, _)| *c == "client-programs")
+            .collect::<Vec<_>>(),
+        [pair_of("client-programs", "psql")]
+    );
+    let texts = texts(&findings);
+    assert!(
+        texts.contains("pg_dump cannot be run here; db sync needs it"),
+        "{texts}"
+    );
+    assert!(
+        texts.contains("pg_restore is version 14.11, older than the source's PostgreSQL 15.4; it cannot copy the schema of a newer server"),
+        "{texts}"
+    );
+    assert!(
+        texts.contains("install the PostgreSQL 15 client programs or newer (Debian: apt-get install postgresql-client-15)"),
+        "{texts}"
+    );
+    // Newer clients than the server are what PostgreSQL recommends.
+    f.client_programs = clients(Some("17.2"), Some("17.2"), Some("17.2"));
+    assert!(codes(&f, Severity::Error).is_empty());
+    // Versions as the programs print them.
+    for (text, want) in [
+        (
+            "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n",
+            Some("15.18"),
+        ),
+        ("psql (PostgreSQL) 9.6.24\n", Some("9.6.24")),
+        ("pg_restore (PostgreSQL) 17beta1\n", Some("17")),
+        ("nothing here\n", None),
+    ] {
+        assert_eq!(
+            preflight::parse_client_version(text).as_deref(),
+            want,
+            "{text}"
+        );
+    }
 }
 
 #[test]
 fn the_target_must_not_be_an_older_major_version() {
     let mut f = facts();
     f.source = server(160002);
+    f.client_programs = clients(Some("16.2"), Some("16.2"), Some("16.2"));
     f.target = Server {
         superuser: true,
         ..server(150004)

@@ -25,8 +25,8 @@ use crate::inspect::{self, ReplicaIdentity, Sequence, Server, Table};
 mod servers;
 
 use servers::{
-    behaviour, capacity, extensions, heroku, large_objects, slot_risk, versions, wal_level,
-    TRIGGER_MODE,
+    behaviour, capacity, client_programs as client_programs_rule, extensions, heroku,
+    large_objects, slot_risk, versions, wal_level, TRIGGER_MODE,
 };
 
 /// How bad a finding is. Ordered: `Info < Warning < Error`.
@@ -189,6 +189,53 @@ pub struct Facts {
     /// Free bytes on the disk of the source's data directory, when this machine can see it
     /// (the source runs here and its role may read `data_directory`).
     pub source_free_disk: Option<u64>,
+    /// The PostgreSQL client programs `db sync` runs, as this machine has them.
+    pub client_programs: Vec<ClientProgram>,
+}
+
+/// A PostgreSQL client program and the version it reports (None: it cannot be run).
+#[derive(Clone, Debug)]
+pub struct ClientProgram {
+    pub name: &'static str,
+    /// As `--version` prints it, e.g. "15.18".
+    pub version: Option<String>,
+}
+
+impl ClientProgram {
+    /// The major version: 15 for "15.18", 9 for "9.6.24".
+    pub fn major(&self) -> Option<u32> {
+        self.version.as_ref()?.split('.').next()?.parse().ok()
+    }
+}
+
+/// `pg_dump`, `pg_restore` and `psql` as `db sync` would start them, with their versions.
+pub async fn client_programs() -> Vec<ClientProgram> {
+    let mut out = vec![];
+    for name in ["pg_dump", "pg_restore", "psql"] {
+        let version = crate::connect::client_program(name, None)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| parse_client_version(&String::from_utf8_lossy(&o.stdout)));
+        out.push(ClientProgram { name, version });
+    }
+    out
+}
+
+/// "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" → "15.18".
+pub fn parse_client_version(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(|w| {
+            let v: String = w
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            v.trim_end_matches('.').to_string()
+        })
 }
 
 /// Connects to both databases, reads everything and runs every rule.
@@ -264,6 +311,7 @@ async fn gather(sync: &SyncSettings, host: &str, s: &Client, t: &Client) -> Resu
         },
         partition_issues,
         source_free_disk: free_disk(host, source.data_directory.as_deref()),
+        client_programs: client_programs().await,
         source_host: host.to_string(),
         source,
     })
@@ -304,6 +352,7 @@ async fn target_tables(t: &Client, tables: &[Table]) -> Result<Vec<TargetTable>,
 pub fn rules(f: &Facts) -> Vec<Finding> {
     let mut out = vec![];
     versions(f, &mut out);
+    client_programs_rule(f, &mut out);
     wal_level(f, &mut out);
     capacity(f, &mut out);
     source_privileges(f, &mut out);

@@ -29,6 +29,63 @@ pub(super) fn versions(f: &Facts, out: &mut Vec<Finding>) {
     }
 }
 
+/// `db sync` runs pg_dump and pg_restore (the schema) and psql (the copy's snapshot): each must
+/// be there, and pg_dump and pg_restore no older than the source (pg_dump refuses a newer
+/// server; pg_restore cannot read a newer pg_dump's archive).
+pub(super) fn client_programs(f: &Facts, out: &mut Vec<Finding>) {
+    let wanted = f.source.major() as u32;
+    let install = format!(
+        "install the PostgreSQL {wanted} client programs or newer (Debian: apt-get install postgresql-client-{wanted}); cutover runs the ones beside the server programs (pg_config --bindir) when it finds them, else the first on PATH"
+    );
+    let mut found = vec![];
+    for p in &f.client_programs {
+        match (&p.version, p.major()) {
+            (None, _) | (_, None) => out.push(
+                Finding::new(
+                    Severity::Error,
+                    "client-programs",
+                    p.name,
+                    format!("{} cannot be run here; db sync needs it", p.name),
+                )
+                .fix(install.clone()),
+            ),
+            (Some(v), Some(major)) if major < wanted && p.name != "psql" => out.push(
+                Finding::new(
+                    Severity::Error,
+                    "client-programs",
+                    p.name,
+                    format!(
+                        "{} is version {v}, older than the source's PostgreSQL {}; it cannot copy the schema of a newer server",
+                        p.name, f.source.version
+                    ),
+                )
+                .fix(install.clone()),
+            ),
+            (Some(v), Some(major)) if major < wanted => out.push(
+                Finding::new(
+                    Severity::Warning,
+                    "client-programs",
+                    p.name,
+                    format!(
+                        "{} is version {v}, older than the source's PostgreSQL {}",
+                        p.name, f.source.version
+                    ),
+                )
+                .fix(install.clone()),
+            ),
+            (Some(v), _) => found.push(format!("{} {v}", p.name)),
+        }
+    }
+    if !found.is_empty() && found.len() == f.client_programs.len() {
+        out.push(Finding::new(
+            Severity::Info,
+            "client-programs",
+            "this machine",
+            format!("client programs: {}", found.join(", ")),
+        ));
+    }
+}
+
 pub(super) fn wal_level(f: &Facts, out: &mut Vec<Finding>) {
     if f.source.wal_level == "logical" {
         return;
