@@ -42,6 +42,9 @@ pub struct Global {
     /// More detail on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// No step lines and no progress on stderr: only warnings, errors and the result.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     /// How log lines on stderr are written: text, or one JSON object per line (passwords are
     /// removed from both).
     #[arg(

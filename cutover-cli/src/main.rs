@@ -46,6 +46,7 @@ fn main() {
         2 => "warn,cutover=debug,cutover_pg=debug,cutover_core=debug",
         _ => "debug",
     };
+    output::set_quiet(cli.global.quiet);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")

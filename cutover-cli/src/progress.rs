@@ -13,6 +13,9 @@ use crate::output;
 
 /// Prints each step's start and end, with its duration, on stderr.
 pub fn step_printer(event: &StepEvent<'_>) {
+    if output::quiet() {
+        return;
+    }
     match event {
         StepEvent::Started { step, intent } => eprintln!("→ {step}: {intent}"),
         StepEvent::Finished {
@@ -38,11 +41,13 @@ pub fn step_printer(event: &StepEvent<'_>) {
 pub struct CopyProgress {
     bars: Option<(MultiProgress, Mutex<HashMap<String, ProgressBar>>)>,
     last_line: Mutex<Option<Instant>>,
+    /// `-q`: no progress lines either.
+    quiet: bool,
 }
 
 impl CopyProgress {
     pub fn new(quiet: bool) -> CopyProgress {
-        let bars = (!quiet && output::interactive()).then(|| {
+        let bars = (!quiet && !output::quiet() && output::interactive()).then(|| {
             (
                 MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
                 Mutex::new(HashMap::new()),
@@ -51,6 +56,7 @@ impl CopyProgress {
         CopyProgress {
             bars,
             last_line: Mutex::new(None),
+            quiet: output::quiet(),
         }
     }
 
@@ -79,6 +85,7 @@ impl CopyProgress {
                     }
                 }
             }
+            None if self.quiet => {}
             None => {
                 let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
                 let all_ready = tables.iter().all(|t| t.state == "ready");

@@ -51,6 +51,19 @@ async fn json_logs_one_object_per_line_without_passwords() {
     assert!(masked > 0, "{}", sync.stderr);
     assert!(sync.stderr.lines().any(|l| l.starts_with("✓ copy")));
 
+    // -q: the run again prints no step line and no progress, only its result.
+    let quiet = env.run(&["-q", "db", "sync"]);
+    assert_eq!(quiet.code, 0, "{}{}", quiet.stdout, quiet.stderr);
+    assert!(
+        !quiet.stderr.lines().any(|l| l.starts_with('✓')
+            || l.starts_with('·')
+            || l.starts_with('→')
+            || l.starts_with("  copy:")),
+        "{}",
+        quiet.stderr
+    );
+    assert!(quiet.stdout.contains("synced"), "{}", quiet.stdout);
+
     // The flag says the same, and a wrong value is refused in one line that lists the values.
     let bad = env.run(&["--log-format", "yaml", "status"]);
     assert_eq!(bad.code, 64, "{}", bad.stderr);
