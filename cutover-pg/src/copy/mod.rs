@@ -278,13 +278,7 @@ async fn copy_part(
         }
     };
     let format = if part.binary { " (FORMAT binary)" } else { "" };
-    source
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            literal(snapshot)
-        ))
-        .await
-        .ctx(Side::Source, "import the copy snapshot")?;
+    import_snapshot(source, snapshot).await?;
     let out = source
         .copy_out(&format!(
             "COPY (SELECT {} FROM ONLY {}{filter}) TO STDOUT{format}",
@@ -328,6 +322,17 @@ async fn copy_part(
     counters.rows.fetch_add(rows as i64, Ordering::Relaxed);
     counters.parts_left.fetch_sub(1, Ordering::Relaxed);
     Ok((rows as i64, bytes))
+}
+
+/// Opens a read-only transaction on the source that sees exactly the copy's snapshot.
+async fn import_snapshot(source: &Client, snapshot: &str) -> Result<(), PgError> {
+    source
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            literal(snapshot)
+        ))
+        .await
+        .ctx(Side::Source, "import the copy snapshot")
 }
 
 /// Bytes gathered from the source's row messages before one write to the target.
@@ -421,13 +426,7 @@ async fn open_and_plan(
         .batch_execute(COPY_SESSION)
         .await
         .ctx(Side::Source, "set up the copy")?;
-    source
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            literal(snapshot)
-        ))
-        .await
-        .ctx(Side::Source, "import the copy snapshot")?;
+    import_snapshot(&source, snapshot).await?;
     if !tables.is_empty() {
         let list: Vec<String> = tables.iter().map(Table::qualified).collect();
         source

@@ -49,30 +49,30 @@ pub(super) fn client_programs(f: &Facts, out: &mut Vec<Finding>) {
                 )
                 .fix(install.clone()),
             ),
-            (Some(v), Some(major)) if major < wanted && p.name != "psql" => out.push(
-                Finding::new(
-                    Severity::Error,
-                    "client-programs",
-                    p.name,
-                    format!(
-                        "{} is version {v}, older than the source's PostgreSQL {}; it cannot copy the schema of a newer server",
-                        p.name, f.source.version
-                    ),
+            // pg_dump refuses a newer server and pg_restore a newer archive; an older psql
+            // still creates the slot and holds its snapshot.
+            (Some(v), Some(major)) if major < wanted => {
+                let (severity, consequence) = if p.name == "psql" {
+                    (Severity::Warning, "")
+                } else {
+                    (
+                        Severity::Error,
+                        "; it cannot copy the schema of a newer server",
+                    )
+                };
+                out.push(
+                    Finding::new(
+                        severity,
+                        "client-programs",
+                        p.name,
+                        format!(
+                            "{} is version {v}, older than the source's PostgreSQL {}{consequence}",
+                            p.name, f.source.version
+                        ),
+                    )
+                    .fix(install.clone()),
                 )
-                .fix(install.clone()),
-            ),
-            (Some(v), Some(major)) if major < wanted => out.push(
-                Finding::new(
-                    Severity::Warning,
-                    "client-programs",
-                    p.name,
-                    format!(
-                        "{} is version {v}, older than the source's PostgreSQL {}",
-                        p.name, f.source.version
-                    ),
-                )
-                .fix(install.clone()),
-            ),
+            }
             (Some(v), _) => found.push(format!("{} {v}", p.name)),
         }
     }
